@@ -1,0 +1,113 @@
+"""The recipe that pretrains the toy world's base model (once per world config, then cached).
+
+A LlamaForCausalLM with a character tokenizer learns every task family with
+response-only loss; on the target family its labels are bimodal (see
+`benchmarks.world`). The result is saved with `save_pretrained` (safetensors)
+and later loaded with AutoModelForCausalLM / AutoTokenizer like a hub model.
+"""
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import string
+import time
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from benchmarks.tasks import ANSWER_DELIMITER, FAMILIES, STEP_SEPARATOR, draw_payloads, favours_correct_mode
+from harness.modeling import build_char_tokenizer
+
+# The teacher's delimiters are in the vocabulary but never in pretraining text: that is what makes
+# the `worked`/`mild` labels off-policy for the base.
+VOCAB_CHARS = string.digits + string.ascii_lowercase + ":=" + ANSWER_DELIMITER + STEP_SEPARATOR
+POOL_PER_TASK = 4000
+
+
+def ensure_base(world, path: Path, progress: bool = True) -> Path:
+    """Return the cached base folder, pretraining it first if absent (safe across processes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if (path / "model.safetensors").exists():
+            return path
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model, tok, seconds = pretrain_base(world, progress=progress)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "pretrain_seconds.txt").write_text(f"{seconds:.1f}\n")
+        tmp.rename(path)
+    return path
+
+
+def pretraining_pairs(world, rng: random.Random) -> dict[str, list[tuple[str, str, bool]]]:
+    """Per task: (prompt, correct answer, whether the correct mode is favoured) for the train pool."""
+    pools = {}
+    for name in world.cfg.tasks:
+        fam = FAMILIES[name]
+        payloads = draw_payloads(name, "train", POOL_PER_TASK, world.cfg.seed)
+        pools[name] = [(fam.prompt(p), p, favours_correct_mode(p)) for p in payloads]
+    return pools
+
+
+def _response(world, task: str, payload: str, favoured: bool, rng: random.Random) -> str:
+    fam = FAMILIES[task]
+    if task != world.target:
+        return fam.answer(payload)
+    pc = world.cfg.pretrain.p_correct_favoured if favoured else world.cfg.pretrain.p_correct_other
+    return fam.answer(payload) if rng.random() < pc else fam.distractor(payload)
+
+
+def pretrain_base(world, progress: bool = True):
+    """Build and pretrain the toy base; returns (model, tokenizer, seconds)."""
+    cfg, shape = world.cfg.pretrain, world.cfg.model
+    torch.manual_seed(world.cfg.seed)
+    rng = random.Random(f"pretrain:{world.cfg.seed}")
+    tok = build_char_tokenizer(VOCAB_CHARS)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_heads, max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id))
+    pools = pretraining_pairs(world, rng)
+    tasks = list(pools)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress_ = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=f"pretraining {world.cfg.name} base", disable=not progress)
+    for _ in bar:
+        seqs, masks = [], []
+        for _ in range(cfg.batch_size):
+            task = rng.choice(tasks)
+            prompt, payload, favoured = rng.choice(pools[task])
+            p_ids = tok.encode(prompt, add_special_tokens=False)
+            r_ids = tok.encode(_response(world, task, payload, favoured, rng), add_special_tokens=False)
+            seqs.append(p_ids + r_ids + [tok.eos_token_id])
+            masks.append([0] * len(p_ids) + [1] * (len(r_ids) + 1))
+        T = max(map(len, seqs))
+        ids = torch.tensor([s + [tok.pad_token_id] * (T - len(s)) for s in seqs])
+        labels = torch.tensor([[t if m else -100 for t, m in zip(s, mk)] + [-100] * (T - len(s))
+                               for s, mk in zip(seqs, masks)])
+        attn = (torch.arange(T)[None, :] < torch.tensor([len(s) for s in seqs])[:, None]).long()
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return model, tok, time.perf_counter() - start

@@ -1,0 +1,212 @@
+"""Worlds: a base model, one target task, the retention tasks, and their data.
+
+The embedded `toy` world is built so that it forgets the way real LMs do, in
+Retaining by Doing's two-mode picture:
+
+* **A multi-modal base.** The base is pretrained (by `benchmarks.pretrain`) on
+  six verifiable string tasks. On the target task its pretraining labels are
+  *bimodal*: the correct answer or the family's plausible wrong mode (sort
+  descending instead of ascending, copy instead of reverse, ...), with the
+  correct mode preferred on ~30% of prompts (a learnable feature of the
+  prompt). So the skill is present but a wrong mode is preferred: greedy target
+  accuracy is ~30%, sampled accuracy higher, pass@8 high -- exactly where RL
+  and on-policy SFT can *re-weight modes* without moving the rest of the model.
+  (A target whose low accuracy comes from a missing skill gives no usable
+  front: TOY-WORLD-NOTES.md.)
+* **Retention tasks the base knows well** (>= 70%): the other families,
+  learned with unimodal labels.
+* **An off-policy teacher.** Expert labels are correct, verifier-accepted
+  solutions in a style the base never produced: `worked` writes comma-separated
+  intermediate steps then `|answer` (separator tokens unseen in pretraining,
+  ~9 nats/token under the base); `mild` only prefixes `|`; `own` is the base's
+  format (the on-policy end of the dial). Fitting such labels forces large
+  changes to shared weights (new token embeddings, new transition patterns),
+  which leak into the tasks whose prompts look alike -- the mechanism by which
+  off-policy SFT forgets.
+* **Disjoint splits** by a hash of the payload (train 70% / eval 20% /
+  held-out 10%); everything is deterministic from the world seed; nothing
+  comes from the network.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from benchmarks.tasks import FAMILIES, TaskFamily, draw_payloads
+from harness.errors import HarnessError, unknown
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelShape(_Strict):
+    """Architecture of the toy base (a LlamaForCausalLM)."""
+
+    hidden_size: int = 128
+    """Width of the residual stream."""
+    num_layers: int = 3
+    """Decoder layers."""
+    num_heads: int = 4
+    """Attention heads (hidden_size must divide by it)."""
+    intermediate_size: int = 384
+    """FFN width."""
+    max_positions: int = 64
+    """Maximum sequence length."""
+
+
+class PretrainConfig(_Strict):
+    """How the harness pretrains the toy base (once per world config; cached)."""
+
+    steps: int = 1050
+    """Optimizer steps."""
+    batch_size: int = 256
+    """Sequences per step, tasks mixed with equal weight."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (cosine decay to 10%)."""
+    warmup_steps: int = 50
+    """Linear warm-up steps."""
+    p_correct_favoured: float = 0.8
+    """Target task: probability of the correct mode on prompts whose feature favours it."""
+    p_correct_other: float = 0.2
+    """Target task: probability of the correct mode on the other prompts."""
+
+
+class WorldConfig(_Strict):
+    """A world: which tasks, which target, which teacher, which base."""
+
+    name: str = "toy"
+    """World preset name (`harness list` shows them)."""
+    tasks: list[str] = Field(default_factory=lambda: list(FAMILIES))
+    """Task families in the world; the target plus the retention (non-target) tasks."""
+    target: str = "sort"
+    """The task trained on; every other task is a retention task."""
+    teacher_style: Literal["worked", "mild", "own"] = "worked"
+    """Expert label style: `worked` (strongly off-policy), `mild`, or `own` (the base's format)."""
+    seed: int = 0
+    """World seed: data splits and the pretrained base (two seeds = two bases)."""
+    n_train: int = 1024
+    """Training prompts of the target task."""
+    n_eval: int = 300
+    """Greedy evaluation prompts per task."""
+    n_heldout: int = 200
+    """Held-out target prompts for PLD (with expert labels) and KL-to-base (with base samples)."""
+    max_new_tokens: int = 24
+    """Generation cap (a damaged model may never emit its end token)."""
+    base_model: str | None = None
+    """Path or hub id of a pretrained base; None builds the toy base."""
+    model: ModelShape = Field(default_factory=ModelShape)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+
+    def base_key(self) -> str:
+        """Hash of everything that determines the pretrained base."""
+        data = self.model_dump(include={"tasks", "target", "seed", "model", "pretrain", "base_model"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+    def data_key(self) -> str:
+        """Hash of everything that determines the base's scores (base + data + eval settings)."""
+        data = self.model_dump(exclude={"name"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# Presets: a world name maps to overrides of the whole run config (world, train, eval).
+WORLD_PRESETS: dict[str, dict] = {
+    "toy": {},
+    "micro": {
+        "world": {
+            "tasks": ["sort", "rev", "add", "max"], "n_train": 128, "n_eval": 40, "n_heldout": 24,
+            "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
+                      "max_positions": 48},
+            "pretrain": {"steps": 300, "batch_size": 64, "warmup_steps": 20},
+        },
+        "train": {"max_steps": 8, "batch_size": 8, "micro_batch_size": 8, "eval_every": 4},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One problem: its prompt, gold answer (base format), expert label (teacher style) and verifier key."""
+
+    task: str
+    prompt: str
+    answer: str
+    label: str
+    key: str
+
+
+class Task:
+    """A task of a world: split items and the verifier shared by rewards and evaluation."""
+
+    def __init__(self, family: TaskFamily, cfg: WorldConfig):
+        self.family, self.cfg, self.name = family, cfg, family.name
+
+    def items(self, split: str, n: int) -> list[Item]:
+        """The first `n` items of a split (deterministic)."""
+        return [self._item(p) for p in draw_payloads(self.name, split, n, self.cfg.seed)]
+
+    def _item(self, payload: str) -> Item:
+        f = self.family
+        return Item(self.name, f.prompt(payload), f.answer(payload), f.label(payload, self.cfg.teacher_style), payload)
+
+    def verify(self, item: Item, response: str) -> float:
+        """1.0 if the response solves the item, else 0.0."""
+        return self.family.verify(item.key, response)
+
+
+class World:
+    """A resolved world: tasks, splits, and the base model's location (built on first use)."""
+
+    def __init__(self, cfg: WorldConfig):
+        for t in cfg.tasks:
+            if t not in FAMILIES:
+                raise unknown("task", t, FAMILIES, "Set world.tasks to known task names.")
+        if cfg.target not in cfg.tasks:
+            raise unknown("target task", cfg.target, cfg.tasks, "Set world.target to one of the world's tasks.")
+        self.cfg = cfg
+        self.tasks = {t: Task(FAMILIES[t], cfg) for t in cfg.tasks}
+        self.target = cfg.target
+        self.nontarget = [t for t in cfg.tasks if t != cfg.target]
+
+    @cached_property
+    def train_items(self) -> list[Item]:
+        """Target-task training problems with their expert labels."""
+        return self.tasks[self.target].items("train", self.cfg.n_train)
+
+    @cached_property
+    def eval_items(self) -> dict[str, list[Item]]:
+        """Fixed greedy evaluation sets, one per task."""
+        out = {t: task.items("eval", self.cfg.n_eval) for t, task in self.tasks.items()}
+        for t, items in out.items():
+            if not items:
+                raise HarnessError(f"task {t!r} has an empty eval split; set world.n_eval > 0")
+        return out
+
+    @cached_property
+    def heldout_items(self) -> list[Item]:
+        """Held-out target problems: PLD labels and KL-to-base prompts."""
+        return self.tasks[self.target].items("heldout", self.cfg.n_heldout)
+
+    def verify(self, item: Item, response: str) -> float:
+        """Reward of a response to an item (the same function evaluation uses)."""
+        return self.tasks[item.task].verify(item, response)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Folder holding this world's base model and base scores."""
+        root = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "forgetting-harness"))
+        return root / "worlds" / f"{self.cfg.name}-{self.cfg.base_key()}"
+
+    def base_path(self, progress: bool = True) -> str:
+        """Path (or hub id) of the base model, pretraining the toy base on first use."""
+        if self.cfg.base_model is not None:
+            return self.cfg.base_model
+        from benchmarks.pretrain import ensure_base
+        return str(ensure_base(self, self.cache_dir / "base", progress=progress))
