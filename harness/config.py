@@ -1,0 +1,212 @@
+"""Typed run configuration: defaults < world preset < YAML preset file < `key=value` overrides.
+
+Every field is documented once, as an attribute docstring; `harness run
+--help-config` prints them. An unknown key or a wrong type is one
+HarnessError naming the key and the valid ones.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from benchmarks.world import WORLD_PRESETS, WorldConfig
+from harness.errors import HarnessError, unknown
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class TrainConfig(_Strict):
+    """The engine's optimisation settings, identical for every method (fairness)."""
+
+    lr: float = Field(1e-4, gt=0)
+    """Peak AdamW learning rate."""
+    max_steps: int = Field(150, ge=1)
+    """Budget: optimizer steps on the target task, the same for every method."""
+    batch_size: int = Field(32, ge=1)
+    """Sequences per optimizer step for SFT-type methods (RL methods set prompts x samples)."""
+    micro_batch_size: int = Field(32, ge=1)
+    """Sequences per forward/backward; gradients accumulate to the step (results do not depend on it)."""
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    """Fraction of max_steps with linear warm-up."""
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    """Learning-rate decay after warm-up."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """Final learning rate as a fraction of the peak (cosine/linear)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    grad_clip: float = Field(1.0, gt=0)
+    """Global gradient-norm clip."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Autocast precision of forward passes (bf16 is for GPUs)."""
+    seed: int = 0
+    """Fine-tuning seed: data order, sampling, initial RNG state."""
+    eval_every: int = Field(25, ge=1)
+    """Evaluate (gain, drop, PLD, KL) every N optimizer steps and at the end."""
+    threads: int | None = None
+    """torch threads (None: torch's default)."""
+    device: str = "cpu"
+    """Device of the policy."""
+
+
+class EvalConfig(_Strict):
+    """Evaluation settings."""
+
+    batch_size: int = Field(512, ge=1)
+    """Prompts per generation batch in evaluation."""
+    bootstrap_iters: int = Field(1000, ge=0)
+    """Paired-bootstrap resamples for 95% CIs (0 disables CIs)."""
+    examples_logged: int = Field(20, ge=0)
+    """Per-task eval generations written to the run's sample artifact."""
+
+
+class TrackingConfig(_Strict):
+    """Where and how runs are logged."""
+
+    experiment: str = "harness"
+    """MLflow experiment name."""
+    run_name: str | None = None
+    """MLflow run name (None: <method>-<world>-<target>-s<seed>)."""
+
+
+class RunConfig(_Strict):
+    """One run: (world, method, hyper-parameters, seed)."""
+
+    method: str = "sft"
+    """Registry key of the method (`harness list`)."""
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    method_args: dict[str, Any] = Field(default_factory=dict)
+    """The method's own hyper-parameters (given as `<method>.<field>=value`), validated by its Config."""
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`a.b=c` strings -> nested dict; values are parsed as YAML scalars/lists (`1e-4`, `true`, `[0,1]`)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise HarnessError(f"malformed override {item!r}; write key=value, e.g. train.lr=1e-4")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise HarnessError(f"cannot parse the value of {key!r} ({raw!r}): {e}") from None
+        if isinstance(value, str) and _looks_numeric(value):
+            value = float(value)  # YAML 1.1 reads `1e-4` as a string
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise HarnessError(f"override {item!r} conflicts with another override of {p!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (sub-)model reached by following `loc`."""
+    for part in loc:
+        f = model.model_fields.get(str(part))
+        ann = f.annotation if f is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _format_validation(e: ValidationError, prefix: str, model: type[BaseModel]) -> HarnessError:
+    err = e.errors()[0]
+    loc = tuple(err["loc"])
+    key = prefix + ".".join(map(str, loc))
+    if err["type"] == "extra_forbidden":
+        parent = prefix + "".join(f"{p}." for p in loc[:-1])
+        return unknown("config key", key, [parent + f for f in _fields_at(model, loc[:-1])])
+    return HarnessError(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})")
+
+
+def resolve_config(world: str | None = None, method: str | None = None, preset: str | Path | None = None,
+                   overrides: list[str] | dict | None = None) -> tuple[RunConfig, Any]:
+    """Build and validate a RunConfig and the method's typed config from all layers of settings."""
+    from methods.base import METHODS, get_method
+
+    layers: list[dict] = []
+    if preset is not None:
+        path = Path(preset)
+        if not path.exists():
+            raise HarnessError(f"preset file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise HarnessError(f"preset {str(path)!r} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise HarnessError(f"preset {str(path)!r} must be a mapping of config sections")
+        layers.append(loaded)
+    cli = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
+    layers.append(cli)
+    if method is not None:
+        layers.append({"method": method})
+    merged: dict = {}
+    for layer in layers:
+        merged = _deep_merge(merged, layer)
+    world_name = world or merged.get("world", {}).get("name", "toy")
+    if world_name not in WORLD_PRESETS:
+        raise unknown("world", world_name, WORLD_PRESETS, "See `harness list`.")
+    merged = _deep_merge(_deep_merge(WORLD_PRESETS[world_name], {"world": {"name": world_name}}), merged)
+    method_name = merged.get("method", "sft")
+    cls = get_method(method_name)
+    # `<method>.<field>` sections: the selected method's is validated; other methods' are ignored so one
+    # preset can carry settings for every method of a sweep.
+    method_args = merged.pop(method_name, {}) or {}
+    for name in METHODS.names():
+        merged.pop(name, None)
+    merged["method_args"] = method_args
+    try:
+        cfg = RunConfig.model_validate(merged)
+    except ValidationError as e:
+        raise _format_validation(e, "", RunConfig) from None
+    try:
+        mcfg = cls.Config.model_validate(method_args)
+    except ValidationError as e:
+        raise _format_validation(e, f"{method_name}.", cls.Config) from None
+    cfg.method_args = mcfg.model_dump()
+    return cfg, mcfg
+
+
+def config_help(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) rows for every field, recursing into sub-sections."""
+    rows = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += config_help(ann, f"{prefix}{name}.")
+        elif name != "method_args":
+            default = f.default_factory() if f.default_factory is not None else f.default
+            rows.append((f"{prefix}{name}", repr(default), (f.description or "").strip()))
+    return rows

@@ -1,0 +1,266 @@
+"""Greedy evaluation of a live (in-memory) model through lm-eval, scored by the world's own verifiers.
+
+The toy tasks are lm-eval tasks built once from inline dict configs: a
+`custom_dataset` of {prompt, answer, idx} rows, `doc_to_text` a bare field
+name (a jinja template is recompiled per document, ~2 ms each), and a
+`process_results` that calls `world.verify` -- the very function training
+rewards use, so evaluation and reward cannot drift apart.
+
+The model is wrapped in a thin `lm_eval.api.model.LM` (`LiveLM`), not in
+`HFLM`: HFLM imports `accelerate` at module level (only in our `gpu` extra), and
+on a model object it also calls `model.eval()`/`tie_weights()` and never
+restores the mode. LiveLM's greedy loop is `greedy_generate`, which
+`plain_evaluate` calls directly, so the two paths differ only by lm-eval's
+machinery (requests, filters, process_results, sample logging): that
+difference is the overhead `benchmarks/eval_overhead.py` measures.
+
+Real lm-eval tasks plug in at `Evaluator._specs`: a world that lists lm-eval
+task names would map each harness task to (the task name, its per-example
+metric key) instead of (an inline dict, "acc"); collection by doc_id is shared.
+Loglikelihood tasks (MMLU, ARC) would need `LiveLM.loglikelihood` or HFLM.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from harness.errors import HarnessError
+
+# lm-eval logs INFO lines on every evaluate() call; a training loop evaluates often.
+logging.getLogger("lm_eval").setLevel(logging.WARNING)
+
+TASK_PREFIX = "harness_"  # lm-eval task names are global; keep ours from colliding with built-ins
+STOP = ["\n"]
+
+
+@dataclass
+class EvalResult:
+    """Greedy evaluation of one model on a world's eval sets."""
+
+    acc: dict[str, float]  # task -> accuracy in points 0..100
+    correct: dict[str, np.ndarray]  # task -> 0/1 float array, in world.eval_items[task] order
+    responses: dict[str, list[str]]  # task -> decoded greedy responses, same order
+    seconds: float
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, then restore each one's own mode (a frozen part may differ)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval(level: int = logging.ERROR) -> Iterator[None]:
+    """Silence lm-eval's logger and its per-task 'building requests' progress bars for one block."""
+    logger = logging.getLogger("lm_eval")
+    old = logger.level
+    logger.setLevel(level)
+    import lm_eval.api.task as task_mod
+    orig = getattr(task_mod, "tqdm", None)
+    if orig is not None:
+        # build_all_requests wraps every task's docs in tqdm with no way to disable it.
+        task_mod.tqdm = lambda *a, **k: orig(*a, **{**k, "disable": True})
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+        if orig is not None:
+            task_mod.tqdm = orig
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+    """End tokens: the model's generation config (may list several, e.g. Qwen) plus the tokenizer's eos."""
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if gen_eos is None else ([gen_eos] if isinstance(gen_eos, int) else list(gen_eos))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """Text before the first occurrence of any stop string (lm-eval's postprocessing)."""
+    for s in stop:
+        if s:
+            text = text.split(s)[0]
+    return text
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+                    stop: list[str] = STOP, add_special_tokens: bool = False) -> list[str]:
+    """Greedy continuations of `prompts`, left-padded in batches sorted longest first, cut at `stop`.
+
+    No BOS by default: the toy base is trained on raw prompt characters. The
+    longest-first order (lm-eval's) means identical inputs give identical
+    batches, hence bit-identical outputs, whichever path calls this.
+    """
+    if not prompts:
+        return []
+    enc = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max(map(len, enc))
+    if limit is not None and longest + max_new_tokens > limit:
+        raise HarnessError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
+                           f"model's {limit} positions; lower world.max_new_tokens or use a longer-context model")
+    order = sorted(range(len(prompts)), key=lambda i: (-len(enc[i]), prompts[i]))
+    pad = tokenizer.pad_token_id
+    eos = _eos_ids(model, tokenizer)
+    stops = [s for s in stop if s]
+    out: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        T = len(enc[idx[0]])
+        ids = torch.full((len(idx), T), pad, dtype=torch.long)
+        attn = torch.zeros((len(idx), T), dtype=torch.long)
+        for row, i in enumerate(idx):
+            L = len(enc[i])
+            ids[row, T - L:] = torch.tensor(enc[i])
+            attn[row, T - L:] = 1
+        kwargs: dict[str, Any] = {"stop_strings": stops, "tokenizer": tokenizer} if stops else {}
+        gen = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                             eos_token_id=eos, **kwargs)
+        for row, i in enumerate(idx):
+            text = tokenizer.decode(gen[row, T:].tolist(), skip_special_tokens=True)
+            out[i] = cut_at_stop(text, stops)
+    return out
+
+
+def _lm_base():
+    from lm_eval.api.model import LM
+    return LM
+
+
+class LiveLM(_lm_base()):
+    """A minimal lm-eval LM over an in-memory transformers model: greedy `generate_until` only."""
+
+    def __init__(self, model, tokenizer, batch_size: int, add_special_tokens: bool = False):
+        super().__init__()
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.add_special_tokens = add_special_tokens
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy responses, one per request, grouped by identical generation kwargs."""
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(json.dumps(r.args[1], sort_keys=True), []).append(i)
+        out: list[str] = [""] * len(requests)
+        for key, idx in groups.items():
+            kw = dict(json.loads(key))
+            until = kw.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = kw.pop("max_gen_toks", kw.pop("max_new_tokens", None))
+            if kw.pop("do_sample", False) or kw.pop("temperature", 0.0):
+                raise HarnessError("LiveLM decodes greedily only; set do_sample: false in the task's generation_kwargs")
+            if max_new is None or kw:
+                raise HarnessError(f"unsupported generation_kwargs {kw or {'max_gen_toks': None}}; "
+                                   f"give max_gen_toks and only until/do_sample/temperature")
+            resps = greedy_generate(self.model, self.tokenizer, [requests[i].args[0] for i in idx],
+                                    max_new_tokens=int(max_new), batch_size=self.batch_size, stop=until,
+                                    add_special_tokens=self.add_special_tokens)
+            for i, r in zip(idx, resps):
+                out[i] = r
+        return out
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("LiveLM serves generate_until tasks only; loglikelihood tasks need HFLM")
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("LiveLM serves generate_until tasks only; loglikelihood tasks need HFLM")
+
+
+def _toy_task_config(world, task: str, items: list, gen_kwargs: dict) -> dict:
+    """An inline lm-eval task config for one toy task, scored by `world.verify`."""
+    import datasets
+
+    rows = [{"prompt": it.prompt, "answer": it.answer, "idx": i} for i, it in enumerate(items)]
+
+    def dataset(**_metadata) -> dict:  # lm-eval calls it as fn(**metadata, **dataset_kwargs)
+        return {"test": datasets.Dataset.from_list(rows)}
+
+    def process_results(doc: dict, results: list[str]) -> dict[str, float]:
+        return {"acc": world.verify(items[doc["idx"]], results[0])}
+
+    return {
+        "task": TASK_PREFIX + task, "custom_dataset": dataset, "test_split": "test",
+        "output_type": "generate_until", "doc_to_text": "prompt", "doc_to_target": "answer",
+        "process_results": process_results, "generation_kwargs": dict(gen_kwargs),
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0},
+    }
+
+
+class Evaluator:
+    """Greedy evaluation of live models on a world's fixed eval sets; lm-eval tasks are built once."""
+
+    def __init__(self, world, tokenizer, batch_size: int = 256, add_special_tokens: bool = False):
+        self.world, self.tokenizer, self.batch_size = world, tokenizer, batch_size
+        self.add_special_tokens = add_special_tokens
+        self.items = {t: list(world.eval_items[t]) for t in world.tasks}  # World raises on an empty split
+        for t, items in self.items.items():
+            if not items:
+                raise HarnessError(f"task {t!r} has an empty eval split; set world.n_eval > 0")
+        self.gen_kwargs = {"until": list(STOP), "max_gen_toks": world.cfg.max_new_tokens, "do_sample": False}
+        specs = self._specs()
+        self.lm_name = {t: name for t, (name, _, _) in specs.items()}
+        self.metric = {t: metric for t, (_, _, metric) in specs.items()}
+        from lm_eval.tasks import TaskManager
+        with _quiet_lm_eval():  # each custom_dataset task warns about --metadata when built
+            self.task_dict = TaskManager(include_defaults=False).load([s for _, s, _ in specs.values()])
+
+    def _specs(self) -> dict[str, tuple[str, dict | str, str]]:
+        """harness task -> (lm-eval task name, what TaskManager.load takes, per-example metric key)."""
+        return {t: (TASK_PREFIX + t, _toy_task_config(self.world, t, items, self.gen_kwargs), "acc")
+                for t, items in self.items.items()}
+
+    def evaluate(self, model) -> EvalResult:
+        """Evaluate through lm-eval's `evaluate` (not simple_evaluate, which reseeds global RNGs)."""
+        from lm_eval import evaluator
+        start = time.perf_counter()
+        lm = LiveLM(model, self.tokenizer, self.batch_size, self.add_special_tokens)
+        with eval_mode(model), _quiet_lm_eval(logging.WARNING):
+            out = evaluator.evaluate(lm=lm, task_dict=self.task_dict, bootstrap_iters=0, log_samples=True)
+        correct, responses = {}, {}
+        for t, items in self.items.items():
+            samples = sorted(out["samples"][self.lm_name[t]], key=lambda s: s["doc_id"])
+            if [s["doc_id"] for s in samples] != list(range(len(items))):
+                raise RuntimeError(f"lm-eval returned doc ids that do not cover task {t!r}'s {len(items)} items")
+            correct[t] = np.array([float(s[self.metric[t]]) for s in samples])
+            responses[t] = [s["filtered_resps"][0] for s in samples]
+        return self._result(correct, responses, time.perf_counter() - start)
+
+    def plain_evaluate(self, model) -> EvalResult:
+        """The same greedy evaluation as a plain batched `generate` loop, without lm-eval."""
+        start = time.perf_counter()
+        tasks = list(self.items)
+        prompts = [it.prompt for t in tasks for it in self.items[t]]
+        with eval_mode(model):
+            # One call over all tasks, like lm-eval's single generate_until over every request.
+            flat = greedy_generate(model, self.tokenizer, prompts, max_new_tokens=self.gen_kwargs["max_gen_toks"],
+                                   batch_size=self.batch_size, stop=self.gen_kwargs["until"],
+                                   add_special_tokens=self.add_special_tokens)
+        correct, responses, pos = {}, {}, 0
+        for t in tasks:
+            n = len(self.items[t])
+            responses[t] = flat[pos:pos + n]
+            correct[t] = np.array([self.world.verify(it, r) for it, r in zip(self.items[t], responses[t])])
+            pos += n
+        return self._result(correct, responses, time.perf_counter() - start)
+
+    @staticmethod
+    def _result(correct: dict[str, np.ndarray], responses: dict[str, list[str]], seconds: float) -> EvalResult:
+        acc = {t: 100.0 * float(c.mean()) for t, c in correct.items()}
+        return EvalResult(acc=acc, correct=correct, responses=responses, seconds=seconds)

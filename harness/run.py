@@ -1,0 +1,155 @@
+"""One run: load the world and base, train with a method through the engine, evaluate along the way, log to MLflow."""
+from __future__ import annotations
+
+import json
+import platform
+import random
+import subprocess
+import time
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from benchmarks.world import World
+from harness import metrics
+from harness.baseline import BaseScores, label_set, load_or_compute
+from harness.config import RunConfig
+from harness.context import Context
+from harness.engine import Trainer
+from harness.evaluation import Evaluator
+from harness.modeling import load_model
+from harness.sampler import HFSampler
+from harness.tracking import RunTracker, find_run, flatten
+from methods.base import MethodConfig, get_method
+
+PACKAGES = ("torch", "transformers", "lm-eval", "mlflow", "optuna")
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=__file__.rsplit("/", 2)[0]).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[f"version.{p}"] = version(p)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def eval_metrics(world, base: BaseScores, correct: dict[str, np.ndarray], pld: float, kl: float,
+                 bootstrap_iters: int, seed: int) -> dict[str, float]:
+    """The DESIGN.md metrics of one evaluation point, from per-example correctness."""
+    base_c = base.correct_arrays()
+    out = {f"acc/{t}": 100.0 * float(np.mean(v)) for t, v in correct.items()}
+    out["target_gain"] = metrics.target_gain(base_c[world.target], correct[world.target])
+    drop, per_task = metrics.nontarget_drop(base_c, correct, world.nontarget)
+    out["nontarget_drop"] = drop
+    out.update({f"drop/{t}": d for t, d in per_task.items()})
+    if bootstrap_iters:
+        out.update(metrics.bootstrap_cis(base_c, correct, world.target, world.nontarget, iters=bootstrap_iters, seed=seed))
+    out.update({"pld": pld, "pld_drift": pld - base.pld, "kl_to_base": kl})
+    return out
+
+
+def ensure_base_run(cfg: RunConfig, world, base: BaseScores) -> None:
+    """Log the base model's scores once per (world, checkpoint) as its own MLflow run."""
+    tags = {"kind": "base", "world": world.cfg.name, "data_key": world.cfg.data_key(), "base_checkpoint": base.checkpoint}
+    if find_run(cfg.tracking.experiment, tags) is not None:
+        return
+    with RunTracker(cfg.tracking.experiment, f"base-{world.cfg.name}-{world.target}", params=flatten({"world": world.cfg.model_dump()}),
+                    tags=tags) as tr:
+        tr.log_metrics({**{f"acc/{t}": a for t, a in base.acc.items()}, "pld": base.pld,
+                        "base/label_nll_token": base.label_nll_token, "base/label_nll_seq": base.label_nll_seq,
+                        "base/own_nll_token": base.own_nll_token, "base/own_nll_seq": base.own_nll_seq}, step=0)
+
+
+def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None, extra_tags: dict | None = None,
+        progress: bool = True) -> dict[str, float]:
+    """Train one (world, method, hyper-parameters, seed) and return its final metrics."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    world = World(cfg.world)
+    method_cls = get_method(cfg.method)
+    base_path = world.base_path(progress=progress)
+    policy, tok = load_model(base_path, device=cfg.train.device)
+    evaluator = Evaluator(world, tok, cfg.eval.batch_size)
+    base, _ = load_or_compute(world, policy, tok, evaluator, base_path, cfg.eval.batch_size)
+    ensure_base_run(cfg, world, base)
+
+    name = cfg.tracking.run_name or f"{cfg.method}-{world.cfg.name}-{world.target}-s{cfg.train.seed}"
+    tags = {"method": cfg.method, "world": world.cfg.name, "target": world.target, "seed": str(cfg.train.seed),
+            "teacher_style": world.cfg.teacher_style, "base_checkpoint": base.checkpoint, "kind": "run",
+            "git_commit": _git_commit(), "python": platform.python_version(), **_versions(), **(extra_tags or {})}
+    resolved = cfg.model_dump(mode="json")
+    final: dict[str, float] = {}
+    with RunTracker(cfg.tracking.experiment, name, params=flatten(resolved), tags=tags,
+                    parent_run_id=parent_run_id) as tr:
+        tr.log_dict(resolved, "config.json")
+        trainer = Trainer(policy, tok.pad_token_id, cfg.train)
+        sampler = HFSampler(policy, tok, cfg.eval.batch_size)
+        ctx = Context(run_cfg=cfg, method_cfg=mcfg, world=world, policy=policy, tokenizer=tok, base_path=base_path,
+                      trainer=trainer, sampler=sampler, log=tr.log_metrics)
+        method = method_cls(mcfg)
+        eval_seconds = 0.0
+        t0 = time.perf_counter()
+        bar = tqdm(total=cfg.train.max_steps, desc=name, disable=not progress, leave=False)
+        last_eval: dict = {}
+        pld_prompts, pld_labels = label_set(world, tok)
+
+        def cost() -> dict[str, float]:
+            n = sum(p.numel() for p in policy.parameters())
+            return {"cost/train_tokens": trainer.train_tokens, "cost/gen_tokens": sampler.gen_tokens,
+                    "cost/train_s": trainer.train_seconds, "cost/gen_s": sampler.gen_seconds,
+                    "cost/eval_s": eval_seconds, "cost/wall_s": time.perf_counter() - t0,
+                    "cost/flops": metrics.flops(n, trainer.train_tokens, sampler.gen_tokens)}
+
+        def on_step(step: int, stats: dict) -> None:
+            tr.log_metrics({f"train/{k}": v for k, v in stats.items()}, step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", gain=f"{last_eval.get('target_gain', 0):+.1f}",
+                            drop=f"{last_eval.get('nontarget_drop', 0):+.1f}")
+
+        def on_eval(step: int) -> None:
+            nonlocal eval_seconds, last_eval
+            t = time.perf_counter()
+            res = evaluator.evaluate(policy)
+            pld = float(np.mean(metrics.sequence_nll(policy, pld_prompts, pld_labels, cfg.eval.batch_size,
+                                                     tok.pad_token_id)))
+            kl = metrics.kl_to_base(policy, ctx.base, base.kl_prompts, base.kl_responses, cfg.eval.batch_size,
+                                    tok.pad_token_id)
+            eval_seconds += time.perf_counter() - t
+            last_eval = eval_metrics(world, base, res.correct, pld, kl, cfg.eval.bootstrap_iters, cfg.train.seed)
+            last_eval["eval_responses"] = res.responses  # kept for the final artifact, not logged as a metric
+            tr.log_metrics({k: v for k, v in last_eval.items() if k != "eval_responses"} | cost(), step)
+
+        zero = eval_metrics(world, base, base.correct_arrays(), base.pld, 0.0, 0, cfg.train.seed)
+        tr.log_metrics(zero, 0)
+        trainer.train(method, ctx, on_step, on_eval)
+        bar.close()
+        ctx.close()
+        responses = last_eval.pop("eval_responses", {})
+        final = {k: v for k, v in last_eval.items()} | cost() | {"steps": float(trainer.step)}
+        final.update({"base/label_nll_token": base.label_nll_token, "base/label_nll_seq": base.label_nll_seq,
+                      "base/own_nll_token": base.own_nll_token, "base/own_nll_seq": base.own_nll_seq})
+        tr.log_metrics(final, trainer.step)
+        rows = []
+        for t, items in world.eval_items.items():
+            for i, it in enumerate(items):
+                resp = responses.get(t, [""] * len(items))[i]
+                rows.append({"task": t, "idx": i, "prompt": it.prompt, "answer": it.answer, "response": resp,
+                             "correct": world.verify(it, resp), "base_correct": base.correct[t][i]})
+        tr.log_table(rows, "eval/examples.csv")
+        tr.log_text(json.dumps(final, indent=2), "final_metrics.json")
+    return final

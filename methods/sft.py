@@ -1,0 +1,58 @@
+"""SFT: supervised fine-tuning on static (off-policy) expert labels.
+
+Idea: imitate a teacher's solutions with teacher-forced maximum likelihood.
+Data: the world's expert labels for the target's training prompts, in the
+world's teacher style (`world.teacher_style`); optionally only those the
+verifier accepts (`filter_labels`, as RbD's loaders drop incorrect teacher
+responses).
+Loss: token-mean NLL −(1/N_tok) Σ log π_θ(y_t | x, y_<t) over the optimizer
+step's response tokens (the engine reduces), plus an optional k2 penalty to
+the base, β·½(log π_θ − log π_0)² per token (off by default, `kl_beta=0`).
+Paper: the SFT baseline of Retaining by Doing (arXiv 2510.18874),
+`core/training/objectives.py::CrossEntropyLoss`.
+Deviations: RbD averages the k2 penalty per sequence then over the batch; here
+it is averaged per token like the NLL, so one reduction serves both terms.
+The number of epochs is not a setting: SFT cycles its labels until the
+engine's step budget (`train.max_steps`) is spent, like every method.
+"""
+from __future__ import annotations
+
+from pydantic import Field
+
+from harness.data import TrainData
+from methods.base import LossOutput, Method, MethodConfig, SweepParam, register
+from methods.common import k2, masked_mean, reference_logp
+
+
+class SFTConfig(MethodConfig):
+    filter_labels: bool = True
+    """Keep only expert labels the verifier accepts (RbD)."""
+    kl_beta: float = Field(0.0, ge=0)
+    """Weight of the per-token k2 penalty to the base (0 disables it and the base copy)."""
+
+
+@register
+class SFT(Method):
+    name = "sft"
+    description = "supervised fine-tuning on static expert labels (off-policy)"
+    paper = "Retaining by Doing, arXiv 2510.18874 (SFT baseline)"
+    order = 0
+    Config = SFTConfig
+    sweep = {"train.lr": SweepParam(1e-5, 3e-4)}
+
+    def data(self, ctx, phase: int) -> TrainData:
+        if not hasattr(self, "_examples"):
+            items = ctx.world.train_items
+            if self.cfg.filter_labels:
+                items = [it for it in items if ctx.world.verify(it, it.label) > 0]
+            self._examples = [ctx.example(it.prompt, it.label, task=it.task, source="expert") for it in items]
+        return TrainData(self._examples)
+
+    def loss(self, ctx, batch) -> LossOutput:
+        nll = -batch.logp                                                   # [B, T-1]
+        stats = {"nll": float(masked_mean(nll.detach(), batch.loss_mask))}
+        if self.cfg.kl_beta > 0:
+            pen = k2(batch.logp, reference_logp(ctx.base, batch))           # [B, T-1]
+            stats["kl_k2"] = float(masked_mean(pen.detach(), batch.loss_mask))
+            nll = nll + self.cfg.kl_beta * pen
+        return LossOutput(nll, stats)
