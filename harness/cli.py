@@ -66,6 +66,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run or resume a sweep."""
+    from sweeps.driver import run_sweep
+    from sweeps.spec import load_spec
+
+    methods = None
+    if args.methods is not None:
+        methods = "all" if args.methods == "all" else [m for m in args.methods.split(",") if m]
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x]
+        except ValueError:
+            raise HarnessError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    spec = load_spec(args.spec, args.overrides, methods=methods, trials=args.trials, storage=args.storage,
+                     seeds=seeds)
+    try:
+        fronts = run_sweep(spec, workers=args.workers, progress=not args.quiet)
+    except RuntimeError as e:
+        print(f"harness: {e}", file=sys.stderr)
+        return 1
+    print(f"sweep {spec.name!r} finished; Pareto sets are on each method's parent run. Next: harness ui")
+    for m, front in fronts.items():
+        pts = ", ".join(f"lr={f['params'].get('train.lr', float('nan')):.1e}: gain {f['target_gain']:+.1f} "
+                        f"drop {f['nontarget_drop']:+.1f}" for f in front)
+        print(f"  {m:14s} {pts}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start the MLflow UI on 127.0.0.1 against the harness's tracking store."""
     from harness.tracking import tracking_uri
@@ -103,6 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--help-config", action="store_true", help="list every setting with its default and exit")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. train.lr=1e-4 sft.kl_beta=0.05")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("sweep", help="Optuna sweep over learning rates for many methods", **_fmt(
+        "One Optuna study per method over its declared search space (learning rate by default), every "
+        "(trial, seed) a nested MLflow run under a parent run per method. Re-running the same command resumes: "
+        "finished trials are kept, trials of a killed process are retried, nothing is computed twice.\n"
+        "Spec: sweeps/default.yaml < --spec FILE < key=value < flags.",
+        textwrap.dedent("""\
+        examples:
+          harness sweep --methods all                      the main job on the toy world
+          harness sweep --methods sft,grpo --trials 6 --workers 2
+          harness sweep world=micro trials=2 name=smoke
+          harness sweep --storage postgresql://u:pw@db/optuna --workers 4   (many machines: same command)""")))
+    s.add_argument("--methods", default=None, help="all, or a comma-separated list (default: the spec's)")
+    s.add_argument("--spec", default=None, help="sweep spec YAML (default: sweeps/default.yaml)")
+    s.add_argument("--trials", type=int, default=None, help="trials per method")
+    s.add_argument("--workers", type=int, default=1, help="worker processes on this machine (torch threads split)")
+    s.add_argument("--storage", default=None, help="Optuna storage URL (default: journal file optuna-<name>.log)")
+    s.add_argument("--seeds", default=None, help="comma-separated fine-tuning seeds run by every trial")
+    s.add_argument("--quiet", action="store_true", help="no per-run progress bars")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="spec fields, e.g. world=micro trials=2")
+    s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("ui", help="browse runs in the MLflow UI (127.0.0.1)", **_fmt(
         "Start the MLflow UI bound to 127.0.0.1 on the harness's store (MLFLOW_TRACKING_URI or ./mlflow.db)."))

@@ -196,6 +196,8 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
     except ValidationError as e:
         raise _format_validation(e, f"{method_name}.", cls.Config) from None
     cfg.method_args = mcfg.model_dump()
+    from benchmarks.world import World
+    World(cfg.world)  # validates task and target names before anything is computed
     return cfg, mcfg
 
 

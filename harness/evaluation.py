@@ -30,8 +30,11 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from lm_eval.api.model import LM
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harness.errors import HarnessError
+from harness.metrics import eval_mode
 
 # lm-eval logs INFO lines on every evaluate() call; a training loop evaluates often.
 logging.getLogger("lm_eval").setLevel(logging.WARNING)
@@ -48,18 +51,6 @@ class EvalResult:
     correct: dict[str, np.ndarray]  # task -> 0/1 float array, in world.eval_items[task] order
     responses: dict[str, list[str]]  # task -> decoded greedy responses, same order
     seconds: float
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode, then restore each one's own mode (a frozen part may differ)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @contextlib.contextmanager
@@ -88,6 +79,21 @@ def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Per-row stop once the decoded response contains a stop string.
+
+    transformers' own `stop_strings` raises when a stop string has characters
+    outside the vocabulary (the toy vocabulary has no newline), so we check text.
+    """
+
+    def __init__(self, tokenizer, stop: list[str], prompt_len: int):
+        self.tokenizer, self.stop, self.prompt_len = tokenizer, stop, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:].tolist(), skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:
@@ -129,7 +135,9 @@ def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int
             L = len(enc[i])
             ids[row, T - L:] = torch.tensor(enc[i])
             attn[row, T - L:] = 1
-        kwargs: dict[str, Any] = {"stop_strings": stops, "tokenizer": tokenizer} if stops else {}
+        kwargs: dict[str, Any] = {}
+        if stops:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnStrings(tokenizer, stops, T)])
         gen = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
                              max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                              eos_token_id=eos, **kwargs)
@@ -139,12 +147,7 @@ def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     return out
 
 
-def _lm_base():
-    from lm_eval.api.model import LM
-    return LM
-
-
-class LiveLM(_lm_base()):
+class LiveLM(LM):
     """A minimal lm-eval LM over an in-memory transformers model: greedy `generate_until` only."""
 
     def __init__(self, model, tokenizer, batch_size: int, add_special_tokens: bool = False):
@@ -154,12 +157,13 @@ class LiveLM(_lm_base()):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy responses, one per request, grouped by identical generation kwargs."""
-        groups: dict[str, list[int]] = {}
+        groups: dict[str, tuple[dict, list[int]]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault(json.dumps(r.args[1], sort_keys=True), []).append(i)
+            key = json.dumps(r.args[1], sort_keys=True, default=repr)
+            groups.setdefault(key, (r.args[1], []))[1].append(i)
         out: list[str] = [""] * len(requests)
-        for key, idx in groups.items():
-            kw = dict(json.loads(key))
+        for gen_kwargs, idx in groups.values():
+            kw = dict(gen_kwargs)
             until = kw.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             max_new = kw.pop("max_gen_toks", kw.pop("max_new_tokens", None))

@@ -72,6 +72,17 @@ def ensure_base_run(cfg: RunConfig, world, base: BaseScores) -> None:
                         "base/own_nll_token": base.own_nll_token, "base/own_nll_seq": base.own_nll_seq}, step=0)
 
 
+def prepare_world(cfg: RunConfig, progress: bool = True):
+    """World, base path, a fresh policy, tokenizer, evaluator and the (cached) base scores."""
+    world = World(cfg.world)
+    base_path = world.base_path(progress=progress)
+    policy, tok = load_model(base_path, device=cfg.train.device)
+    evaluator = Evaluator(world, tok, cfg.eval.batch_size)
+    base, _ = load_or_compute(world, policy, tok, evaluator, base_path, cfg.eval.batch_size)
+    ensure_base_run(cfg, world, base)
+    return world, base_path, policy, tok, evaluator, base
+
+
 def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None, extra_tags: dict | None = None,
         progress: bool = True) -> dict[str, float]:
     """Train one (world, method, hyper-parameters, seed) and return its final metrics."""
@@ -80,13 +91,8 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    world = World(cfg.world)
     method_cls = get_method(cfg.method)
-    base_path = world.base_path(progress=progress)
-    policy, tok = load_model(base_path, device=cfg.train.device)
-    evaluator = Evaluator(world, tok, cfg.eval.batch_size)
-    base, _ = load_or_compute(world, policy, tok, evaluator, base_path, cfg.eval.batch_size)
-    ensure_base_run(cfg, world, base)
+    world, base_path, policy, tok, evaluator, base = prepare_world(cfg, progress)
 
     name = cfg.tracking.run_name or f"{cfg.method}-{world.cfg.name}-{world.target}-s{cfg.train.seed}"
     tags = {"method": cfg.method, "world": world.cfg.name, "target": world.target, "seed": str(cfg.train.seed),

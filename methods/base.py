@@ -83,11 +83,13 @@ def register(cls: type[Method]) -> type[Method]:
 
 def method_names() -> list[str]:
     """Registered method keys in their canonical (report) order."""
-    import methods  # noqa: F401  (imports every module, which registers it)
+    from methods import load_all
+    load_all()
     return sorted(METHODS.names(), key=lambda n: (METHODS.get(n).order, n))
 
 
 def get_method(name: str) -> type[Method]:
     """The Method class registered as `name` (did-you-mean error otherwise)."""
-    import methods  # noqa: F401
+    from methods import load_all
+    load_all()
     return METHODS.get(name)

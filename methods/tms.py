@@ -1,0 +1,127 @@
+"""TMS: Trajectory-Mixed Supervision (reward-free, approximately on-policy self-distillation).
+
+Idea: SFT forgets because the moving policy drifts away from static labels
+(Policy-Label Divergence). TMS replaces most labels by the answers of the
+model's own SFT checkpoints, a target much closer to the student's policy.
+Data, in three stages inside the first `data()` call:
+  1. teacher: ordinary SFT from θ0 on the static expert labels for
+     `teacher_steps` steps (outside the evaluated trajectory, logged under
+     `teacher/`), saving `checkpoints` snapshots θ_1..θ_T evenly spaced over
+     the run (θ0 excluded);
+  2. harvest: each snapshot, loaded one at a time, samples one answer per
+     training prompt at `temperature`, with no verifier filter; the snapshot is
+     deleted as soon as it has sampled;
+  3. student: the policy is reset to θ0 (weights, optimizer and schedule) and
+     trains on q_α = α·q + (1−α)·m: every epoch (every later `data()` call),
+     each prompt gets its expert label with probability α, else the answer of a
+     checkpoint t ~ Uniform{1..T}, drawn afresh with the run's rng.
+Loss: token-mean NLL −(1/N_tok) Σ log π_θ(y_t | x, y_<t), as SFT (the engine
+reduces), for the teacher and the student alike.
+Paper: Khan, Liu, Tan, Fleming, Chen, "TMS: Trajectory-Mixed Supervision",
+arXiv 2602.03073 (code not available; T=10, α=0.25, uniform mixture and the
+forward-KL student come from third-party notes, METHODS.md §5).
+Deviations / GUESSes: checkpoint spacing (evenly in steps, θ0 excluded; duplicate
+steps when teacher_steps < checkpoints are merged), temperature 1.0,
+teacher_steps = the run's budget, student from θ0 with the SFT baseline's
+optimizer settings, and the `early_first` curriculum ablation are ours. The
+expert labels are not verifier-filtered (TMS is verifier-free); the verifier
+only scores the harvest for logging (`mixture_acc`). The teacher shares the
+run's learning rate and schedule (the engine's), so sweeping `train.lr` moves
+both. Unfinished samples (no end token) are kept, as the method has no filter.
+"""
+from __future__ import annotations
+
+import gc
+import math
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from harness.data import Example, TrainData
+from methods.base import LossOutput, Method, MethodConfig, SweepParam, register
+from methods._sft_family import nll_loss
+from methods.common import sample_and_verify
+
+
+class TMSConfig(MethodConfig):
+    checkpoints: int = Field(10, ge=1)
+    """T: teacher checkpoints whose samples form the mixture (paper: 10; best 8-10)."""
+    alpha: float = Field(0.25, ge=0, le=1)
+    """Probability of the static expert label when a prompt is drawn (paper: 0.25)."""
+    teacher_steps: int | None = Field(None, ge=1)
+    """Optimizer steps of the teacher SFT run (GUESS; None: the run's budget train.max_steps, like SFT)."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature of the checkpoints' answers (GUESS; 0 is greedy)."""
+    schedule: Literal["uniform", "early_first"] = "uniform"
+    """Checkpoint choice: uniform (paper), or early_first (ablation, GUESS): weight ∝ (1−p)(T−t+1) + p at
+    student progress p = step/max_steps, i.e. early checkpoints favoured at the start, uniform at the end."""
+
+
+def checkpoint_steps(teacher_steps: int, checkpoints: int) -> list[int]:
+    """Teacher steps after which to snapshot: ceil(k·S/T) for k = 1..T, distinct (θ0 excluded)."""
+    return sorted({math.ceil(k * teacher_steps / checkpoints) for k in range(1, checkpoints + 1)})
+
+
+def checkpoint_weights(n: int, schedule: str, progress: float) -> np.ndarray:
+    """Probabilities [n] of choosing checkpoint t = 1..n (earliest first) at student progress in [0, 1]."""
+    if schedule == "uniform":
+        return np.full(n, 1.0 / n)
+    w = (1 - progress) * np.arange(n, 0, -1, dtype=float) + progress  # [n]; n..1 at p=0, flat at p=1
+    return w / w.sum()
+
+
+def mix(expert: list[Example], answers: list[list[Example]], alpha: float, weights: np.ndarray,
+        rng: np.random.Generator) -> list[Example]:
+    """One example per prompt i from q_α: expert[i] with prob. α, else answers[t][i] with t ~ weights."""
+    use_expert = rng.random(len(expert)) < alpha                            # [N] bool
+    pick = rng.choice(len(answers), size=len(expert), p=weights)            # [N] checkpoint index
+    return [e if u else answers[t][i] for i, (e, u, t) in enumerate(zip(expert, use_expert, pick))]
+
+
+@register
+class TMS(Method):
+    name = "tms"
+    description = "SFT teacher run, then SFT of a fresh student on its checkpoints' own samples mixed with labels"
+    paper = "Trajectory-Mixed Supervision, arXiv 2602.03073"
+    order = 4
+    Config = TMSConfig
+    sweep = {"train.lr": SweepParam(1e-5, 3e-4), "tms.alpha": SweepParam(choices=(0.0, 0.25, 0.5))}
+
+    def data(self, ctx, phase: int) -> TrainData:
+        if not hasattr(self, "_answers"):
+            self._harvest(ctx)
+        weights = checkpoint_weights(len(self._answers), self.cfg.schedule, ctx.step / ctx.max_steps)
+        epoch = mix(self._expert, self._answers, self.cfg.alpha, weights, ctx.rng)
+        ctx.log({"expert_frac": sum(e.source == "expert" for e in epoch) / max(1, len(epoch))})
+        return TrainData(epoch)
+
+    def _harvest(self, ctx) -> None:
+        """Teacher SFT run with snapshots, one sample per prompt from each snapshot, then reset to θ0."""
+        items = ctx.world.train_items
+        self._expert = [ctx.example(it.prompt, it.label, task=it.task, source="expert") for it in items]
+        steps = self.cfg.teacher_steps or ctx.max_steps
+        at = checkpoint_steps(steps, self.cfg.checkpoints)
+        paths = []
+
+        def snapshot(done: int) -> None:
+            if done in at:
+                paths.append(ctx.save_checkpoint(f"tms-teacher-{done:06d}"))
+
+        ctx.train_steps(TrainData(self._expert), self.loss, steps, prefix="teacher", on_step=snapshot)
+        self._answers, accs = [], []
+        for t, path in enumerate(paths, start=1):
+            model = ctx.load_checkpoint(path)
+            sampled = sample_and_verify(ctx, items, n=1, temperature=self.cfg.temperature, model=model)
+            del model
+            gc.collect()
+            ctx.delete_checkpoint(path)
+            self._answers.append([Example(s.completions[0].prompt_ids, s.completions[0].response_ids,
+                                          task=s.item.task, source=f"ckpt{t}") for s in sampled])
+            accs.append(float(np.mean([s.rewards[0] for s in sampled])))
+        ctx.reset_to_base()
+        ctx.log({"teacher_steps": float(steps), "checkpoints": float(len(paths)),
+                 "mixture_acc": float(np.mean(accs)), **{f"ckpt{t}_acc": a for t, a in enumerate(accs, 1)}})
+
+    def loss(self, ctx, batch) -> LossOutput:
+        return nll_loss(batch.logp, batch.loss_mask)                        # [B, T-1] −log π_θ

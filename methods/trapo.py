@@ -1,0 +1,151 @@
+"""TRAPO: trust-region SFT on expert prefixes plus RL on the model's own continuations, with adaptive guidance.
+
+Idea: per prompt, give the model as much of an expert solution as it needs --
+none while it succeeds, longer prefixes as it fails -- and learn from both:
+TrSFT on the expert prefix tokens, group-relative policy gradient on the
+tokens it generated itself.
+Data: each data() call draws `prompts_per_step` prompts and samples, per
+prompt, four sequential micro-groups of sizes (4, 2, 1, 1). With S_k the
+cumulative successes after micro-group k: stage 2 continues a 25% expert
+prefix if S_1 < 2, stage 3 a 50% prefix if S_2 < 4, stage 4 is the FULL
+expert trajectory (no model tokens, verifier-scored) if S_3 < 7, each stage
+otherwise unguided. Cuts (`prefix_end`): just after the first break token
+past ⌊ρL⌋ if it lies before (ρ+0.3)L, else at ⌊ρL⌋. The 8 samples form one
+group with advantage A = r − mean(r) (no std). TrSFT applies to the prefix of
+the second 25% rollout only (the shared prefix counts once) and to the single
+rollout at 50% and 100%. One optimizer step per data() call.
+Loss per token: −p/max(sg[p], α) on TrSFT-masked prefix tokens (α = 0.1; the
+gradient is −∇log p inside the trust region p ≥ α, −(p/α)∇log p outside),
+−A·π_θ/sg[π_θ] (ratio ≡ 1, no clip) on model tokens, −0.001·H_t on every
+response token; each token divided by L_max = world.max_new_tokens and the
+engine averages sequences ("sequence" reduction). No KL, no reference model.
+Paper: Su et al., TRAPO, arXiv 2512.17636 (code: Su-my/TRAPO, see METHODS.md §7).
+Deviations: the code divides each micro-batch's token sum by L_max and then
+by the number of micro-batches, here by L_max × sequences (a constant factor);
+the code's entropy bonus is a token mean over response tokens, here it shares
+the sum / L_max normaliser. Expert trajectory = the item's label + end token;
+the toy teacher is deterministic, so the paper's "two expert solutions" are
+the same label. Break tokens are those containing a `break_strings` entry:
+the paper's "\\n\\n", here "," (the `worked` style's step separator) [GUESS].
+The model continues a prefix for up to max_new_tokens more tokens; truncated
+samples score 0 (the shared sample_and_verify); LR is swept, not 1e-6.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from pydantic import Field
+
+from harness.data import Example, TrainData
+from methods._policy_gradient import draw_items, group_stats
+from methods.base import LossOutput, Method, MethodConfig, SweepParam, register
+from methods.common import group_advantages, masked_mean, sample_and_verify
+
+# Micro-groups: (rollouts, guidance ratio, cumulative-success threshold): guided iff successes so far < threshold.
+MICRO_GROUPS = ((4, 0.0, 0), (2, 0.25, 2), (1, 0.5, 4), (1, 1.0, 7))
+
+
+def guidance(stage: int, successes: int) -> float:
+    """Expert-prefix ratio of micro-group `stage` (0-based) given the cumulative successes before it."""
+    _, rho, threshold = MICRO_GROUPS[stage]
+    return rho if successes < threshold else 0.0
+
+
+def prefix_end(label_ids: list[int], rho: float, is_break: Callable[[int], bool]) -> int:
+    """Expert tokens in a ρ-prefix: past the first break after ⌊ρL⌋ if it lies before (ρ+0.3)L, else ⌊ρL⌋."""
+    L = len(label_ids)
+    if rho >= 1:
+        return L
+    threshold = int(L * rho)
+    idx = next((i for i, t in enumerate(label_ids) if i > threshold and is_break(t)), None)
+    return idx + 1 if idx is not None and idx < L * (rho + 0.3) else threshold
+
+
+def trsft_loss(logp: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-token TrSFT loss −p / max(sg[p], α); logp: [B, T-1] -> [B, T-1]."""
+    p = logp.exp()                                                      # [B, T-1]
+    return -p / p.detach().clamp(min=alpha)                             # [B, T-1]
+
+
+class TRAPOConfig(MethodConfig):
+    prompts_per_step: int = Field(8, ge=1)
+    """Prompts per optimizer step (8 samples each: 8 x 8 = 64 sequences, as released)."""
+    temperature: float = Field(1.0, gt=0)
+    """Rollout temperature."""
+    alpha: float = Field(0.1, gt=0, le=1)
+    """TrSFT trust-region floor α (hard-coded 0.1 in the code)."""
+    entropy_coef: float = Field(0.001, ge=0)
+    """Entropy bonus coefficient (subtracted from the loss)."""
+    break_strings: list[str] = Field(default_factory=lambda: [","])
+    """A token is a paragraph break if its text contains one of these [GUESS: the toy teacher's step separator]."""
+
+
+@register
+class TRAPO(Method):
+    name = "trapo"
+    description = "trust-region SFT on adaptive expert prefixes + group-relative RL on continuations"
+    paper = "TRAPO, Su et al., arXiv 2512.17636 (ICLR 2026)"
+    order = 6
+    Config = TRAPOConfig
+    sweep = {"train.lr": SweepParam(1e-5, 3e-4)}
+    reduction = "sequence"
+
+    def data(self, ctx, phase: int) -> TrainData:
+        c, tok = self.cfg, ctx.tokenizer
+        items = draw_items(ctx, c.prompts_per_step)
+        experts = [ctx.encode(it.label) for it in items]               # expert trajectories (eos added when used whole)
+        is_break = lambda t: any(b in tok.decode([t]) for b in c.break_strings)  # noqa: E731
+        rows: list[list[tuple]] = [[] for _ in items]  # per prompt: (prompt ids, response ids, n_prefix, trsft, reward)
+        levels = {0.25: 0, 0.5: 0, 1.0: 0}
+        for stage, (size, _, _) in enumerate(MICRO_GROUPS):
+            rhos = [guidance(stage, int(sum(r[4] for r in row))) for row in rows]
+            todo = []
+            for i, rho in enumerate(rhos):
+                if rho > 0:
+                    levels[rho] += 1
+                if rho >= 1:  # the full expert trajectory: no model tokens
+                    resp = experts[i] + [tok.eos_token_id]
+                    rows[i].append((ctx.encode(items[i].prompt), resp, len(resp), True,
+                                    ctx.world.verify(items[i], items[i].label)))
+                else:
+                    todo.append((i, prefix_end(experts[i], rho, is_break) if rho > 0 else 0))
+            if not todo:
+                continue
+            outs = sample_and_verify(ctx, [items[i] for i, _ in todo], size, c.temperature,
+                                     prefixes=[tok.decode(experts[i][:k]) for i, k in todo])
+            for (i, _), s in zip(todo, outs):
+                P = len(ctx.encode(items[i].prompt))
+                for j, (comp, r) in enumerate(zip(s.completions, s.rewards)):
+                    # The prefix tokens actually generated from; only the last rollout of a stage carries TrSFT.
+                    rows[i].append((comp.prompt_ids[:P], comp.prompt_ids[P:] + comp.response_ids,
+                                    len(comp.prompt_ids) - P, j == size - 1, r))
+        rewards = torch.tensor([[r[4] for r in row] for row in rows])  # [P, 8]
+        adv = group_advantages(rewards, scale=False)                    # [P, 8]
+        examples = []
+        for row, arow in zip(rows, adv):
+            for (prompt, resp, n_pre, carry, _), a in zip(row, arow):
+                pre = [1.0] * n_pre + [0.0] * (len(resp) - n_pre)
+                source = "expert" if n_pre == len(resp) else "prefixed" if n_pre else "self"
+                examples.append(Example(prompt, resp, task=ctx.world.target, source=source,
+                                        fields={"adv": float(a)},
+                                        token_fields={"prefix": pre, "trsft": pre if carry else [0.0] * len(resp)}))
+        expert_r = [r[4] for row in rows for r in row if r[2] == len(r[1])]
+        stats = {**group_stats(rewards), "reward_unguided": float(rewards[:, :4].mean()),
+                 "prefix_ratio": sum(r[2] for row in rows for r in row) / sum(len(r[1]) for row in rows for r in row),
+                 "n_prefix25": levels[0.25], "n_prefix50": levels[0.5], "n_full_expert": levels[1.0]}
+        if expert_r:
+            stats["expert_reward"] = sum(expert_r) / len(expert_r)
+        ctx.log(stats)
+        return TrainData(examples, batch_size=len(examples), shuffle=False)
+
+    def loss(self, ctx, batch) -> LossOutput:
+        c, mask, logp = self.cfg, batch.loss_mask, batch.logp             # [B, T-1]
+        prefix, sft = batch.token_fields["prefix"], batch.token_fields["trsft"]  # [B, T-1] each
+        adv = batch.fields["adv"].unsqueeze(-1)                           # [B, 1]
+        rl = -adv * torch.exp(logp - logp.detach())                       # [B, T-1]; value −A, gradient −A∇log p
+        tok = trsft_loss(logp, c.alpha) * sft + rl * (1 - prefix) - c.entropy_coef * batch.entropy  # [B, T-1]
+        p = logp.detach().exp()
+        stats = {"entropy": masked_mean(batch.entropy.detach(), mask), "expert_p": masked_mean(p, sft * mask),
+                 "trust_frac": masked_mean((p >= c.alpha).float(), sft * mask)}
+        return LossOutput(tok / ctx.world.cfg.max_new_tokens, {k: float(v) for k, v in stats.items()})

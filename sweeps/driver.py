@@ -1,0 +1,375 @@
+"""`harness sweep`: one Optuna study per (sweep, method); every (trial, seed) a nested MLflow run.
+
+Exact trial counts across re-runs and workers come from *slots*: when a study
+is created, `trials` WAITING trials are enqueued once (grid points, or empty
+ones whose parameters the sampler fills in when they are popped). Workers only
+pop WAITING trials, so nothing is computed twice and the total equals the
+spec. A trial left RUNNING by a dead worker (same host and pid gone, or no
+heartbeat for `STALE_AFTER_S`) is failed and its parameters enqueued again; a
+seed whose MLflow run already FINISHED is reused, not re-trained.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from filelock import FileLock
+from optuna.trial import TrialState
+
+from harness.config import _deep_merge, resolve_config
+from harness.errors import HarnessError
+from methods.base import SweepParam, get_method
+from sweeps.spec import SweepSpec
+
+HEARTBEAT_S = 20.0
+STALE_AFTER_S = 300.0
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def storage_url(spec: SweepSpec) -> str:
+    """The spec's storage, or a journal file next to the working directory."""
+    return spec.storage or str(Path.cwd() / f"optuna-{spec.name}.log")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage for database URLs, else Optuna's journal file (fast and safe for local processes)."""
+    if "://" in url:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    from optuna.storages.journal import JournalFileBackend
+    return optuna.storages.JournalStorage(JournalFileBackend(url))
+
+
+@contextmanager
+def local_lock(spec: SweepSpec):
+    """Serialise study preparation, stale recovery and popping among processes of this machine."""
+    key = hashlib.sha1(storage_url(spec).encode()).hexdigest()[:12]
+    with FileLock(str(Path(os.environ.get("TMPDIR", "/tmp")) / f"harness-sweep-{key}.lock")):
+        yield
+
+
+def search_space(spec: SweepSpec, method: str) -> dict[str, SweepParam]:
+    """The method's declared space restricted to `spec.params`, with the spec's per-method overrides."""
+    declared = dict(get_method(method).sweep)
+    for key, sp in spec.space.get(method, {}).items():
+        declared[key] = SweepParam(sp.low, sp.high, sp.log, tuple(sp.choices) if sp.choices else None)
+    missing = [p for p in spec.params if p not in declared]
+    if missing:
+        raise HarnessError(f"method {method!r} declares no search space for {missing}; declared: {sorted(declared)}")
+    return {k: declared[k] for k in spec.params}
+
+
+def grid(space: dict[str, SweepParam], n: int) -> list[dict[str, Any]]:
+    """`n` points: log-spaced (or linear) over the first float dimension, others at their lower end/first choice."""
+    keys = list(space)
+    points = []
+    for i in range(n):
+        frac = 0.5 if n == 1 else i / (n - 1)
+        pt = {}
+        for j, k in enumerate(keys):
+            sp = space[k]
+            if sp.choices is not None:
+                pt[k] = sp.choices[i % len(sp.choices)] if j == 0 else sp.choices[0]
+            elif j == 0:
+                lo, hi = (math.log(sp.low), math.log(sp.high)) if sp.log else (sp.low, sp.high)
+                v = lo + frac * (hi - lo)
+                pt[k] = float(math.exp(v) if sp.log else v)
+            else:
+                pt[k] = sp.low
+        points.append(pt)
+    return points
+
+
+def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    """Pinned sampler and seed (Optuna 5 changed the defaults)."""
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
+    return optuna.samplers.TPESampler(seed=spec.sampler_seed)
+
+
+def directions(spec: SweepSpec) -> list[str]:
+    """Objective directions of the spec's objective mode."""
+    return {"pareto": ["maximize", "minimize"], "gain_at_drop_budget": ["maximize"],
+            "drop_at_gain_target": ["minimize"]}[spec.objective]
+
+
+def prepare_study(spec: SweepSpec, method: str, storage) -> optuna.Study:
+    """Create or load the method's study and top up its WAITING slots to `spec.trials` (call under the lock)."""
+    study = optuna.create_study(study_name=f"{spec.name}-{method}", storage=storage, directions=directions(spec),
+                                sampler=make_sampler(spec), load_if_exists=True)
+    enqueued = int(study.user_attrs.get("slots", 0))
+    if enqueued < spec.trials:
+        space = search_space(spec, method)
+        points = grid(space, spec.trials) if spec.sampler == "grid" else [{}] * spec.trials
+        for pt in points[enqueued:]:
+            study.enqueue_trial(pt, skip_if_exists=bool(pt))
+        study.set_user_attr("slots", spec.trials)
+        study.set_user_attr("space", {k: vars(v) | {"choices": list(v.choices) if v.choices else None}
+                                      for k, v in space.items()})
+    return study
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def recover_stale(study: optuna.Study) -> list[int]:
+    """Fail trials whose worker died and enqueue their parameters again (call under the lock)."""
+    host, now, out = socket.gethostname(), time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ua = t.user_attrs
+        dead = ua.get("host") == host and "pid" in ua and not _alive(int(ua["pid"]))
+        silent = now - float(ua.get("heartbeat", now)) > STALE_AFTER_S
+        if dead or silent:
+            study.tell(t.number, state=TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            out.append(t.number)
+    return out
+
+
+def _nested(flat: dict[str, Any]) -> dict:
+    out: dict = {}
+    for key, v in flat.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return out
+
+
+def params_key(params: dict[str, Any]) -> str:
+    """A stable id of a hyper-parameter setting (to reuse finished seeds of a retried trial)."""
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def suggest(trial: optuna.Trial, space: dict[str, SweepParam]) -> dict[str, Any]:
+    """Draw (or read the enqueued) value of every search dimension."""
+    out = {}
+    for k, sp in space.items():
+        if sp.choices is not None:
+            out[k] = trial.suggest_categorical(k, list(sp.choices))
+        else:
+            out[k] = trial.suggest_float(k, sp.low, sp.high, log=sp.log)
+    return out
+
+
+def objective_values(spec: SweepSpec, gain: float, drop: float) -> list[float]:
+    """Optuna values of a trial from its mean gain and drop."""
+    if spec.objective == "pareto":
+        return [gain, drop]
+    if spec.objective == "gain_at_drop_budget":
+        return [gain - 10.0 * max(0.0, drop - spec.budget)]
+    return [drop + 10.0 * max(0.0, spec.budget - gain)]
+
+
+class _Heartbeat:
+    """Writes a trial's `heartbeat` user attribute every HEARTBEAT_S seconds while it runs."""
+
+    def __init__(self, study: optuna.Study, trial_id: int):
+        self.study, self.trial_id, self.stop = study, trial_id, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+            except Exception:  # the trial may have been finished meanwhile; never kill the run for it
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+
+
+def run_trial(spec: SweepSpec, method: str, study: optuna.Study, trial: optuna.Trial, parent_id: str,
+              progress: bool) -> list[float]:
+    """Run every seed of one trial (reusing seeds already FINISHED in MLflow); returns objective values."""
+    from mlflow import MlflowClient
+
+    from harness.run import run
+    from harness.tracking import find_run, init_store
+
+    params = suggest(trial, search_space(spec, method))
+    pkey = params_key(params)
+    gains, drops, run_ids = [], [], []
+    for seed in spec.seeds:
+        tags = {"kind": "run", "sweep": spec.name, "study": study.study_name, "params_key": pkey,
+                "seed": str(seed)}
+        done = find_run(spec.name, tags)
+        if done is not None:
+            metrics = init_store().get_run(done).data.metrics
+        else:
+            over = _deep_merge(spec.overrides, _nested(params))
+            over = _deep_merge(over, {"train": {"seed": seed}, "tracking": {"experiment": spec.name,
+                                                                          "run_name": f"{method}-t{trial.number}-s{seed}"}})
+            cfg, mcfg = resolve_config(world=spec.world, method=method, overrides=over)
+            metrics = run(cfg, mcfg, parent_run_id=parent_id, progress=progress,
+                          extra_tags={**tags, "trial": str(trial.number)})
+            done = find_run(spec.name, tags)
+        run_ids.append(done)
+        gains.append(metrics["target_gain"])
+        drops.append(metrics["nontarget_drop"])
+    trial.set_user_attr("mlflow_run_ids", run_ids)
+    gain, drop = sum(gains) / len(gains), sum(drops) / len(drops)
+    trial.set_user_attr("target_gain", gain)
+    trial.set_user_attr("nontarget_drop", drop)
+    return objective_values(spec, gain, drop)
+
+
+def work(spec: SweepSpec, methods: list[str], parents: dict[str, str], threads: int | None = None,
+         progress: bool = True, on_trial=None) -> None:
+    """A worker: pop WAITING trials of each method's study until none is left, and run them."""
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    storage = open_storage(storage_url(spec))
+    for method in methods:
+        study = optuna.load_study(study_name=f"{spec.name}-{method}", storage=storage, sampler=make_sampler(spec))
+        while True:
+            with local_lock(spec):
+                recover_stale(study)
+                if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                    break
+                trial = study.ask()
+            if "fixed_params" not in study._storage.get_trial_system_attrs(trial._trial_id):
+                # Another machine popped the last slot between our check and ask(): not a slot, drop it.
+                study.tell(trial, state=TrialState.PRUNED)
+                break
+            for k, v in {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time()}.items():
+                trial.set_user_attr(k, v)
+            try:
+                with _Heartbeat(study, trial._trial_id):
+                    values = run_trial(spec, method, study, trial, parents[method], progress)
+                study.tell(trial, values)
+            except HarnessError:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            except Exception as e:  # the run is FAILED in MLflow with its reason; the sweep goes on
+                trial.set_user_attr("failure_reason", f"{type(e).__name__}: {e}"[:500])
+                study.tell(trial, state=TrialState.FAIL)
+            if on_trial is not None:
+                on_trial()
+
+
+def ensure_parent(spec: SweepSpec, method: str, experiment_id: str) -> str:
+    """The (sweep, method) parent MLflow run, created once and reopened when a sweep resumes."""
+    from harness.tracking import init_store
+    client = init_store()
+    found = client.search_runs([experiment_id], f"tags.kind = 'parent' and tags.sweep = '{spec.name}' "
+                                                f"and tags.method = '{method}'", max_results=1)
+    if found:
+        rid = found[0].info.run_id
+        client.update_run(rid, status="RUNNING")
+    else:
+        rid = client.create_run(experiment_id, run_name=f"{spec.name}-{method}",
+                                tags={"kind": "parent", "sweep": spec.name, "method": method,
+                                      "study": f"{spec.name}-{method}", "world": spec.world}).info.run_id
+    client.log_dict(rid, spec.model_dump(mode="json"), "spec.json")
+    return rid
+
+
+def finish_parent(spec: SweepSpec, study: optuna.Study, parent_id: str) -> list[dict]:
+    """Record the method's Pareto set (or best trial) on its parent run and end it FINISHED."""
+    from harness.tracking import init_store
+    client = init_store()
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = study.best_trials if done else []
+    front = [{"trial": t.number, "params": t.params, "target_gain": t.user_attrs.get("target_gain"),
+              "nontarget_drop": t.user_attrs.get("nontarget_drop"), "runs": t.user_attrs.get("mlflow_run_ids")}
+             for t in best]
+    client.log_dict(parent_id, front, "pareto.json")
+    client.set_tag(parent_id, "pareto_trials", ",".join(str(f["trial"]) for f in front))
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+              for s in (TrialState.COMPLETE, TrialState.FAIL)}
+    for k, v in counts.items():
+        client.log_metric(parent_id, f"trials/{k}", v)
+    client.set_terminated(parent_id, "FINISHED" if done else "FAILED")
+    return front
+
+
+def status_lines(spec: SweepSpec, methods: list[str], storage, started: float, workers: int) -> list[str]:
+    """One line per method: trials done/running/failed/waiting and the current front; then time left."""
+    lines, durations, remaining = [], [], 0
+    for m in methods:
+        trials = optuna.load_study(study_name=f"{spec.name}-{m}", storage=storage).get_trials(deepcopy=False)
+        n = {s: sum(t.state == s for t in trials) for s in TrialState}
+        durations += [t.duration.total_seconds() for t in trials if t.state == TrialState.COMPLETE and t.duration]
+        remaining += n[TrialState.WAITING] + n[TrialState.RUNNING]
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        front = sorted((t.user_attrs.get("target_gain", 0.0), t.user_attrs.get("nontarget_drop", 0.0)) for t in done)
+        fr = " ".join(f"({g:+.0f},{d:+.1f})" for g, d in front[-4:])
+        lines.append(f"  {m:14s} done {n[TrialState.COMPLETE]:2d}  running {n[TrialState.RUNNING]}  "
+                     f"failed {n[TrialState.FAIL]}  waiting {n[TrialState.WAITING]:2d}  (gain,drop): {fr}")
+    elapsed = time.time() - started
+    eta = (sum(durations) / len(durations)) * remaining / max(1, workers) if durations else float("nan")
+    lines.append(f"  elapsed {elapsed / 60:.1f} min, about {eta / 60:.1f} min left")
+    return lines
+
+
+def _spawned_worker(spec_json: str, methods: list[str], parents: dict[str, str], threads: int) -> None:
+    work(SweepSpec.model_validate_json(spec_json), methods, parents, threads=threads, progress=False)
+
+
+def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True) -> dict[str, list[dict]]:
+    """Run (or resume) a sweep to completion; returns each method's Pareto set. Raises if every trial failed."""
+    import multiprocessing as mp
+
+    from harness.run import prepare_world
+    from harness.tracking import ensure_experiment, mark_stale_runs
+    from sweeps.spec import resolve_methods
+
+    methods = resolve_methods(spec)
+    for m in methods:  # every error in the spec surfaces before anything trains
+        search_space(spec, m)
+        cfg, _ = resolve_config(world=spec.world, method=m, overrides=spec.overrides)
+    exp_id = ensure_experiment(spec.name)
+    mark_stale_runs(exp_id)
+    prepare_world(cfg, progress=progress)  # pretrain the base and score it once, before workers start
+    storage = open_storage(storage_url(spec))
+    with local_lock(spec):
+        studies = {m: prepare_study(spec, m, storage) for m in methods}
+    parents = {m: ensure_parent(spec, m, exp_id) for m in methods}
+    started = time.time()
+
+    def show() -> None:
+        print("\n".join([f"sweep {spec.name!r} ({workers} worker{'s' if workers > 1 else ''}):"]
+                        + status_lines(spec, methods, storage, started, workers)), flush=True)
+
+    if workers <= 1:
+        work(spec, methods, parents, progress=progress, on_trial=show)
+    else:
+        threads = max(1, (os.cpu_count() or 2) // workers)
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_spawned_worker,
+                             args=(spec.model_dump_json(), methods[i % len(methods):] + methods[:i % len(methods)],
+                                   parents, threads)) for i in range(workers)]
+        for p in procs:
+            p.start()
+        while any(p.is_alive() for p in procs):
+            time.sleep(10)
+            show()
+        for p in procs:
+            p.join()
+    show()
+    fronts = {m: finish_parent(spec, studies[m], parents[m]) for m in methods}
+    if not any(fronts.values()):
+        raise RuntimeError(f"every trial of sweep {spec.name!r} failed; see failure_reason in the MLflow runs")
+    return fronts

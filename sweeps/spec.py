@@ -1,0 +1,90 @@
+"""Sweep specs (YAML): world, methods, search spaces, trials, seeds, storage, objective, sampler."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.config import _deep_merge, parse_overrides
+from harness.errors import HarnessError, unknown
+
+DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
+
+
+class Space(BaseModel):
+    """One search dimension: a float range or a list of choices."""
+
+    model_config = ConfigDict(extra="forbid")
+    low: float | None = None
+    high: float | None = None
+    log: bool = True
+    choices: list[Any] | None = None
+
+
+class SweepSpec(BaseModel):
+    """What a sweep runs; every field can be overridden on the command line as `key=value`."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str = "default"
+    """Sweep name: the MLflow experiment and the prefix of each method's Optuna study."""
+    world: str = "toy"
+    """World preset."""
+    methods: list[str] | Literal["all"] = "all"
+    """Methods to sweep, or `all`."""
+    trials: int = Field(4, ge=1)
+    """Trials per method (each trial = one hyper-parameter setting, run for every seed)."""
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    """Fine-tuning seeds run by every trial; the trial's objective is their mean."""
+    storage: str | None = None
+    """Optuna storage URL; None = a journal file `optuna-<name>.log` in the working directory."""
+    objective: Literal["pareto", "gain_at_drop_budget", "drop_at_gain_target"] = "pareto"
+    """pareto: maximise target_gain, minimise nontarget_drop; or one value under a budget."""
+    budget: float = 5.0
+    """The drop budget or gain target (points) of the single-objective modes."""
+    sampler: Literal["tpe", "random", "grid"] = "grid"
+    """grid: the papers' style -- `trials` log-spaced learning rates over each method's declared range."""
+    sampler_seed: int = 0
+    """Seed of the TPE/random sampler."""
+    params: list[str] = Field(default_factory=lambda: ["train.lr"])
+    """Which declared hyper-parameters to search (keys of the methods' sweep spaces)."""
+    space: dict[str, dict[str, Space]] = Field(default_factory=dict)
+    """Per-method overrides of declared spaces: {method: {param: {low, high, log}}}."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Run-config settings shared by every trial (e.g. {train: {max_steps: 100}})."""
+
+
+def load_spec(path: str | Path | None = None, cli: list[str] | None = None, **fields: Any) -> SweepSpec:
+    """Spec from YAML (default: sweeps/default.yaml) < key=value strings < explicit fields."""
+    path = Path(path) if path else DEFAULT_SPEC
+    if not path.exists():
+        raise HarnessError(f"sweep spec {str(path)!r} does not exist; see sweeps/default.yaml for the format")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise HarnessError(f"sweep spec {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"sweep spec {str(path)!r} must be a mapping of fields")
+    data = _deep_merge(data, parse_overrides(cli or []))
+    data = _deep_merge(data, {k: v for k, v in fields.items() if v is not None})
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(map(str, err["loc"]))
+        if err["type"] == "extra_forbidden":
+            raise unknown("sweep spec field", key, SweepSpec.model_fields, f"Fix {path}.") from None
+        raise HarnessError(f"sweep spec field {key!r}: {err['msg']} (got {err.get('input')!r})") from None
+    return spec
+
+
+def resolve_methods(spec: SweepSpec) -> list[str]:
+    """The spec's method list, validated against the registry."""
+    from methods.base import get_method, method_names
+    if spec.methods == "all":
+        return method_names()
+    for m in spec.methods:
+        get_method(m)
+    return list(spec.methods)

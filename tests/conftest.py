@@ -1,0 +1,18 @@
+"""Shared fixtures: the micro world's pretrained base, built once per test session in a temporary cache."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def micro_world(tmp_path_factory):
+    """(world, model, tokenizer) of the `micro` preset; pretraining takes ~10-30 s, so it is shared."""
+    from benchmarks.world import WORLD_PRESETS, World, WorldConfig
+    from harness.modeling import load_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        # The session's own cache: never read or write the user's ~/.cache from tests.
+        mp.setenv("HARNESS_CACHE", str(tmp_path_factory.mktemp("harness_cache")))
+        world = World(WorldConfig(name="micro", **WORLD_PRESETS["micro"]["world"]))
+        model, tokenizer = load_model(world.base_path(progress=False))
+        yield world, model, tokenizer

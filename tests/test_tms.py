@@ -1,0 +1,99 @@
+"""TMS: loss by hand, checkpoint spacing, the α-mixture, the reset to θ0, checkpoint cleanup, end to end."""
+from __future__ import annotations
+
+import math
+import weakref
+
+import numpy as np
+import torch
+
+from harness.data import Example, collate
+from methods.tms import TMS, TMSConfig, checkpoint_steps, checkpoint_weights, mix
+from method_harness import build, train
+
+
+def test_loss_is_per_token_nll_by_hand():
+    # prompt [5, 6] + response [7, 8] and prompt [5] + response [9]: target coordinates [B=2, T-1=3]
+    batch = collate([Example([5, 6], [7, 8]), Example([5], [9])], pad_id=0)
+    assert batch.loss_mask.tolist() == [[0, 1, 1], [1, 0, 0]]
+    batch.logp = torch.log(torch.tensor([[0.9, 0.5, 0.25], [0.125, 0.3, 0.3]]))
+    out = TMS(TMSConfig()).loss(None, batch)
+    # token_loss = −log p everywhere; the engine multiplies by loss_mask
+    assert torch.allclose(out.token_loss * batch.loss_mask,
+                          torch.tensor([[0.0, math.log(2), math.log(4)], [math.log(8), 0.0, 0.0]]))
+    # masked mean over the 3 trained tokens: (ln 2 + ln 4 + ln 8) / 3 = 6 ln 2 / 3 = 2 ln 2 ≈ 1.3863
+    assert abs(out.stats["nll"] - 2 * math.log(2)) < 1e-6
+
+
+def test_checkpoint_steps_are_even_and_exclude_theta0():
+    assert checkpoint_steps(150, 10) == [15, 30, 45, 60, 75, 90, 105, 120, 135, 150]
+    assert checkpoint_steps(7, 3) == [3, 5, 7]        # ceil(7/3)=3, ceil(14/3)=5, ceil(21/3)=7
+    assert checkpoint_steps(2, 10) == [1, 2]          # more checkpoints than steps: duplicates merged
+    assert checkpoint_steps(2, 2) == [1, 2]
+
+
+def test_checkpoint_weights_by_hand():
+    assert np.allclose(checkpoint_weights(4, "uniform", 0.0), [0.25] * 4)
+    assert np.allclose(checkpoint_weights(3, "early_first", 0.0), [3 / 6, 2 / 6, 1 / 6])  # ∝ 3, 2, 1
+    # p = 0.5: 0.5·[3, 2, 1] + 0.5 = [2, 1.5, 1], sum 4.5
+    assert np.allclose(checkpoint_weights(3, "early_first", 0.5), [2 / 4.5, 1.5 / 4.5, 1 / 4.5])
+    assert np.allclose(checkpoint_weights(3, "early_first", 1.0), [1 / 3] * 3)
+
+
+def test_mixture_proportion_and_alignment_with_fixed_rng():
+    N, T = 400, 4
+    expert = [Example([i], [0], source="expert") for i in range(N)]
+    answers = [[Example([i], [t], source=f"ckpt{t + 1}") for i in range(N)] for t in range(T)]
+    rng = np.random.default_rng(0)
+    epoch = mix(expert, answers, 0.25, checkpoint_weights(T, "uniform", 0.0), rng)
+    assert len(epoch) == N
+    assert all(e.prompt_ids == [i] for i, e in enumerate(epoch))   # one example per prompt, its own answer
+    n_expert = sum(e.source == "expert" for e in epoch)
+    assert 80 <= n_expert <= 120                                   # Binomial(400, 0.25): 100 ± 8.7
+    counts = [sum(e.source == f"ckpt{t + 1}" for e in epoch) for t in range(T)]
+    assert all(45 <= c <= 105 for c in counts)                     # ≈ 300 / 4 = 75 each
+    again = mix(expert, answers, 0.25, checkpoint_weights(T, "uniform", 0.0), rng)
+    assert [e.source for e in again] != [e.source for e in epoch]  # resampled every epoch
+    assert all(e.source == "expert" for e in mix(expert, answers, 1.0, np.full(T, 0.25), rng))
+    assert not any(e.source == "expert" for e in mix(expert, answers, 0.0, np.full(T, 0.25), rng))
+
+
+def test_student_starts_from_base_checkpoints_deleted_and_trains(micro_world):
+    torch.set_num_threads(1)
+    _, base_model, _ = micro_world
+    ctx, method, trainer = build(micro_world, "tms", ["tms.checkpoints=2", "tms.teacher_steps=2"])
+    saved, loaded = [], []
+    save, load = ctx.save_checkpoint, ctx.load_checkpoint
+
+    def spy_save(name):
+        saved.append(save(name))
+        return saved[-1]
+
+    def spy_load(path):
+        assert all(r() is None for r in loaded), "only one checkpoint model may be alive at a time"
+        model = load(path)
+        loaded.append(weakref.ref(model))
+        return model
+    ctx.save_checkpoint, ctx.load_checkpoint = spy_save, spy_load
+
+    data = method.data(ctx, 0)
+    logged = {k: v for _, stats in ctx.logged for k, v in stats.items()}
+    assert [s for s, st in ctx.logged if "teacher/loss" in st] == [1, 2]    # the teacher really trained
+    assert logged["train/teacher_steps"] == 2 and logged["train/checkpoints"] == 2
+    assert 0.0 <= logged["train/mixture_acc"] <= 1.0
+    # student = θ0: weights equal the base exactly, optimizer and schedule fresh
+    base = base_model.state_dict()
+    assert all(torch.equal(p, base[n]) for n, p in ctx.policy.state_dict().items())
+    assert len(trainer.opt.state) == 0 and trainer.sched.last_epoch == 0
+    # checkpoints: two saved, each deleted after sampling; the scratch folder is empty
+    assert len(saved) == 2 and len(loaded) == 2
+    assert not any(p.exists() for p in saved) and list(ctx._scratch.iterdir()) == []
+    # one example per training prompt, drawn from expert labels and both checkpoints
+    assert len(data.examples) == len(ctx.world.train_items)
+    assert {e.source for e in data.examples} <= {"expert", "ckpt1", "ckpt2"}
+    assert 0.0 < logged["train/expert_frac"] < 0.5
+
+    stats = train(ctx, method, trainer, 2)
+    assert len(stats) == 2 and all(math.isfinite(s["loss"]) for s in stats)
+    assert any(not torch.equal(p, base[n]) for n, p in ctx.policy.state_dict().items())
+    ctx.close()
