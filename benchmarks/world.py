@@ -84,7 +84,7 @@ class WorldConfig(_Strict):
 
     name: str = "toy"
     """World preset name (`harness list` shows them)."""
-    tasks: list[str] = Field(default_factory=lambda: list(FAMILIES))
+    tasks: list[str] = Field(default_factory=lambda: ["sort", "rev", "add", "max", "shift"])
     """Task families in the world; the target plus the retention (non-target) tasks."""
     target: str = "sort"
     """The task trained on; every other task is a retention task."""
@@ -124,7 +124,7 @@ WORLD_PRESETS: dict[str, dict] = {
             "tasks": ["sort", "rev", "add", "max"], "n_train": 128, "n_eval": 40, "n_heldout": 24,
             "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
                       "max_positions": 48},
-            "pretrain": {"steps": 300, "batch_size": 64, "warmup_steps": 20},
+            "pretrain": {"steps": 1000, "batch_size": 64, "warmup_steps": 20},
         },
         "train": {"max_steps": 8, "batch_size": 8, "micro_batch_size": 8, "eval_every": 4},
     },
@@ -170,6 +170,8 @@ class World:
                 raise unknown("task", t, FAMILIES, "Set world.tasks to known task names.")
         if cfg.target not in cfg.tasks:
             raise unknown("target task", cfg.target, cfg.tasks, "Set world.target to one of the world's tasks.")
+        if cfg.n_eval < 1:
+            raise HarnessError(f"every task has an empty eval split (world.n_eval={cfg.n_eval}); set world.n_eval > 0")
         self.cfg = cfg
         self.tasks = {t: Task(FAMILIES[t], cfg) for t in cfg.tasks}
         self.target = cfg.target

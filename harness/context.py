@@ -33,7 +33,7 @@ class Context:
     @property
     def max_steps(self) -> int:
         """The run's step budget."""
-        return self.run_cfg.train.max_steps
+        return self.trainer.cfg.max_steps
 
     @property
     def rng(self):
@@ -79,12 +79,14 @@ class Context:
         shutil.rmtree(path, ignore_errors=True)
 
     def train_steps(self, data: TrainData, loss_fn: Callable, steps: int, prefix: str,
-                    on_step: Callable[[int], None] | None = None) -> None:
+                    on_step: Callable[[int], None] | None = None, reduction: str = "token") -> None:
         """Run `steps` engine updates outside the evaluated trajectory (e.g. TMS's teacher run)."""
+        if not data.examples:
+            return
         done = 0
         while done < steps:
             for examples in data.steps(self.run_cfg.train.batch_size, self.rng):
-                stats = self.trainer.update(examples, loss_fn, self)
+                stats = self.trainer.update(examples, loss_fn, self, reduction)
                 done += 1
                 self._log({f"{prefix}/{k}": v for k, v in stats.items()}, done)
                 if on_step is not None:

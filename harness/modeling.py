@@ -48,6 +48,8 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str
         raise HarnessError(f"model path {name_or_path!r} does not exist; pass an existing folder "
                            f"written by save_pretrained, or a hub id like 'Qwen/Qwen2.5-0.5B'")
     src = str(path) if path.exists() else name_or_path
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on every load drown the harness's own progress
     tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         raise HarnessError(f"the tokenizer of {name_or_path!r} has no pad token; set one "

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from harness.data import Example, collate
 from harness.engine import forward
+from harness.errors import HarnessError
 from methods.common import correct_examples, masked_mean, sample_and_verify
 
 
@@ -122,7 +123,7 @@ def delimiter_ids(tokenizer, delimiter: str) -> set[int]:
 
 @torch.no_grad()
 def mean_phi(model: torch.nn.Module, examples: list[Example], pad_id: int, batch_size: int = 256) -> float:
-    """Mean over response tokens of φ = log p + H under `model` (the engine's `data_phi`); nan if empty."""
+    """Mean over response tokens of φ = log p + H under `model` (the engine's `data_phi`)."""
     tot, n = 0.0, 0.0
     was_training = model.training
     model.eval()
@@ -133,7 +134,7 @@ def mean_phi(model: torch.nn.Module, examples: list[Example], pad_id: int, batch
         tot += float(masked_mean(batch.logp + batch.entropy, batch.loss_mask)) * m
         n += m
     model.train(was_training)
-    return tot / n if n else float("nan")
+    return tot / max(n, 1.0)
 
 
 def hinted_examples(ctx, cfg) -> list[Example]:
@@ -155,7 +156,11 @@ def hinted_examples(ctx, cfg) -> list[Example]:
         for s in range(0, len(failed), cfg.hd_batch_size):
             chunk = failed[s:s + cfg.hd_batch_size]
             plain = [ctx.encode(it.prompt) for it in chunk]
-            hinted = [ctx.encode(cfg.hint_template.format(label=it.label, answer=it.answer, prompt=it.prompt)) for it in chunk]
+            hinted = [ctx.encode(cfg.hint_template.format(label=it.label, answer=it.answer, prompt=it.prompt))
+                      for it in chunk]
+            if tok.unk_token_id is not None and any(tok.unk_token_id in h for h in hinted):
+                raise HarnessError(f"idft.hint_template={cfg.hint_template!r} yields tokens the tokenizer does not "
+                                   f"know; use only characters that occur in prompts and labels")
             resp, finished, n = hinted_decode(
                 model, hinted, plain, beta=cfg.hd_beta, temperature=cfg.hd_temperature, top_p=cfg.hd_top_p,
                 max_new_tokens=ctx.world.cfg.max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
@@ -170,8 +175,8 @@ def hinted_examples(ctx, cfg) -> list[Example]:
         ctx.sampler.gen_seconds += time.perf_counter() - start
     expert = [ctx.example(it.prompt, it.label, task=it.task, source="expert") for it in items]
     pad = tok.pad_token_id
+    phis = {f"hd/phi_{k}": mean_phi(model, v, pad) for k, v in
+            [("own", own), ("hinted", hd), ("data", own + hd), ("expert", expert)] if v}
     ctx.log({"hd/own_correct": float(len(own)), "hd/tried": float(len(failed)), "hd/accepted": float(len(hd)),
-             "hd/coverage": (len(own) + len(hd)) / max(1, len(items)), "hd/gen_tokens": float(fed),
-             "hd/phi_own": mean_phi(model, own, pad), "hd/phi_hinted": mean_phi(model, hd, pad),
-             "hd/phi_data": mean_phi(model, own + hd, pad), "hd/phi_expert": mean_phi(model, expert, pad)})
+             "hd/coverage": (len(own) + len(hd)) / max(1, len(items)), "hd/gen_tokens": float(fed), **phis})
     return own + hd

@@ -59,7 +59,6 @@ class Method:
     # Search space over config keys (`train.lr`, `<method>.<field>`); the learning rate is always swept.
     sweep: ClassVar[dict[str, SweepParam]] = {"train.lr": SweepParam(1e-5, 3e-4)}
     reduction: Literal["token", "sequence"] = "token"
-    needs_base: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg

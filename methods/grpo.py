@@ -74,10 +74,6 @@ class GRPO(Method):
     def reduction(self) -> str:
         return LOSS_REDUCTION[self.cfg.loss_type]
 
-    @property
-    def needs_base(self) -> bool:
-        return self.cfg.beta > 0
-
     def data(self, ctx, phase: int) -> TrainData:
         c = self.cfg
         sampled = sample_and_verify(ctx, draw_items(ctx, c.prompts_per_step), c.group_size, c.temperature)

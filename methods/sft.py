@@ -21,6 +21,7 @@ from pydantic import Field
 
 from harness.data import TrainData
 from methods.base import LossOutput, Method, MethodConfig, SweepParam, register
+from methods._sft_family import nll_loss
 from methods.common import k2, masked_mean, reference_logp
 
 
@@ -49,10 +50,9 @@ class SFT(Method):
         return TrainData(self._examples)
 
     def loss(self, ctx, batch) -> LossOutput:
-        nll = -batch.logp                                                   # [B, T-1]
-        stats = {"nll": float(masked_mean(nll.detach(), batch.loss_mask))}
+        out = nll_loss(batch.logp, batch.loss_mask)                         # token_loss [B, T-1]
         if self.cfg.kl_beta > 0:
             pen = k2(batch.logp, reference_logp(ctx.base, batch))           # [B, T-1]
-            stats["kl_k2"] = float(masked_mean(pen.detach(), batch.loss_mask))
-            nll = nll + self.cfg.kl_beta * pen
-        return LossOutput(nll, stats)
+            out.stats["kl_k2"] = float(masked_mean(pen.detach(), batch.loss_mask))
+            out.token_loss = out.token_loss + self.cfg.kl_beta * pen
+        return out

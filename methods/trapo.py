@@ -1,9 +1,8 @@
 """TRAPO: trust-region SFT on expert prefixes plus RL on the model's own continuations, with adaptive guidance.
 
-Idea: per prompt, give the model as much of an expert solution as it needs --
-none while it succeeds, longer prefixes as it fails -- and learn from both:
-TrSFT on the expert prefix tokens, group-relative policy gradient on the
-tokens it generated itself.
+Idea: per prompt, give the model as much of an expert solution as it needs
+(none while it succeeds, longer prefixes as it fails); learn TrSFT on expert
+prefix tokens and group-relative policy gradient on its own tokens.
 Data: each data() call draws `prompts_per_step` prompts and samples, per
 prompt, four sequential micro-groups of sizes (4, 2, 1, 1). With S_k the
 cumulative successes after micro-group k: stage 2 continues a 25% expert
@@ -32,7 +31,7 @@ samples score 0 (the shared sample_and_verify); LR is swept, not 1e-6.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from pydantic import Field
@@ -44,6 +43,16 @@ from methods.common import group_advantages, masked_mean, sample_and_verify
 
 # Micro-groups: (rollouts, guidance ratio, cumulative-success threshold): guided iff successes so far < threshold.
 MICRO_GROUPS = ((4, 0.0, 0), (2, 0.25, 2), (1, 0.5, 4), (1, 1.0, 7))
+
+
+class Sample(NamedTuple):
+    """One of a prompt's 8 samples: response = expert prefix (n_prefix tokens) + the model's continuation."""
+
+    prompt: list[int]
+    response: list[int]
+    n_prefix: int
+    trsft: bool  # whether its prefix carries the TrSFT loss
+    reward: float
 
 
 def guidance(stage: int, successes: int) -> float:
@@ -94,20 +103,20 @@ class TRAPO(Method):
     def data(self, ctx, phase: int) -> TrainData:
         c, tok = self.cfg, ctx.tokenizer
         items = draw_items(ctx, c.prompts_per_step)
-        experts = [ctx.encode(it.label) for it in items]               # expert trajectories (eos added when used whole)
+        experts = [ctx.encode(it.label) for it in items]   # expert trajectories (+ eos when used whole)
         is_break = lambda t: any(b in tok.decode([t]) for b in c.break_strings)  # noqa: E731
-        rows: list[list[tuple]] = [[] for _ in items]  # per prompt: (prompt ids, response ids, n_prefix, trsft, reward)
+        rows: list[list[Sample]] = [[] for _ in items]
         levels = {0.25: 0, 0.5: 0, 1.0: 0}
         for stage, (size, _, _) in enumerate(MICRO_GROUPS):
-            rhos = [guidance(stage, int(sum(r[4] for r in row))) for row in rows]
             todo = []
-            for i, rho in enumerate(rhos):
+            for i, row in enumerate(rows):
+                rho = guidance(stage, int(sum(x.reward for x in row)))
                 if rho > 0:
                     levels[rho] += 1
                 if rho >= 1:  # the full expert trajectory: no model tokens
                     resp = experts[i] + [tok.eos_token_id]
-                    rows[i].append((ctx.encode(items[i].prompt), resp, len(resp), True,
-                                    ctx.world.verify(items[i], items[i].label)))
+                    row.append(Sample(ctx.encode(items[i].prompt), resp, len(resp), True,
+                                      ctx.world.verify(items[i], items[i].label)))
                 else:
                     todo.append((i, prefix_end(experts[i], rho, is_break) if rho > 0 else 0))
             if not todo:
@@ -118,21 +127,19 @@ class TRAPO(Method):
                 P = len(ctx.encode(items[i].prompt))
                 for j, (comp, r) in enumerate(zip(s.completions, s.rewards)):
                     # The prefix tokens actually generated from; only the last rollout of a stage carries TrSFT.
-                    rows[i].append((comp.prompt_ids[:P], comp.prompt_ids[P:] + comp.response_ids,
-                                    len(comp.prompt_ids) - P, j == size - 1, r))
-        rewards = torch.tensor([[r[4] for r in row] for row in rows])  # [P, 8]
-        adv = group_advantages(rewards, scale=False)                    # [P, 8]
-        examples = []
-        for row, arow in zip(rows, adv):
-            for (prompt, resp, n_pre, carry, _), a in zip(row, arow):
-                pre = [1.0] * n_pre + [0.0] * (len(resp) - n_pre)
-                source = "expert" if n_pre == len(resp) else "prefixed" if n_pre else "self"
-                examples.append(Example(prompt, resp, task=ctx.world.target, source=source,
-                                        fields={"adv": float(a)},
-                                        token_fields={"prefix": pre, "trsft": pre if carry else [0.0] * len(resp)}))
-        expert_r = [r[4] for row in rows for r in row if r[2] == len(r[1])]
+                    rows[i].append(Sample(comp.prompt_ids[:P], comp.prompt_ids[P:] + comp.response_ids,
+                                          len(comp.prompt_ids) - P, j == size - 1, r))
+        rewards = torch.tensor([[x.reward for x in row] for row in rows])  # [P, 8]
+        adv = group_advantages(rewards, scale=False)                        # [P, 8]
+        examples, flat = [], [x for row in rows for x in row]
+        for x, a in zip(flat, adv.flatten().tolist()):
+            pre = [1.0] * x.n_prefix + [0.0] * (len(x.response) - x.n_prefix)
+            source = "expert" if x.n_prefix == len(x.response) else "prefixed" if x.n_prefix else "self"
+            examples.append(Example(x.prompt, x.response, task=ctx.world.target, source=source, fields={"adv": a},
+                                    token_fields={"prefix": pre, "trsft": pre if x.trsft else [0.0] * len(pre)}))
+        expert_r = [x.reward for x in flat if x.n_prefix == len(x.response)]
         stats = {**group_stats(rewards), "reward_unguided": float(rewards[:, :4].mean()),
-                 "prefix_ratio": sum(r[2] for row in rows for r in row) / sum(len(r[1]) for row in rows for r in row),
+                 "prefix_ratio": sum(x.n_prefix for x in flat) / sum(len(x.response) for x in flat),
                  "n_prefix25": levels[0.25], "n_prefix50": levels[0.5], "n_full_expert": levels[1.0]}
         if expert_r:
             stats["expert_reward"] = sum(expert_r) / len(expert_r)

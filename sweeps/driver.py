@@ -43,7 +43,14 @@ def storage_url(spec: SweepSpec) -> str:
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage for database URLs, else Optuna's journal file (fast and safe for local processes)."""
     if "://" in url:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        # Workers on several machines may create the schema at once (a CREATE TYPE race): retry briefly.
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            except Exception as e:  # sqlalchemy IntegrityError/ProgrammingError while another process creates it
+                if attempt == 4 or "does not exist" in str(e) or "could not connect" in str(e):
+                    raise HarnessError(f"cannot open Optuna storage {url!r}: {e}".splitlines()[0]) from None
+                time.sleep(1.0 + attempt)
     from optuna.storages.journal import JournalFileBackend
     return optuna.storages.JournalStorage(JournalFileBackend(url))
 
@@ -275,12 +282,15 @@ def ensure_parent(spec: SweepSpec, method: str, experiment_id: str) -> str:
     client = init_store()
     found = client.search_runs([experiment_id], f"tags.kind = 'parent' and tags.sweep = '{spec.name}' "
                                                 f"and tags.method = '{method}'", max_results=1)
+    owner = {"pid": str(os.getpid()), "host": socket.gethostname()}  # lets mark_stale_runs close it after a crash
     if found:
         rid = found[0].info.run_id
         client.update_run(rid, status="RUNNING")
+        for k, v in owner.items():
+            client.set_tag(rid, k, v)
     else:
         rid = client.create_run(experiment_id, run_name=f"{spec.name}-{method}",
-                                tags={"kind": "parent", "sweep": spec.name, "method": method,
+                                tags={"kind": "parent", "sweep": spec.name, "method": method, **owner,
                                       "study": f"{spec.name}-{method}", "world": spec.world}).info.run_id
     client.log_dict(rid, spec.model_dump(mode="json"), "spec.json")
     return rid
@@ -343,8 +353,8 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True) -> dict[
     exp_id = ensure_experiment(spec.name)
     mark_stale_runs(exp_id)
     prepare_world(cfg, progress=progress)  # pretrain the base and score it once, before workers start
-    storage = open_storage(storage_url(spec))
     with local_lock(spec):
+        storage = open_storage(storage_url(spec))
         studies = {m: prepare_study(spec, m, storage) for m in methods}
     parents = {m: ensure_parent(spec, m, exp_id) for m in methods}
     started = time.time()
