@@ -50,8 +50,9 @@ class TrainConfig(_Strict):
     """Fine-tuning seed: data order, sampling, initial RNG state."""
     eval_every: int = Field(25, ge=1)
     """Evaluate (gain, drop, PLD, KL) every N optimizer steps and at the end."""
-    threads: int | None = None
-    """torch threads (None: torch's default)."""
+    threads: int | None = Field(1, ge=1)
+    """CPU threads per run (None: torch's default). 1 is fastest for small models: measured 0.065 s/step
+    with 1 thread vs 1.77 s/step with 2 on a busy 2-core machine; parallelise with `sweep --workers`."""
     device: str = "cpu"
     """Device of the policy."""
 

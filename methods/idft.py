@@ -23,7 +23,9 @@ description use the weight form −sg[p^γ]∇log p, our default; `detach_weight
 false` reproduces the code. HD: the toy hint is a context prefix
 (`hint_template`), not a chat instruction plus first-pass analysis; own answers
 are sampled once at `hd_temperature` (GUESS); the paper's HD β is NOT FOUND
-(0.7 is the function default); HD is batched.
+(0.7 is the function default); HD is batched. Measured on the toy world: its
+base never saw a prefix before a prompt, so the hint derails it and HD accepts
+~0 outputs -- `data=hinted` then trains on the own verified answers alone.
 """
 from __future__ import annotations
 

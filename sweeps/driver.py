@@ -88,7 +88,7 @@ def grid(space: dict[str, SweepParam], n: int) -> list[dict[str, Any]]:
             elif j == 0:
                 lo, hi = (math.log(sp.low), math.log(sp.high)) if sp.log else (sp.low, sp.high)
                 v = lo + frac * (hi - lo)
-                pt[k] = float(math.exp(v) if sp.log else v)
+                pt[k] = float(min(sp.high, max(sp.low, math.exp(v) if sp.log else v)))  # no rounding past the ends
             else:
                 pt[k] = sp.low
         points.append(pt)
@@ -112,13 +112,22 @@ def prepare_study(spec: SweepSpec, method: str, storage) -> optuna.Study:
     """Create or load the method's study and top up its WAITING slots to `spec.trials` (call under the lock)."""
     study = optuna.create_study(study_name=f"{spec.name}-{method}", storage=storage, directions=directions(spec),
                                 sampler=make_sampler(spec), load_if_exists=True)
-    enqueued = int(study.user_attrs.get("slots", 0))
-    if enqueued < spec.trials:
+    slots = int(study.user_attrs.get("slots", 0))
+    if slots < spec.trials:
         space = search_space(spec, method)
-        points = grid(space, spec.trials) if spec.sampler == "grid" else [{}] * spec.trials
-        for pt in points[enqueued:]:
-            study.enqueue_trial(pt, skip_if_exists=bool(pt))
-        study.set_user_attr("slots", spec.trials)
+        # A larger grid shares its end points with the smaller one: enqueue only the new points, then
+        # let the sampler fill any slot the grid cannot.
+        count = len(study.get_trials(deepcopy=False))
+        for pt in grid(space, spec.trials) if spec.sampler == "grid" else []:
+            if slots >= spec.trials:
+                break
+            study.enqueue_trial(pt, skip_if_exists=True)
+            now = len(study.get_trials(deepcopy=False))
+            slots, count = slots + now - count, now
+        while slots < spec.trials:
+            study.enqueue_trial({})
+            slots += 1
+        study.set_user_attr("slots", slots)
         study.set_user_attr("space", {k: vars(v) | {"choices": list(v.choices) if v.choices else None}
                                       for k, v in space.items()})
     return study

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+torch.set_num_threads(1)  # tiny models run fastest single-threaded; CI machines have 2 shared cores
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,6 @@ REQUIRED = ["target_gain", "nontarget_drop", "target_gain_lo", "target_gain_hi",
 def store(tmp_path, monkeypatch, micro_world):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
     return uri
 
 

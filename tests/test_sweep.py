@@ -45,7 +45,6 @@ def sweep_dir(tmp_path, monkeypatch, micro_world):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
     return tmp_path
 
 
@@ -154,13 +153,12 @@ def postgres(tmp_path):
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed: apt-get install postgresql")
     pytest.importorskip("psycopg2", reason="psycopg2-binary is not installed (pip install -e '.[dev]')")
-    data = tmp_path / "pg"
-    data.mkdir()
+    import tempfile
+    data = Path(tempfile.mkdtemp(prefix="harness-pg-"))
     # initdb refuses to run as root: run the server as the postgres user when we are root.
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 and shutil.which("runuser") else []
     if as_user:
         shutil.chown(data, "postgres")
-        os.chmod(tmp_path, 0o755)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -177,6 +175,7 @@ def postgres(tmp_path):
         yield f"postgresql+psycopg2://bench@127.0.0.1:{port}/optuna"
     finally:
         subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.mark.postgres
