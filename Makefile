@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(VENV)/bin/harness run --method sft
+	$(VENV)/bin/harness sweep --methods all --workers 2
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -117,8 +117,8 @@ def test_kill_9_mid_trial_then_rerun_recovers_one_to_one(sweep_dir):
     while time.time() < deadline:   # wait until a trial's MLflow run is training
         time.sleep(1)
         try:
-            if any(t.state == TrialState.RUNNING for t in _trials("s4", "sft", sweep_dir)) and \
-                    len(_children("s4")) >= 1:
+            kids = _children("s4")
+            if len(kids) and (kids.status == "RUNNING").any():
                 break
         except Exception:
             continue
