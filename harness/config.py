@@ -90,14 +90,29 @@ class RunConfig(_Strict):
     """The method's own hyper-parameters (given as `<method>.<field>=value`), validated by its Config."""
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` merged into a copy of `base`, recursing into nested mappings."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def load_yaml_mapping(path: str | Path, kind: str, hint: str = "") -> dict:
+    """A YAML file that must hold a mapping; HarnessError naming the file otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise HarnessError(f"{kind} {str(path)!r} does not exist{hint}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise HarnessError(f"{kind} {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise HarnessError(f"{kind} {str(path)!r} must be a mapping of fields")
+    return loaded
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -159,27 +174,18 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
 
     layers: list[dict] = []
     if preset is not None:
-        path = Path(preset)
-        if not path.exists():
-            raise HarnessError(f"preset file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise HarnessError(f"preset {str(path)!r} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise HarnessError(f"preset {str(path)!r} must be a mapping of config sections")
-        layers.append(loaded)
+        layers.append(load_yaml_mapping(preset, "preset file"))
     cli = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
     layers.append(cli)
     if method is not None:
         layers.append({"method": method})
     merged: dict = {}
     for layer in layers:
-        merged = _deep_merge(merged, layer)
+        merged = deep_merge(merged, layer)
     world_name = world or merged.get("world", {}).get("name", "toy")
     if world_name not in WORLD_PRESETS:
         raise unknown("world", world_name, WORLD_PRESETS, "See `harness list`.")
-    merged = _deep_merge(_deep_merge(WORLD_PRESETS[world_name], {"world": {"name": world_name}}), merged)
+    merged = deep_merge(deep_merge(WORLD_PRESETS[world_name], {"world": {"name": world_name}}), merged)
     method_name = merged.get("method", "sft")
     cls = get_method(method_name)
     # `<method>.<field>` sections: the selected method's is validated; other methods' are ignored so one

@@ -1,160 +1,31 @@
-"""`harness sweep`: one Optuna study per (sweep, method); every (trial, seed) a nested MLflow run.
+"""`harness sweep`: run every method's study to completion; every (trial, seed) a nested MLflow run.
 
-Exact trial counts across re-runs and workers come from *slots*: when a study
-is created, `trials` WAITING trials are enqueued once (grid points, or empty
-ones whose parameters the sampler fills in when they are popped). Workers only
-pop WAITING trials, so nothing is computed twice and the total equals the
-spec. A trial left RUNNING by a dead worker (same host and pid gone, or no
-heartbeat for `STALE_AFTER_S`) is failed and its parameters enqueued again; a
-seed whose MLflow run already FINISHED is reused, not re-trained.
+Workers pop the WAITING slots of each method's study (`sweeps.study`), run the
+trial's seeds through `harness.run.run` under the method's parent MLflow run,
+and tell Optuna the mean (gain, drop). A seed whose MLflow run already FINISHED
+is reused, not re-trained, so a retried trial never computes anything twice.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import socket
 import threading
 import time
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import optuna
-from filelock import FileLock
 from optuna.trial import TrialState
 
-from harness.config import _deep_merge, resolve_config
+from harness.config import deep_merge, resolve_config
 from harness.errors import HarnessError
-from methods.base import SweepParam, get_method
+from methods.base import SweepParam
 from sweeps.spec import SweepSpec
+from sweeps.study import (local_lock, make_sampler, open_storage, prepare_study, recover_stale, search_space,
+                          storage_url)
 
 HEARTBEAT_S = 20.0
-STALE_AFTER_S = 300.0
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def storage_url(spec: SweepSpec) -> str:
-    """The spec's storage, or a journal file next to the working directory."""
-    return spec.storage or str(Path.cwd() / f"optuna-{spec.name}.log")
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage for database URLs, else Optuna's journal file (fast and safe for local processes)."""
-    if "://" in url:
-        # Workers on several machines may create the schema at once (a CREATE TYPE race): retry briefly.
-        for attempt in range(5):
-            try:
-                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-            except Exception as e:  # sqlalchemy IntegrityError/ProgrammingError while another process creates it
-                if attempt == 4 or "does not exist" in str(e) or "could not connect" in str(e):
-                    raise HarnessError(f"cannot open Optuna storage {url!r}: {e}".splitlines()[0]) from None
-                time.sleep(1.0 + attempt)
-    from optuna.storages.journal import JournalFileBackend
-    return optuna.storages.JournalStorage(JournalFileBackend(url))
-
-
-@contextmanager
-def local_lock(spec: SweepSpec):
-    """Serialise study preparation, stale recovery and popping among processes of this machine."""
-    key = hashlib.sha1(storage_url(spec).encode()).hexdigest()[:12]
-    with FileLock(str(Path(os.environ.get("TMPDIR", "/tmp")) / f"harness-sweep-{key}.lock")):
-        yield
-
-
-def search_space(spec: SweepSpec, method: str) -> dict[str, SweepParam]:
-    """The method's declared space restricted to `spec.params`, with the spec's per-method overrides."""
-    declared = dict(get_method(method).sweep)
-    for key, sp in spec.space.get(method, {}).items():
-        declared[key] = SweepParam(sp.low, sp.high, sp.log, tuple(sp.choices) if sp.choices else None)
-    missing = [p for p in spec.params if p not in declared]
-    if missing:
-        raise HarnessError(f"method {method!r} declares no search space for {missing}; declared: {sorted(declared)}")
-    return {k: declared[k] for k in spec.params}
-
-
-def grid(space: dict[str, SweepParam], n: int) -> list[dict[str, Any]]:
-    """`n` points: log-spaced (or linear) over the first float dimension, others at their lower end/first choice."""
-    keys = list(space)
-    points = []
-    for i in range(n):
-        frac = 0.5 if n == 1 else i / (n - 1)
-        pt = {}
-        for j, k in enumerate(keys):
-            sp = space[k]
-            if sp.choices is not None:
-                pt[k] = sp.choices[i % len(sp.choices)] if j == 0 else sp.choices[0]
-            elif j == 0:
-                lo, hi = (math.log(sp.low), math.log(sp.high)) if sp.log else (sp.low, sp.high)
-                v = lo + frac * (hi - lo)
-                pt[k] = float(min(sp.high, max(sp.low, math.exp(v) if sp.log else v)))  # no rounding past the ends
-            else:
-                pt[k] = sp.low
-        points.append(pt)
-    return points
-
-
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    """Pinned sampler and seed (Optuna 5 changed the defaults)."""
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
-    return optuna.samplers.TPESampler(seed=spec.sampler_seed)
-
-
-def directions(spec: SweepSpec) -> list[str]:
-    """Objective directions of the spec's objective mode."""
-    return {"pareto": ["maximize", "minimize"], "gain_at_drop_budget": ["maximize"],
-            "drop_at_gain_target": ["minimize"]}[spec.objective]
-
-
-def prepare_study(spec: SweepSpec, method: str, storage) -> optuna.Study:
-    """Create or load the method's study and top up its WAITING slots to `spec.trials` (call under the lock)."""
-    study = optuna.create_study(study_name=f"{spec.name}-{method}", storage=storage, directions=directions(spec),
-                                sampler=make_sampler(spec), load_if_exists=True)
-    slots = int(study.user_attrs.get("slots", 0))
-    if slots < spec.trials:
-        space = search_space(spec, method)
-        # A larger grid shares its end points with the smaller one: enqueue only the new points, then
-        # let the sampler fill any slot the grid cannot.
-        count = len(study.get_trials(deepcopy=False))
-        for pt in grid(space, spec.trials) if spec.sampler == "grid" else []:
-            if slots >= spec.trials:
-                break
-            study.enqueue_trial(pt, skip_if_exists=True)
-            now = len(study.get_trials(deepcopy=False))
-            slots, count = slots + now - count, now
-        while slots < spec.trials:
-            study.enqueue_trial({})
-            slots += 1
-        study.set_user_attr("slots", slots)
-        study.set_user_attr("space", {k: vars(v) | {"choices": list(v.choices) if v.choices else None}
-                                      for k, v in space.items()})
-    return study
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-def recover_stale(study: optuna.Study) -> list[int]:
-    """Fail trials whose worker died and enqueue their parameters again (call under the lock)."""
-    host, now, out = socket.gethostname(), time.time(), []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        ua = t.user_attrs
-        dead = ua.get("host") == host and "pid" in ua and not _alive(int(ua["pid"]))
-        silent = now - float(ua.get("heartbeat", now)) > STALE_AFTER_S
-        if dead or silent:
-            study.tell(t.number, state=TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            out.append(t.number)
-    return out
 
 
 def _nested(flat: dict[str, Any]) -> dict:
@@ -233,8 +104,8 @@ def run_trial(spec: SweepSpec, method: str, study: optuna.Study, trial: optuna.T
         if done is not None:
             metrics = init_store().get_run(done).data.metrics
         else:
-            over = _deep_merge(spec.overrides, _nested(params))
-            over = _deep_merge(over, {"train": {"seed": seed}, "tracking": {"experiment": spec.name,
+            over = deep_merge(spec.overrides, _nested(params))
+            over = deep_merge(over, {"train": {"seed": seed}, "tracking": {"experiment": spec.name,
                                                                           "run_name": f"{method}-t{trial.number}-s{seed}"}})
             cfg, mcfg = resolve_config(world=spec.world, method=method, overrides=over)
             metrics = run(cfg, mcfg, parent_run_id=parent_id, progress=progress,
@@ -368,9 +239,15 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True) -> dict[
     parents = {m: ensure_parent(spec, m, exp_id) for m in methods}
     started = time.time()
 
-    def show() -> None:
-        print("\n".join([f"sweep {spec.name!r} ({workers} worker{'s' if workers > 1 else ''}):"]
-                        + status_lines(spec, methods, storage, started, workers)), flush=True)
+    shown = {"lines": None, "at": 0.0}
+
+    def show(force: bool = False) -> None:
+        """Print the status table when a trial changed state (or once a minute)."""
+        lines = status_lines(spec, methods, storage, started, workers)
+        if force or lines[:-1] != shown["lines"] or time.time() - shown["at"] > 60:
+            print("\n".join([f"sweep {spec.name!r} ({workers} worker{'s' if workers > 1 else ''}):"] + lines),
+                  flush=True)
+            shown.update(lines=lines[:-1], at=time.time())
 
     if workers <= 1:
         work(spec, methods, parents, progress=progress, on_trial=show)
@@ -383,11 +260,11 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True) -> dict[
         for p in procs:
             p.start()
         while any(p.is_alive() for p in procs):
-            time.sleep(10)
+            time.sleep(5)
             show()
         for p in procs:
             p.join()
-    show()
+    show(force=True)
     fronts = {m: finish_parent(spec, studies[m], parents[m]) for m in methods}
     if not any(fronts.values()):
         raise RuntimeError(f"every trial of sweep {spec.name!r} failed; see failure_reason in the MLflow runs")

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.config import _deep_merge, parse_overrides
+from harness.config import deep_merge, load_yaml_mapping, parse_overrides
 from harness.errors import HarnessError, unknown
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
@@ -59,16 +58,9 @@ class SweepSpec(BaseModel):
 def load_spec(path: str | Path | None = None, cli: list[str] | None = None, **fields: Any) -> SweepSpec:
     """Spec from YAML (default: sweeps/default.yaml) < key=value strings < explicit fields."""
     path = Path(path) if path else DEFAULT_SPEC
-    if not path.exists():
-        raise HarnessError(f"sweep spec {str(path)!r} does not exist; see sweeps/default.yaml for the format")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise HarnessError(f"sweep spec {str(path)!r} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise HarnessError(f"sweep spec {str(path)!r} must be a mapping of fields")
-    data = _deep_merge(data, parse_overrides(cli or []))
-    data = _deep_merge(data, {k: v for k, v in fields.items() if v is not None})
+    data = load_yaml_mapping(path, "sweep spec", "; see sweeps/default.yaml for the format")
+    data = deep_merge(data, parse_overrides(cli or []))
+    data = deep_merge(data, {k: v for k, v in fields.items() if v is not None})
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as e:

@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 
 from harness.errors import HarnessError
 from methods.base import SweepParam
-from sweeps.driver import grid, open_storage, run_sweep
+from sweeps.driver import run_sweep
+from sweeps.study import grid, open_storage
 from sweeps.spec import load_spec
 
 FAST = ["world=micro", "overrides={train: {max_steps: 2, eval_every: 2}, eval: {bootstrap_iters: 50}}"]

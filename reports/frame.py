@@ -1,0 +1,163 @@
+"""Tidy pandas frames built once from MLflow (search_runs + metric histories); nothing else is read.
+
+`load(experiment)` returns a `Frames` with
+  runs    one row per FINISHED run tagged kind=run: run_id, method, lr, seed, target, teacher_style, sweep,
+          world, trial, parent_id, the final value of every metric (columns named as logged, e.g.
+          `target_gain`, `drop/shift`, `cost/flops`) and `data_phi_mean` (mean of `train/data_phi` over steps)
+  ckpts   one row per (run, evaluation step): the run's identifying columns plus the histories of
+          CHECKPOINT_METRICS at that step; step 0 is the base model itself (gain 0, drop 0)
+  parents one row per parent run (kind=parent): run_id, method, sweep
+  base    the base model's run(s) (kind=base): run_id plus final metrics
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+CHECKPOINT_METRICS = ("target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
+                      "nontarget_drop_hi", "pld_drift", "kl_to_base", "cost/flops")
+PHI = "train/data_phi"
+ID_COLUMNS = ("run_id", "method", "lr", "seed", "target", "teacher_style", "sweep", "world", "trial", "parent_id")
+_TAGS = {"method": "tags.method", "seed": "tags.seed", "target": "tags.target", "teacher_style": "tags.teacher_style",
+         "sweep": "tags.sweep", "world": "tags.world", "trial": "tags.trial", "parent_id": "tags.mlflow.parentRunId",
+         "kind": "tags.kind"}
+
+
+@dataclass
+class Frames:
+    experiment: str
+    runs: pd.DataFrame
+    ckpts: pd.DataFrame
+    parents: pd.DataFrame
+    base: pd.DataFrame
+
+
+def default_experiment(client) -> str | None:
+    """The most recently updated experiment holding at least one run tagged kind=run, or None."""
+    exps = client.search_experiments(order_by=["last_update_time DESC"])
+    for exp in exps:
+        if client.search_runs([exp.experiment_id], "tags.kind = 'run'", max_results=1):
+            return exp.name
+    return None
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    return df[name] if name in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
+
+
+def _tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """search_runs' wide frame -> identifying columns + final metrics named as logged."""
+    out = pd.DataFrame({"run_id": df["run_id"], "status": df["status"]})
+    for name, col in _TAGS.items():
+        out[name] = _col(df, col)
+    out["lr"] = pd.to_numeric(_col(df, "params.train.lr"), errors="coerce")
+    out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
+    out["trial"] = pd.to_numeric(out["trial"], errors="coerce")
+    metrics = df[[c for c in df.columns if c.startswith("metrics.")]].rename(columns=lambda c: c[len("metrics."):])
+    return pd.concat([out, metrics], axis=1)
+
+
+def histories(client, run_ids: list[str], keys: tuple[str, ...] | list[str]) -> pd.DataFrame:
+    """Long frame (run_id, key, step, value) of every value ever logged under `keys` by `run_ids`.
+
+    On a SQL store one query per key covers all runs (`get_metric_history_bulk`); elsewhere (a tracking
+    server) the per-(run, key) `get_metric_history` calls go through a small thread pool.
+    """
+    rows: list[tuple[str, str, int, float, int]] = []
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    bulk = getattr(store, "get_metric_history_bulk", None)
+    if bulk is not None:
+        for key in keys:
+            for i in range(0, len(run_ids), 500):  # stay under SQLite's bound-parameter limit
+                chunk = run_ids[i:i + 500]
+                for m in bulk(chunk, key, max_results=10 ** 9):
+                    rows.append((m.run_id, key, m.metric.step, m.metric.value, m.metric.timestamp))
+    else:
+        pairs = [(r, k) for r in run_ids for k in keys]
+        with ThreadPoolExecutor(8) as pool:
+            for (r, k), hist in zip(pairs, pool.map(lambda p: client.get_metric_history(*p), pairs)):
+                rows.extend((r, k, m.step, m.value, m.timestamp) for m in hist)
+    long = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
+    # A metric logged twice at one step (the final eval is re-logged with the run's summary): keep the last.
+    return (long.sort_values(["run_id", "key", "step", "timestamp"], kind="stable")
+            .drop_duplicates(["run_id", "key", "step"], keep="last").drop(columns="timestamp"))
+
+
+def load(experiment: str | None = None, client=None) -> Frames:
+    """Frames of `experiment` (default: the newest one with runs) from the harness's tracking store."""
+    import mlflow
+
+    from harness.errors import HarnessError
+    from harness.tracking import init_store
+
+    client = client or init_store()
+    if experiment is None:
+        experiment = default_experiment(client)
+        if experiment is None:
+            raise HarnessError("no MLflow experiment has runs tagged kind=run; run `harness sweep` first "
+                               f"(tracking store: {client.tracking_uri})")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = ", ".join(e.name for e in client.search_experiments())
+        raise HarnessError(f"no MLflow experiment named {experiment!r} in {client.tracking_uri}; "
+                           f"experiments: {names or 'none'}")
+    wide = mlflow.search_runs([exp.experiment_id], filter_string="tags.kind != ''",
+                              max_results=100_000, output_format="pandas")
+    # search_runs uses the global tracking URI; make sure it is the store we were given.
+    if wide.empty:
+        wide = pd.DataFrame(columns=["run_id", "status"])
+    tidy = _tidy(wide)
+    runs = tidy[(tidy["kind"] == "run") & (tidy["status"] == "FINISHED")].copy()
+    if runs.empty:
+        raise HarnessError(f"experiment {experiment!r} has no FINISHED runs tagged kind=run; nothing to report")
+    parents = tidy.loc[tidy["kind"] == "parent", ["run_id", "method", "sweep"]].reset_index(drop=True)
+    base = tidy[(tidy["kind"] == "base") & (tidy["status"] == "FINISHED")].dropna(axis=1, how="all")
+
+    long = histories(client, runs["run_id"].tolist(), [*CHECKPOINT_METRICS, PHI])
+    phi = long[long["key"] == PHI].groupby("run_id")["value"].mean().rename("data_phi_mean")
+    runs = runs.drop(columns=["kind", "status"]).merge(phi, how="left", left_on="run_id", right_index=True)
+    runs = runs.sort_values(["method", "lr", "seed"], kind="stable").reset_index(drop=True)
+
+    evals = long[long["key"] != PHI].pivot_table(index=["run_id", "step"], columns="key", values="value",
+                                                 aggfunc="last").reset_index()
+    evals.columns.name = None
+    evals = evals[evals["step"].isin(evals.dropna(subset=["target_gain"])["step"]) & evals["target_gain"].notna()]
+    for k in CHECKPOINT_METRICS:
+        if k not in evals.columns:
+            evals[k] = np.nan
+    ids = runs[[c for c in ID_COLUMNS if c in runs.columns]]
+    ckpts = ids.merge(evals, on="run_id", how="inner").sort_values(["method", "lr", "seed", "step"], kind="stable")
+    return Frames(experiment, runs, ckpts.reset_index(drop=True), parents, base.reset_index(drop=True))
+
+
+def final_checkpoints(ckpts: pd.DataFrame) -> pd.DataFrame:
+    """The last evaluation checkpoint of every run."""
+    return ckpts.sort_values("step").groupby("run_id", sort=False).tail(1).sort_index()
+
+
+def trained_checkpoints(ckpts: pd.DataFrame) -> pd.DataFrame:
+    """Checkpoints after training began (step > 0): step 0 is the base model, shared by every method."""
+    return ckpts[ckpts["step"] > 0]
+
+
+def aggregate_seeds(final: pd.DataFrame, metrics: tuple[str, ...] = ("target_gain", "nontarget_drop")) -> pd.DataFrame:
+    """Mean over seeds per (method, lr); a 95% interval widened by the seeds' spread when there are several.
+
+    Half-width = sqrt(bootstrap half-width² + (1.96·sd/√n)²), the bootstrap half-width being the mean of the
+    seeds' own (hi − lo)/2; with one seed this is that run's bootstrap interval.
+    """
+    rows = []
+    for (method, lr), g in final.groupby(["method", "lr"], sort=False, dropna=False):
+        row = {"method": method, "lr": lr, "n_seeds": len(g)}
+        for m in metrics:
+            mean = g[m].mean()
+            boot = ((g.get(f"{m}_hi", np.nan) - g.get(f"{m}_lo", np.nan)) / 2).mean() if f"{m}_hi" in g else np.nan
+            boot = 0.0 if not np.isfinite(boot) else boot
+            spread = 1.96 * g[m].std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else 0.0
+            half = float(np.hypot(boot, spread))
+            row.update({m: mean, f"{m}_lo": mean - half, f"{m}_hi": mean + half})
+        rows.append(row)
+    return pd.DataFrame(rows)

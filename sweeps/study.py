@@ -1,0 +1,152 @@
+"""Optuna studies of a sweep: storage, search spaces, exact trial *slots*, and recovery of dead trials.
+
+Exact trial counts across re-runs and workers come from slots: when a study is
+created, `trials` WAITING trials are enqueued once (grid points, or empty ones
+whose parameters the sampler fills in when popped). Workers only pop WAITING
+trials, so nothing is computed twice and the total equals the spec. A trial
+left RUNNING by a dead worker (same host and pid gone, or no heartbeat for
+`STALE_AFTER_S`) is failed and its parameters are enqueued again.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from filelock import FileLock
+from optuna.trial import TrialState
+
+from harness.errors import HarnessError
+from methods.base import SweepParam, get_method
+from sweeps.spec import SweepSpec
+
+STALE_AFTER_S = 300.0
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def storage_url(spec: SweepSpec) -> str:
+    """The spec's storage, or a journal file next to the working directory."""
+    return spec.storage or str(Path.cwd() / f"optuna-{spec.name}.log")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage for database URLs, else Optuna's journal file (fast and safe for local processes)."""
+    if "://" in url:
+        # Workers on several machines may create the schema at once (a CREATE TYPE race): retry briefly.
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            except Exception as e:  # sqlalchemy IntegrityError/ProgrammingError while another process creates it
+                if attempt == 4 or "does not exist" in str(e) or "could not connect" in str(e):
+                    raise HarnessError(f"cannot open Optuna storage {url!r}: {e}".splitlines()[0]) from None
+                time.sleep(1.0 + attempt)
+    from optuna.storages.journal import JournalFileBackend
+    return optuna.storages.JournalStorage(JournalFileBackend(url))
+
+
+@contextmanager
+def local_lock(spec: SweepSpec):
+    """Serialise study preparation, stale recovery and popping among processes of this machine."""
+    key = hashlib.sha1(storage_url(spec).encode()).hexdigest()[:12]
+    with FileLock(str(Path(os.environ.get("TMPDIR", "/tmp")) / f"harness-sweep-{key}.lock")):
+        yield
+
+
+def search_space(spec: SweepSpec, method: str) -> dict[str, SweepParam]:
+    """The method's declared space restricted to `spec.params`, with the spec's per-method overrides."""
+    declared = dict(get_method(method).sweep)
+    for key, sp in spec.space.get(method, {}).items():
+        declared[key] = SweepParam(sp.low, sp.high, sp.log, tuple(sp.choices) if sp.choices else None)
+    missing = [p for p in spec.params if p not in declared]
+    if missing:
+        raise HarnessError(f"method {method!r} declares no search space for {missing}; declared: {sorted(declared)}")
+    return {k: declared[k] for k in spec.params}
+
+
+def grid(space: dict[str, SweepParam], n: int) -> list[dict[str, Any]]:
+    """`n` points: log-spaced (or linear) over the first float dimension, others at their lower end/first choice."""
+    keys = list(space)
+    points = []
+    for i in range(n):
+        frac = 0.5 if n == 1 else i / (n - 1)
+        pt = {}
+        for j, k in enumerate(keys):
+            sp = space[k]
+            if sp.choices is not None:
+                pt[k] = sp.choices[i % len(sp.choices)] if j == 0 else sp.choices[0]
+            elif j == 0:
+                lo, hi = (math.log(sp.low), math.log(sp.high)) if sp.log else (sp.low, sp.high)
+                v = lo + frac * (hi - lo)
+                pt[k] = float(min(sp.high, max(sp.low, math.exp(v) if sp.log else v)))  # no rounding past the ends
+            else:
+                pt[k] = sp.low
+        points.append(pt)
+    return points
+
+
+def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    """Pinned sampler and seed (Optuna 5 changed the defaults)."""
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
+    return optuna.samplers.TPESampler(seed=spec.sampler_seed)
+
+
+def directions(spec: SweepSpec) -> list[str]:
+    """Objective directions of the spec's objective mode."""
+    return {"pareto": ["maximize", "minimize"], "gain_at_drop_budget": ["maximize"],
+            "drop_at_gain_target": ["minimize"]}[spec.objective]
+
+
+def prepare_study(spec: SweepSpec, method: str, storage) -> optuna.Study:
+    """Create or load the method's study and top up its WAITING slots to `spec.trials` (call under the lock)."""
+    study = optuna.create_study(study_name=f"{spec.name}-{method}", storage=storage, directions=directions(spec),
+                                sampler=make_sampler(spec), load_if_exists=True)
+    slots = int(study.user_attrs.get("slots", 0))
+    if slots < spec.trials:
+        space = search_space(spec, method)
+        # A larger grid shares its end points with the smaller one: enqueue only the new points, then
+        # let the sampler fill any slot the grid cannot.
+        count = len(study.get_trials(deepcopy=False))
+        for pt in grid(space, spec.trials) if spec.sampler == "grid" else []:
+            if slots >= spec.trials:
+                break
+            study.enqueue_trial(pt, skip_if_exists=True)
+            now = len(study.get_trials(deepcopy=False))
+            slots, count = slots + now - count, now
+        while slots < spec.trials:
+            study.enqueue_trial({})
+            slots += 1
+        study.set_user_attr("slots", slots)
+        study.set_user_attr("space", {k: vars(v) | {"choices": list(v.choices) if v.choices else None}
+                                      for k, v in space.items()})
+    return study
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def recover_stale(study: optuna.Study) -> list[int]:
+    """Fail trials whose worker died and enqueue their parameters again (call under the lock)."""
+    host, now, out = socket.gethostname(), time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ua = t.user_attrs
+        dead = ua.get("host") == host and "pid" in ua and not _alive(int(ua["pid"]))
+        silent = now - float(ua.get("heartbeat", now)) > STALE_AFTER_S
+        if dead or silent:
+            study.tell(t.number, state=TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            out.append(t.number)
+    return out
