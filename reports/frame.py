@@ -54,8 +54,8 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     for name, col in _TAGS.items():
         out[name] = _col(df, col)
     out["lr"] = pd.to_numeric(_col(df, "params.train.lr"), errors="coerce")
-    out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
-    out["trial"] = pd.to_numeric(out["trial"], errors="coerce")
+    out["seed"] = pd.to_numeric(out["seed"], errors="coerce").astype("Int64")
+    out["trial"] = pd.to_numeric(out["trial"], errors="coerce").astype("Int64")
     metrics = df[[c for c in df.columns if c.startswith("metrics.")]].rename(columns=lambda c: c[len("metrics."):])
     return pd.concat([out, metrics], axis=1)
 
@@ -74,7 +74,7 @@ def histories(client, run_ids: list[str], keys: tuple[str, ...] | list[str]) -> 
             for i in range(0, len(run_ids), 500):  # stay under SQLite's bound-parameter limit
                 chunk = run_ids[i:i + 500]
                 for m in bulk(chunk, key, max_results=10 ** 9):
-                    rows.append((m.run_id, key, m.metric.step, m.metric.value, m.metric.timestamp))
+                    rows.append((m.run_id, key, m.step, m.value, m.timestamp))
     else:
         pairs = [(r, k) for r in run_ids for k in keys]
         with ThreadPoolExecutor(8) as pool:
@@ -104,9 +104,12 @@ def load(experiment: str | None = None, client=None) -> Frames:
         names = ", ".join(e.name for e in client.search_experiments())
         raise HarnessError(f"no MLflow experiment named {experiment!r} in {client.tracking_uri}; "
                            f"experiments: {names or 'none'}")
-    wide = mlflow.search_runs([exp.experiment_id], filter_string="tags.kind != ''",
-                              max_results=100_000, output_format="pandas")
-    # search_runs uses the global tracking URI; make sure it is the store we were given.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)  # search_runs reads the global URI: point it at our store
+    try:
+        wide = mlflow.search_runs([exp.experiment_id], max_results=100_000, output_format="pandas")
+    finally:
+        mlflow.set_tracking_uri(previous)
     if wide.empty:
         wide = pd.DataFrame(columns=["run_id", "status"])
     tidy = _tidy(wide)
@@ -124,7 +127,7 @@ def load(experiment: str | None = None, client=None) -> Frames:
     evals = long[long["key"] != PHI].pivot_table(index=["run_id", "step"], columns="key", values="value",
                                                  aggfunc="last").reset_index()
     evals.columns.name = None
-    evals = evals[evals["step"].isin(evals.dropna(subset=["target_gain"])["step"]) & evals["target_gain"].notna()]
+    evals = evals[evals["target_gain"].notna()]  # training-only steps have no evaluation
     for k in CHECKPOINT_METRICS:
         if k not in evals.columns:
             evals[k] = np.nan
@@ -161,3 +164,14 @@ def aggregate_seeds(final: pd.DataFrame, metrics: tuple[str, ...] = ("target_gai
             row.update({m: mean, f"{m}_lo": mean - half, f"{m}_hi": mean + half})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def best_lr(final: pd.DataFrame) -> dict[str, float]:
+    """Each method's learning rate with the best final trade-off: highest mean (gain − drop) over seeds.
+
+    Ties go to the lower drop, then the lower learning rate. Used wherever one run per method is shown.
+    """
+    agg = aggregate_seeds(final)
+    agg["net"] = agg["target_gain"] - agg["nontarget_drop"]
+    agg = agg.sort_values(["method", "net", "nontarget_drop", "lr"], ascending=[True, False, True, True])
+    return agg.groupby("method", sort=False)["lr"].first().to_dict()

@@ -114,3 +114,11 @@ def test_model_loading_from_a_saved_folder_and_its_errors(tmp_path):
     ltok.save_pretrained(tmp_path / "m")
     with pytest.raises(HarnessError, match="no pad token"):
         load_model(str(tmp_path / "m"))
+
+
+def test_same_seed_same_config_gives_identical_metrics(store):
+    cfg, m = resolve_config(world="micro", method="sft", overrides=["train.max_steps=3", "train.eval_every=3"])
+    a = run(cfg, m, progress=False)
+    b = run(cfg, m, progress=False)
+    timing = {k for k in a if k.startswith("cost/") and k.endswith(("_s", "wall_s"))}
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}

@@ -1,0 +1,185 @@
+"""Figures 1-4 of the report (headline front, front against learning rate, PLD drift, forgetting predictors).
+
+Every figure function takes the tidy frames and the method styles and returns a matplotlib Figure sized
+for a paper: one column (3.5 in) or two (7 in) wide, 8-pt text. Nothing here knows a method by name:
+colours, markers and the legend order come from `method_styles`, which follows the registry order.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from reports.frame import Frames, best_lr, final_checkpoints, trained_checkpoints  # noqa: E402
+from reports.pareto import front_order, linear_fit  # noqa: E402
+
+COLUMN, PAGE = 3.5, 7.0  # inches: one and two columns
+# Colour-blind-safe (Okabe-Ito first, then tab10's extras), markers as a second channel.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#8C564B",
+           "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h", "<", ">", "p", "*"]
+RC = {"font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+      "legend.fontsize": 7, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
+      "lines.linewidth": 1.2, "lines.markersize": 4, "errorbar.capsize": 1.5, "savefig.bbox": "tight",
+      "savefig.pad_inches": 0.03, "pdf.fonttype": 42, "axes.grid": True, "grid.alpha": 0.25, "grid.linewidth": 0.5}
+
+GAIN = "target gain (accuracy points)"
+DROP = "non-target drop (accuracy points)"
+
+
+def method_styles(registry_order: list[str], present: list[str]) -> dict[str, dict]:
+    """{method: {color, marker, label, rank}}: registry methods keep their slot whether present or not."""
+    order = list(registry_order) + sorted(set(present) - set(registry_order))
+    return {m: {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)], "label": m, "rank": i}
+            for i, m in enumerate(order)}
+
+
+def ordered(styles: dict[str, dict], df: pd.DataFrame) -> list[str]:
+    """Methods present in `df`, in registry order."""
+    have = set(df["method"].dropna())
+    return [m for m in sorted(styles, key=lambda m: styles[m]["rank"]) if m in have]
+
+
+def at_lr(df: pd.DataFrame, lr: float) -> pd.DataFrame:
+    """Rows of `df` at learning rate `lr` (NaN matches NaN)."""
+    return df[df["lr"].isna()] if pd.isna(lr) else df[np.isclose(df["lr"].astype(float), lr, rtol=1e-6, atol=0)]
+
+
+def fmt_lr(lr: float) -> str:
+    return "lr ?" if pd.isna(lr) else f"lr {lr:.0e}".replace("e-0", "e-")
+
+
+def _err(df: pd.DataFrame, m: str) -> np.ndarray | None:
+    """Asymmetric error bars (2, n) from `<m>_lo/_hi`; None when no interval was logged."""
+    if f"{m}_lo" not in df or df[f"{m}_lo"].isna().all():
+        return None
+    lo = (df[m] - df[f"{m}_lo"]).clip(lower=0).fillna(0)
+    hi = (df[f"{m}_hi"] - df[m]).clip(lower=0).fillna(0)
+    return np.vstack([lo.to_numpy(), hi.to_numpy()])
+
+
+def legend_below(fig, styles: dict[str, dict], methods: list[str], extra: list | None = None, ncol: int = 4,
+                 y: float = -0.02) -> None:
+    """One figure-level legend of the methods (registry names), under the axes."""
+    handles = [plt.Line2D([], [], color=styles[m]["color"], marker=styles[m]["marker"], lw=1.2,
+                          label=styles[m]["label"]) for m in methods] + list(extra or [])
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, y), ncol=ncol, handlelength=1.8,
+               columnspacing=1.0)
+
+
+def headline(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
+    """Target gain against non-target drop: every checkpoint, trajectories, final CIs, Pareto fronts."""
+    ck = fr.ckpts
+    fig, ax = plt.subplots(figsize=(COLUMN, 3.3))
+    ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+    ax.axvline(0, color="0.6", lw=0.6, zorder=0)
+    methods = ordered(styles, ck)
+    for m in methods:
+        st, sub = styles[m], ck[ck["method"] == m]
+        for _, run in sub.groupby("run_id", sort=False):
+            run = run.sort_values("step")
+            ax.plot(run["target_gain"], run["nontarget_drop"], color=st["color"], lw=0.5, alpha=0.3, zorder=1)
+        trained = trained_checkpoints(sub)
+        ax.scatter(trained["target_gain"], trained["nontarget_drop"], s=7, color=st["color"], marker=st["marker"],
+                   alpha=0.35, linewidths=0, zorder=2)
+        fin = final_checkpoints(sub)
+        ax.errorbar(fin["target_gain"], fin["nontarget_drop"], xerr=_err(fin, "target_gain"),
+                    yerr=_err(fin, "nontarget_drop"), fmt=st["marker"], color=st["color"], ms=4, mec="white",
+                    mew=0.4, elinewidth=0.6, zorder=4)
+        idx = front_order(trained["target_gain"], trained["nontarget_drop"])
+        front = trained.iloc[idx]
+        ax.step(front["target_gain"], front["nontarget_drop"], where="pre", color=st["color"], lw=1.3, zorder=3)
+    ax.plot([0], [0], marker="*", color="black", ms=9, ls="none", zorder=5)
+    ax.annotate("base", (0, 0), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    ax.set_xlabel(GAIN)
+    ax.set_ylabel(DROP)
+    extra = [plt.Line2D([], [], color="0.3", lw=1.3, label="Pareto front"),
+             plt.Line2D([], [], color="0.3", lw=0.5, alpha=0.5, marker="o", ms=2.5, label="checkpoints")]
+    legend_below(fig, styles, methods, extra, ncol=3)
+    return fig
+
+
+def front_vs_lr(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
+    """Final gain and drop (mean over seeds, 95% CI) against the learning rate, one line per method."""
+    from reports.frame import aggregate_seeds
+
+    agg = aggregate_seeds(final_checkpoints(fr.ckpts))
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE, 2.5), sharex=True)
+    methods = ordered(styles, agg)
+    n = max(1, len(methods))
+    for i, m in enumerate(methods):
+        st, sub = styles[m], agg[agg["method"] == m].sort_values("lr")
+        # spread overlapping methods a little along the log axis so their error bars stay apart
+        jitter = 10 ** ((i - (n - 1) / 2) * 0.012)
+        for ax, key in zip(axes, ("target_gain", "nontarget_drop")):
+            ax.errorbar(sub["lr"] * jitter, sub[key], yerr=_err(sub, key), color=st["color"], marker=st["marker"],
+                        ms=3.5, lw=1.0, elinewidth=0.6)
+    for ax, label in zip(axes, (GAIN, DROP)):
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (log scale)")
+        ax.set_ylabel(label)
+        ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+    fig.tight_layout(w_pad=2.0)
+    legend_below(fig, styles, methods, ncol=min(8, n))
+    return fig
+
+
+def pld_drift_curves(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
+    """PLD drift over training steps for every method at its best-trade-off learning rate (mean over seeds)."""
+    ck = fr.ckpts
+    best = best_lr(final_checkpoints(ck))
+    fig, ax = plt.subplots(figsize=(COLUMN, 3.0))
+    ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+    handles = []
+    for m in ordered(styles, ck):
+        st = styles[m]
+        sub = at_lr(ck[ck["method"] == m], best[m])
+        curve = sub.groupby("step")["pld_drift"].mean()
+        (h,) = ax.plot(curve.index, curve.to_numpy(), color=st["color"], marker=st["marker"], ms=3, lw=1.1,
+                       label=f"{st['label']} ({fmt_lr(best[m])})")
+        handles.append(h)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("PLD drift (nats/token)")
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.0), ncol=2, handlelength=1.8)
+    return fig
+
+
+PREDICTORS = (("pld_drift", "PLD drift (nats/token)"), ("kl_to_base", "KL to base (nats/response)"),
+              ("data_phi_mean", "training data mean φ (nats/token)"))
+
+
+def predictor_stats(fr: Frames) -> dict[str, dict[str, float]]:
+    """{predictor: linear fit of final non-target drop on it} over every run's final checkpoint."""
+    fin = final_checkpoints(fr.ckpts).merge(fr.runs[["run_id", "data_phi_mean"]], on="run_id", how="left")
+    return {k: linear_fit(fin[k], fin["nontarget_drop"]) for k, _ in PREDICTORS}
+
+
+def predictors(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
+    """Non-target drop against PLD drift, KL to base and mean φ of the training data, with a fitted line."""
+    fin = final_checkpoints(fr.ckpts).merge(fr.runs[["run_id", "data_phi_mean"]], on="run_id", how="left")
+    fig, axes = plt.subplots(1, 3, figsize=(PAGE, 2.4), sharey=True)
+    methods = ordered(styles, fin)
+    stats = predictor_stats(fr)
+    for ax, (key, label) in zip(axes, PREDICTORS):
+        for m in methods:
+            sub = fin[fin["method"] == m]
+            ax.scatter(sub[key], sub["nontarget_drop"], s=14, color=styles[m]["color"], marker=styles[m]["marker"],
+                       alpha=0.85, linewidths=0)
+        fit = stats[key]
+        if np.isfinite(fit["slope"]):
+            xs = np.linspace(np.nanmin(fin[key]), np.nanmax(fin[key]), 50)
+            ax.plot(xs, fit["slope"] * xs + fit["intercept"], color="0.25", ls="--", lw=0.9,
+                    label=f"fit: r = {fit['r']:+.2f}, R² = {fit['r2']:.2f} (n = {fit['n']:.0f})")
+        else:
+            ax.plot([], [], ls="none", label=f"no fit (n = {fit['n']:.0f})")
+        ax.legend(loc="upper left", handlelength=1.5, borderaxespad=0.2)
+        ax.set_xlabel(label)
+    axes[0].set_ylabel(DROP)
+    top = np.nanmax(fin["nontarget_drop"]) if fin["nontarget_drop"].notna().any() else 1.0
+    axes[0].set_ylim(top=max(top, 1.0) * 1.25)  # room for the fit legend above the points
+    fig.tight_layout(w_pad=1.0)
+    legend_below(fig, styles, methods, ncol=min(8, max(1, len(methods))))
+    return fig
