@@ -55,13 +55,13 @@ class Context:
         """A training example from prompt and response text (the end token is appended)."""
         return Example(self.encode(prompt), self.encode(response) + [self.tokenizer.eos_token_id], **kw)
 
-    def reset_to_base(self) -> None:
-        """Load the base weights into the policy and restart the optimizer and schedule."""
+    def reset_to_base(self, horizon: int | None = None) -> None:
+        """Load the base weights into the policy and restart the optimizer and schedule (over `horizon` steps)."""
         state = self.base.state_dict()
         with torch.no_grad():
             for name, p in self.policy.state_dict().items():
                 p.copy_(state[name])
-        self.trainer.reset_optimizer()
+        self.trainer.reset_optimizer(horizon)
 
     def save_checkpoint(self, name: str) -> Path:
         """Save the policy (safetensors) in the run's scratch folder; returns its path."""
@@ -80,9 +80,13 @@ class Context:
 
     def train_steps(self, data: TrainData, loss_fn: Callable, steps: int, prefix: str,
                     on_step: Callable[[int], None] | None = None, reduction: str = "token") -> None:
-        """Run `steps` engine updates outside the evaluated trajectory (e.g. TMS's teacher run)."""
+        """Run `steps` engine updates outside the evaluated trajectory (e.g. TMS's teacher run).
+
+        The phase is a training run of its own: it starts a fresh optimizer whose schedule spans `steps`.
+        """
         if not data.examples:
             return
+        self.trainer.reset_optimizer(steps)
         done = 0
         while done < steps:
             for examples in data.steps(self.run_cfg.train.batch_size, self.rng):

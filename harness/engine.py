@@ -25,14 +25,15 @@ from methods.base import LossOutput, Method
 PHI_THRESHOLDS = (1, 3, 5)
 
 
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Warm-up then cosine/linear/constant decay, as a multiplier of the peak learning rate."""
-    warmup = math.ceil(cfg.warmup_ratio * cfg.max_steps)
+def lr_lambda(cfg: TrainConfig, horizon: int | None = None) -> Callable[[int], float]:
+    """Warm-up then cosine/linear/constant decay over `horizon` steps (default: the run's budget)."""
+    total = horizon or cfg.max_steps
+    warmup = math.ceil(cfg.warmup_ratio * total)
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        t = min(1.0, (step - warmup) / max(1, cfg.max_steps - warmup))
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
         if cfg.schedule == "constant":
             return 1.0
         shape = 0.5 * (1 + math.cos(math.pi * t)) if cfg.schedule == "cosine" else 1 - t
@@ -62,11 +63,11 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.reset_optimizer()
 
-    def reset_optimizer(self) -> None:
-        """Fresh AdamW state and schedule (used at start and by `reset_to_base`)."""
+    def reset_optimizer(self, horizon: int | None = None) -> None:
+        """Fresh AdamW state and a schedule over `horizon` steps (default: the run's budget)."""
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
                                      weight_decay=self.cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.cfg))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.cfg, horizon))
 
     def update(self, examples: list[Example], loss_fn: Callable, ctx, reduction: str = "token") -> dict[str, float]:
         """One optimizer step over `examples`, split into micro-batches; returns step statistics."""

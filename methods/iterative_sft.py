@@ -23,8 +23,8 @@ Papers: TMS (arXiv 2602.03073) baseline, protocol NOT FOUND; ReST^EM (Singh et
 al. 2023), STaR (Zelikman et al. 2022), RbD (arXiv 2510.18874).
 Deviations: rounds=3, k=4, T=0.8, keep ≤ 1 are GUESSES (config fields). No
 STaR rationalization (gold-answer hints) and no growing steps per round.
-After a restart the engine's schedule restarts with its full-run horizon, so
-each round sees only the first 1/R of the warm-up + cosine curve.
+After a restart the optimizer and schedule restart too, spanning the round's
+slice of the budget (a whole warm-up + decay per round, as a fresh run would).
 """
 from __future__ import annotations
 
@@ -75,9 +75,9 @@ class IterativeSFT(SFTFamily):
             ctx.log({"kept": float(len(examples)), "round": 0.0})
         else:
             examples = self_examples(ctx, self.cfg, verify=verify, round=float(phase))  # latest model
-        if phase > 0 and self.cfg.restart_from_base:
-            ctx.reset_to_base()
         steps = self.round_steps(ctx.max_steps, phase)
+        if phase > 0 and self.cfg.restart_from_base:
+            ctx.reset_to_base(horizon=steps)  # each restarted round gets a whole warm-up + decay
         per_pass = math.ceil(len(examples) / ctx.run_cfg.train.batch_size)
         passes = math.ceil(steps / per_pass) if per_pass else 1
         return TrainData(examples, passes=passes, max_steps=steps)
