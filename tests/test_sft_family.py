@@ -166,7 +166,7 @@ def test_iterative_sft_rounds_restart_and_expert_round0(make, restart):
     events = []  # (what, optimizer step) in call order
     generate, reset, data = ctx.sampler.generate, ctx.reset_to_base, method.data
     ctx.sampler.generate = lambda *a, **k: (events.append(("sample", ctx.step)), generate(*a, **k))[1]
-    ctx.reset_to_base = lambda: (events.append(("reset", ctx.step)), reset())
+    ctx.reset_to_base = lambda **kw: (events.append(("reset", ctx.step)), reset(**kw))
     method.data = lambda c, p: (events.append(("round", p)), data(c, p))[1]
     train(ctx, method, trainer, 3)
     # max_steps=3, R=3: one step per round; round 0 trains on expert labels (no sampling); rounds 1 and 2
