@@ -15,6 +15,8 @@ examples:
   harness run --world micro --method sft         the same on the tiny test world (seconds)
   harness run --method sft train.lr=3e-4 world.teacher_style=mild
   harness run --method sft --preset my.yaml sft.kl_beta=0.05
+  harness sweep --methods all                    Optuna sweep over learning rates, every method
+  harness report                                 Pareto plots and tables rebuilt from MLflow
   harness ui                                     browse runs at http://127.0.0.1:5000
 """
 
@@ -153,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no per-run progress bars")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="spec fields, e.g. world=micro trials=2")
     s.set_defaults(fn=cmd_sweep)
+
+    from reports.cli import add_report_parser
+    add_report_parser(sub)
 
     s = sub.add_parser("ui", help="browse runs in the MLflow UI (127.0.0.1)", **_fmt(
         "Start the MLflow UI bound to 127.0.0.1 on the harness's store (MLFLOW_TRACKING_URI or ./mlflow.db)."))

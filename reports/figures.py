@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -62,21 +63,19 @@ def _err(df: pd.DataFrame, m: str) -> np.ndarray | None:
 
 
 def legend_below(fig, styles: dict[str, dict], methods: list[str], extra: list | None = None, ncol: int = 4,
-                 y: float = -0.02) -> None:
+                 y: float = -0.02, lines: bool = True) -> None:
     """One figure-level legend of the methods (registry names), under the axes."""
-    handles = [plt.Line2D([], [], color=styles[m]["color"], marker=styles[m]["marker"], lw=1.2,
+    handles = [plt.Line2D([], [], color=styles[m]["color"], marker=styles[m]["marker"], lw=1.2 if lines else 0,
                           label=styles[m]["label"]) for m in methods] + list(extra or [])
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, y), ncol=ncol, handlelength=1.8,
                columnspacing=1.0)
 
 
-def headline(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
-    """Target gain against non-target drop: every checkpoint, trajectories, final CIs, Pareto fronts."""
-    ck = fr.ckpts
-    fig, ax = plt.subplots(figsize=(COLUMN, 3.3))
+def _gain_drop(ax, ck: pd.DataFrame, styles: dict[str, dict], methods: list[str]) -> pd.DataFrame:
+    """Draw trajectories, checkpoints, final CIs and fronts of `methods` on `ax`; returns all front points."""
+    fronts = []
     ax.axhline(0, color="0.6", lw=0.6, zorder=0)
     ax.axvline(0, color="0.6", lw=0.6, zorder=0)
-    methods = ordered(styles, ck)
     for m in methods:
         st, sub = styles[m], ck[ck["method"] == m]
         for _, run in sub.groupby("run_id", sort=False):
@@ -89,16 +88,60 @@ def headline(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
         ax.errorbar(fin["target_gain"], fin["nontarget_drop"], xerr=_err(fin, "target_gain"),
                     yerr=_err(fin, "nontarget_drop"), fmt=st["marker"], color=st["color"], ms=4, mec="white",
                     mew=0.4, elinewidth=0.6, zorder=4)
-        idx = front_order(trained["target_gain"], trained["nontarget_drop"])
-        front = trained.iloc[idx]
-        ax.step(front["target_gain"], front["nontarget_drop"], where="pre", color=st["color"], lw=1.3, zorder=3)
+        front = trained.iloc[front_order(trained["target_gain"], trained["nontarget_drop"])]
+        ax.step(front["target_gain"], front["nontarget_drop"], where="pre", color=st["color"], lw=1.1, alpha=0.85,
+                zorder=3)
+        fronts.append(front)
     ax.plot([0], [0], marker="*", color="black", ms=9, ls="none", zorder=5)
-    ax.annotate("base", (0, 0), xytext=(4, 4), textcoords="offset points", fontsize=7)
     ax.set_xlabel(GAIN)
+    return pd.concat(fronts) if fronts else ck.iloc[:0]
+
+
+def zoom_window(ck: pd.DataFrame, fronts: pd.DataFrame) -> tuple[float, float, float, float]:
+    """(x0, x1, y0, y1) of the high-gain corner: the top 15% of the gain range and the drops of the front and
+    final points there that are below 30% of the drop range (all of them if none is), so methods that all
+    reach the top gain can be told apart."""
+    g, d = ck["target_gain"], ck["nontarget_drop"]
+    gmax, gspan = float(g.max()), float(max(g.max(), 0) - min(g.min(), 0)) or 1.0
+    dspan = float(max(d.max(), 0) - min(d.min(), 0)) or 1.0
+    x0 = gmax - 0.15 * gspan
+    near = pd.concat([fronts, final_checkpoints(ck)])
+    near = near[near["target_gain"] >= x0]
+    low = near[near["nontarget_drop"] <= 0.3 * dspan]
+    near = low if len(low) else near  # every top-gain point forgets a lot: show them all
+    hi = near["nontarget_drop_hi"].fillna(near["nontarget_drop"]) if "nontarget_drop_hi" in near else near[
+        "nontarget_drop"]
+    y1 = max(float(hi.max()) if len(near) else 0.3 * dspan, 0.02 * dspan, 0.5) * 1.1
+    y0 = min(float(near["nontarget_drop"].min()) if len(near) else 0.0, 0.0) - 0.06 * y1
+    xhi = near["target_gain_hi"].max() if "target_gain_hi" in near and len(near) else np.nan
+    x1 = max(gmax, float(xhi) if pd.notna(xhi) else gmax) + 0.02 * gspan
+    return x0, x1, y0, y1
+
+
+def headline(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
+    """Target gain against non-target drop: every checkpoint, trajectories, final CIs, Pareto fronts;
+    (a) everything, (b) the high-gain corner enlarged."""
+    ck = fr.ckpts
+    methods = ordered(styles, ck)
+    fig, (ax, zx) = plt.subplots(1, 2, figsize=(PAGE, 3.0), gridspec_kw={"width_ratios": [1.15, 1]})
+    fronts = _gain_drop(ax, ck, styles, methods)
+    ax.annotate("base", (0, 0), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    _gain_drop(zx, ck, styles, methods)
+    x0, x1, y0, y1 = zoom_window(trained_checkpoints(ck), fronts)
+    zx.set_xlim(x0, x1)
+    zx.set_ylim(y0, y1)
+    zx.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="0.35", lw=0.7, ls=":", zorder=6))
     ax.set_ylabel(DROP)
-    extra = [plt.Line2D([], [], color="0.3", lw=1.3, label="Pareto front"),
-             plt.Line2D([], [], color="0.3", lw=0.5, alpha=0.5, marker="o", ms=2.5, label="checkpoints")]
-    legend_below(fig, styles, methods, extra, ncol=3)
+    ax.set_title("(a) all checkpoints", loc="left")
+    zx.set_title("(b) high-gain corner (dotted box in a)", loc="left")
+    fig.tight_layout(w_pad=1.5)
+    extra = [plt.Line2D([], [], color="0.3", lw=1.1, label="Pareto front"),
+             plt.Line2D([], [], color="0.3", lw=0.5, alpha=0.5, marker="o", ms=2.5, label="run trajectory"),
+             plt.Line2D([], [], color="0.3", ls="none", marker="o", ms=4, label="final ± 95% CI"),
+             plt.Line2D([], [], color="black", ls="none", marker="*", ms=7, label="base")]
+    entries = len(methods) + len(extra)
+    legend_below(fig, styles, methods, extra, ncol=entries if entries <= 6 else -(-entries // 2))
     return fig
 
 
@@ -141,8 +184,14 @@ def pld_drift_curves(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
         (h,) = ax.plot(curve.index, curve.to_numpy(), color=st["color"], marker=st["marker"], ms=3, lw=1.1,
                        label=f"{st['label']} ({fmt_lr(best[m])})")
         handles.append(h)
+    ax.set_yscale("symlog", linthresh=1.0, linscale=1.0)
+    lo, hi = ax.get_ylim()
+    ticks = [t for t in (-100, -50, -20, -10, -5, -2, -1, -0.5, -0.2, 0, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if lo <= t <= hi]
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("PLD drift (nats/token)")
+    ax.set_ylabel("PLD drift (nats/token, symlog scale)")
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.0), ncol=2, handlelength=1.8)
     return fig
 
@@ -181,5 +230,5 @@ def predictors(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     top = np.nanmax(fin["nontarget_drop"]) if fin["nontarget_drop"].notna().any() else 1.0
     axes[0].set_ylim(top=max(top, 1.0) * 1.25)  # room for the fit legend above the points
     fig.tight_layout(w_pad=1.0)
-    legend_below(fig, styles, methods, ncol=min(8, max(1, len(methods))))
+    legend_below(fig, styles, methods, ncol=min(8, max(1, len(methods))), lines=False)
     return fig

@@ -104,12 +104,15 @@ def load(experiment: str | None = None, client=None) -> Frames:
         names = ", ".join(e.name for e in client.search_experiments())
         raise HarnessError(f"no MLflow experiment named {experiment!r} in {client.tracking_uri}; "
                            f"experiments: {names or 'none'}")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)  # search_runs reads the global URI: point it at our store
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+    # search_runs reads MLflow's global URI: point it at our store, then restore the global exactly as it
+    # was (usually unset, so MLFLOW_TRACKING_URI keeps working for whatever runs next in this process).
+    previous = tracking_utils._tracking_uri
+    mlflow.set_tracking_uri(client.tracking_uri)
     try:
         wide = mlflow.search_runs([exp.experiment_id], max_results=100_000, output_format="pandas")
     finally:
-        mlflow.set_tracking_uri(previous)
+        tracking_utils._tracking_uri = previous
     if wide.empty:
         wide = pd.DataFrame(columns=["run_id", "status"])
     tidy = _tidy(wide)

@@ -1,0 +1,45 @@
+"""`harness report`: the subcommand's parser and handler (harness/cli.py calls `add_report_parser(sub)`)."""
+from __future__ import annotations
+
+import argparse
+import textwrap
+from pathlib import Path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Build the report of one experiment from MLflow and print where it went."""
+    from reports.build import timed_build
+
+    files, seconds = timed_build(args.experiment, Path(args.out) if args.out else None,
+                                 log_artifacts=not args.no_log)
+    page = files["report.html"]
+    out = page.parent
+    print(f"report: {len(files)} files in {out.resolve()} ({seconds:.1f} s)")
+    print(f"  figures: {', '.join(sorted(n for n in files if n.endswith('.png')))} (+ .pdf)")
+    print(f"  summary: {files['summary.md'].resolve()}")
+    print(f"  page:    {page.resolve()}")
+    if not args.no_log:
+        print("  also logged under report/ on every parent run of the experiment (see `harness ui`)")
+    return 0
+
+
+def add_report_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `harness report` on the CLI's subparsers; returns the new parser."""
+    s = subparsers.add_parser(
+        "report", help="figures and tables of a sweep, rebuilt from MLflow",
+        description="Rebuild, from MLflow runs alone (no training, no Optuna storage), the gain-drop Pareto "
+                    "figure, fronts against learning rate and compute, PLD drift curves, forgetting predictors, "
+                    "per-task drops, drop at matched gain and per-method tables: PNG + PDF, CSV, a Markdown "
+                    "summary and one self-contained HTML page, also logged under report/ on the sweep's parent runs.",
+        epilog=textwrap.dedent("""\
+        examples:
+          harness report                                 newest experiment with runs -> reports/out/<experiment>/
+          harness report --experiment default --out /tmp/report
+          MLFLOW_TRACKING_URI=sqlite:////data/mlflow.db harness report --no-log"""),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--experiment", default=None,
+                   help="MLflow experiment (= sweep name); default: the most recently updated one with runs")
+    s.add_argument("--out", default=None, help="output directory (default: reports/out/<experiment>/)")
+    s.add_argument("--no-log", action="store_true", help="do not log the files as artifacts of the parent runs")
+    s.set_defaults(fn=cmd_report)
+    return s

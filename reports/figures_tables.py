@@ -1,0 +1,143 @@
+"""Figures 5-7 (per-task drop, compute-normalised front, drop at matched gain) and the report's tables."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from reports.figures import COLUMN, DROP, GAIN, PAGE, at_lr, legend_below, ordered, plt
+from reports.frame import Frames, best_lr, final_checkpoints, trained_checkpoints
+from reports.pareto import front_order, gain_grid, lowest_drop_at_gain
+
+
+def task_columns(runs: pd.DataFrame) -> list[str]:
+    """The `drop/<task>` columns present, sorted by task name."""
+    return sorted(c for c in runs.columns if c.startswith("drop/") and runs[c].notna().any())
+
+
+def per_task_drop(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
+    """Grouped bars: each method's final drop per non-target task at its best learning rate (o: worst lr)."""
+    runs, tasks = fr.runs, task_columns(fr.runs)
+    best = best_lr(final_checkpoints(fr.ckpts))
+    methods = ordered(styles, runs)
+    fig, ax = plt.subplots(figsize=(PAGE, 2.4))
+    x = np.arange(len(tasks))
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        sub = runs[runs["method"] == m]
+        at_best = at_lr(sub, best.get(m, np.nan))[tasks].mean() if tasks else pd.Series(dtype=float)
+        worst = sub.groupby("lr", dropna=False)[tasks].mean().max() if tasks else pd.Series(dtype=float)
+        pos = x - 0.4 + width * (i + 0.5)
+        ax.bar(pos, at_best.to_numpy(), width * 0.92, color=styles[m]["color"], label=styles[m]["label"])
+        ax.scatter(pos, worst.to_numpy(), s=9, facecolors="none", edgecolors=styles[m]["color"], linewidths=0.7,
+                   zorder=3)
+    ax.axhline(0, color="0.3", lw=0.6)
+    ax.set_xticks(x, [t.split("/", 1)[1] for t in tasks])
+    ax.set_xlabel("non-target task")
+    ax.set_ylabel("drop (accuracy points)")
+    ax.grid(axis="x", visible=False)
+    extra = [plt.Line2D([], [], ls="none", marker="o", mfc="none", mec="0.3", ms=3.5, label="worst learning rate")]
+    fig.tight_layout()
+    legend_below(fig, styles, methods, extra, ncol=min(9, len(methods) + 1))
+    return fig
+
+
+def compute_front(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
+    """Gain and drop against training compute (FLOPs): every run faint, the best-lr run bold."""
+    ck = trained_checkpoints(fr.ckpts).dropna(subset=["cost/flops"])
+    ck = ck[ck["cost/flops"] > 0]
+    best = best_lr(final_checkpoints(fr.ckpts))
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE, 2.5), sharex=True)
+    methods = ordered(styles, ck)
+    for m in methods:
+        st, sub = styles[m], ck[ck["method"] == m]
+        chosen = set(at_lr(sub, best.get(m, np.nan))["run_id"])
+        for rid, run in sub.groupby("run_id", sort=False):
+            run = run.sort_values("step")
+            bold = rid in chosen
+            for ax, key in zip(axes, ("target_gain", "nontarget_drop")):
+                ax.plot(run["cost/flops"], run[key], color=st["color"], marker=st["marker"],
+                        lw=1.2 if bold else 0.5, ms=3 if bold else 1.8, alpha=1.0 if bold else 0.3,
+                        zorder=3 if bold else 1)
+    for ax, label in zip(axes, (GAIN, DROP)):
+        ax.set_xscale("log")
+        ax.set_xlabel("training + generation compute (FLOPs, log scale)")
+        ax.set_ylabel(label)
+        ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+    fig.tight_layout(w_pad=2.0)
+    extra = [plt.Line2D([], [], color="0.3", lw=1.2, label="best lr"),
+             plt.Line2D([], [], color="0.3", lw=0.5, alpha=0.4, label="other lr")]
+    legend_below(fig, styles, methods, extra, ncol=min(10, len(methods) + 2) // 2 + 1)
+    return fig
+
+
+def matched_gain_table(fr: Frames, styles: dict[str, dict]) -> pd.DataFrame:
+    """Rows: gain thresholds g; columns: methods; cells: lowest drop among checkpoints with gain >= g."""
+    ck = trained_checkpoints(fr.ckpts)
+    grid = gain_grid(float(ck["target_gain"].max()) if len(ck) else np.nan, max_ticks=8)
+    table = pd.DataFrame({"gain_at_least": grid})
+    for m in ordered(styles, ck):
+        sub = ck[ck["method"] == m]
+        table[m] = lowest_drop_at_gain(sub["target_gain"], sub["nontarget_drop"], grid)
+    return table
+
+
+def matched_gain(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
+    """Line plot of `matched_gain_table`: where a line stops, the method never reached that gain."""
+    table = matched_gain_table(fr, styles)
+    fig, ax = plt.subplots(figsize=(COLUMN, 3.0))
+    methods = [c for c in table.columns if c != "gain_at_least"]
+    grid = table["gain_at_least"].to_numpy()
+    step = float(grid[1] - grid[0]) if len(grid) > 1 else 1.0
+    n = max(1, len(methods))
+    for i, m in enumerate(methods):
+        # methods often tie (e.g. all at zero drop): dodge along x so every method's marker stays visible
+        dodge = (i - (n - 1) / 2) * step * 0.09
+        ax.plot(grid + dodge, table[m], color=styles[m]["color"], marker=styles[m]["marker"], ms=3.2, lw=0.9)
+    ax.set_xlabel("target gain at least g (accuracy points)")
+    ax.set_xticks(grid)
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.grid(axis="x", visible=False)
+    ax.set_ylabel("lowest non-target drop\n(accuracy points)")
+    ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+    never = [styles[m]["label"] for m in methods if table[m].isna().all()]
+    if never and len(grid):
+        ax.text(0.98, 0.5, f"never reached g = {grid[0]:g}:\n" + ", ".join(never), transform=ax.transAxes,
+                ha="right", va="center", fontsize=7, color="0.3")
+    legend_below(fig, styles, methods, ncol=3, y=0.0)
+    return fig
+
+
+FRONT_COLUMNS = ["method", "lr", "seed", "step", "target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop",
+                 "nontarget_drop_lo", "nontarget_drop_hi", "pld_drift", "kl_to_base", "cost/flops", "run_id"]
+
+
+def front_table(fr: Frames, styles: dict[str, dict]) -> pd.DataFrame:
+    """Every method's Pareto-front checkpoints (over all its trained checkpoints), by method then gain.
+
+    Checkpoints tied at the same (gain, drop) appear once: the cheapest (fewest FLOPs, then earliest step).
+    """
+    ck = trained_checkpoints(fr.ckpts)
+    parts = []
+    for m in ordered(styles, ck):
+        sub = ck[ck["method"] == m]
+        front = sub.iloc[front_order(sub["target_gain"], sub["nontarget_drop"])]
+        front = front.sort_values(["cost/flops", "step"], kind="stable", na_position="last")
+        parts.append(front.drop_duplicates(["target_gain", "nontarget_drop"]).sort_values("target_gain",
+                                                                                         kind="stable"))
+    if not parts:
+        return pd.DataFrame(columns=FRONT_COLUMNS)
+    out = pd.concat(parts)
+    return out[[c for c in FRONT_COLUMNS if c in out.columns]].reset_index(drop=True)
+
+
+def _num(v: float, digits: int = 2) -> str:
+    return "–" if v is None or pd.isna(v) else f"{v:.{digits}f}"
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 1) -> str:
+    """A plain Markdown table of a frame (numbers to `digits` decimals, NaN as –)."""
+    head = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    sep = "|" + "---|" * len(df.columns)
+    body = ["| " + " | ".join(_num(v, digits) if isinstance(v, (float, np.floating)) else str(v) for v in row) + " |"
+            for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
