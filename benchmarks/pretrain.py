@@ -65,6 +65,17 @@ def _response(world, task: str, payload: str, favoured: bool, rng: random.Random
 def pretrain_base(world, progress: bool = True):
     """Build and pretrain the toy base; returns (model, tokenizer, seconds)."""
     cfg, shape = world.cfg.pretrain, world.cfg.model
+    threads = torch.get_num_threads()
+    # One thread always: float reductions then run in the same order on every machine, so a world's
+    # config hash names one base, whatever the core count of the machine that built it.
+    torch.set_num_threads(1)
+    try:
+        return _pretrain(world, cfg, shape, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(world, cfg, shape, progress: bool):
     torch.manual_seed(world.cfg.seed)
     rng = random.Random(f"pretrain:{world.cfg.seed}")
     tok = build_char_tokenizer(VOCAB_CHARS)
