@@ -142,9 +142,11 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
 
         zero = eval_metrics(world, base, base.correct_arrays(), base.pld, 0.0, 0, cfg.train.seed)
         tr.log_metrics(zero, 0)
-        trainer.train(method, ctx, on_step, on_eval)
-        bar.close()
-        ctx.close()
+        try:
+            trainer.train(method, ctx, on_step, on_eval)
+        finally:
+            bar.close()
+            ctx.close()  # scratch checkpoints go even when the run fails
         responses = last_eval.pop("eval_responses", {})
         final = {k: v for k, v in last_eval.items()} | cost() | {"steps": float(trainer.step)}
         final.update({"base/label_nll_token": base.label_nll_token, "base/label_nll_seq": base.label_nll_seq,
