@@ -27,7 +27,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The object registered as `name`, or a HarnessError listing what exists."""
         if name not in self._items:
-            raise unknown(self.kind, name, self._items, f"See `harness list`.")
+            raise unknown(self.kind, name, self._items, "See `harness list`.")
         return self._items[name]
 
     def names(self) -> list[str]:

@@ -71,6 +71,15 @@ def legend_below(fig, styles: dict[str, dict], methods: list[str], extra: list |
                columnspacing=1.0)
 
 
+def gain_and_drop_axes(axes, xlabel: str) -> None:
+    """Label a (gain, drop) pair of panels that share a log-scale x axis; zero line on both."""
+    for ax, label in zip(axes, (GAIN, DROP)):
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+
+
 def _gain_drop(ax, ck: pd.DataFrame, styles: dict[str, dict], methods: list[str]) -> pd.DataFrame:
     """Draw trajectories, checkpoints, final CIs and fronts of `methods` on `ax`; returns all front points."""
     fronts = []
@@ -160,11 +169,7 @@ def front_vs_lr(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
         for ax, key in zip(axes, ("target_gain", "nontarget_drop")):
             ax.errorbar(sub["lr"] * jitter, sub[key], yerr=_err(sub, key), color=st["color"], marker=st["marker"],
                         ms=3.5, lw=1.0, elinewidth=0.6)
-    for ax, label in zip(axes, (GAIN, DROP)):
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate (log scale)")
-        ax.set_ylabel(label)
-        ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+    gain_and_drop_axes(axes, "learning rate (log scale)")
     fig.tight_layout(w_pad=2.0)
     legend_below(fig, styles, methods, ncol=min(8, n))
     return fig

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reports.figures import COLUMN, DROP, GAIN, PAGE, at_lr, legend_below, ordered, plt
+from reports.figures import COLUMN, PAGE, at_lr, gain_and_drop_axes, legend_below, ordered, plt
 from reports.frame import Frames, best_lr, final_checkpoints, trained_checkpoints
 from reports.pareto import front_order, gain_grid, lowest_drop_at_gain
 
@@ -58,11 +58,7 @@ def compute_front(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
                 ax.plot(run["cost/flops"], run[key], color=st["color"], marker=st["marker"],
                         lw=1.2 if bold else 0.5, ms=3 if bold else 1.8, alpha=1.0 if bold else 0.3,
                         zorder=3 if bold else 1)
-    for ax, label in zip(axes, (GAIN, DROP)):
-        ax.set_xscale("log")
-        ax.set_xlabel("training + generation compute (FLOPs, log scale)")
-        ax.set_ylabel(label)
-        ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+    gain_and_drop_axes(axes, "training + generation compute (FLOPs, log scale)")
     fig.tight_layout(w_pad=2.0)
     extra = [plt.Line2D([], [], color="0.3", lw=1.2, label="best lr"),
              plt.Line2D([], [], color="0.3", lw=0.5, alpha=0.4, label="other lr")]

@@ -89,8 +89,6 @@ class _Heartbeat:
 def run_trial(spec: SweepSpec, method: str, study: optuna.Study, trial: optuna.Trial, parent_id: str,
               progress: bool) -> list[float]:
     """Run every seed of one trial (reusing seeds already FINISHED in MLflow); returns objective values."""
-    from mlflow import MlflowClient
-
     from harness.run import run
     from harness.tracking import find_run, init_store
 

@@ -1,7 +1,6 @@
 """The engine: micro-batch invariance, schedule values, non-finite losses, collation masks."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
