@@ -19,15 +19,12 @@ gradient is −∇log p inside the trust region p ≥ α, −(p/α)∇log p outs
 response token; each token divided by L_max = world.max_new_tokens and the
 engine averages sequences ("sequence" reduction). No KL, no reference model.
 Paper: Su et al., TRAPO, arXiv 2512.17636 (code: Su-my/TRAPO, see METHODS.md §7).
-Deviations: the code divides each micro-batch's token sum by L_max and then
-by the number of micro-batches, here by L_max × sequences (a constant factor);
-the code's entropy bonus is a token mean over response tokens, here it shares
-the sum / L_max normaliser. Expert trajectory = the item's label + end token;
-the toy teacher is deterministic, so the paper's "two expert solutions" are
-the same label. Break tokens are those containing a `break_strings` entry:
-the paper's "\\n\\n", here "," (the `worked` style's step separator) [GUESS].
-The model continues a prefix for up to max_new_tokens more tokens; truncated
-samples score 0 (the shared sample_and_verify); LR is swept, not 1e-6.
+Deviations: normaliser L_max × sequences (code: L_max × micro-batches, a
+constant factor); the entropy bonus shares it (code: a token mean). Expert
+trajectory = label + end token; the toy teacher is deterministic, so the
+"two expert solutions" are one label. Break tokens contain a `break_strings`
+entry: "," (the worked style's step separator) for the paper's "\\n\\n"
+[GUESS]. Truncated samples score 0; LR is swept, not 1e-6.
 """
 from __future__ import annotations
 
@@ -47,7 +44,6 @@ MICRO_GROUPS = ((4, 0.0, 0), (2, 0.25, 2), (1, 0.5, 4), (1, 1.0, 7))
 
 class Sample(NamedTuple):
     """One of a prompt's 8 samples: response = expert prefix (n_prefix tokens) + the model's continuation."""
-
     prompt: list[int]
     response: list[int]
     n_prefix: int
@@ -141,9 +137,7 @@ class TRAPO(Method):
         stats = {**group_stats(rewards), "reward_unguided": float(rewards[:, :4].mean()),
                  "prefix_ratio": sum(x.n_prefix for x in flat) / sum(len(x.response) for x in flat),
                  "n_prefix25": levels[0.25], "n_prefix50": levels[0.5], "n_full_expert": levels[1.0]}
-        if expert_r:
-            stats["expert_reward"] = sum(expert_r) / len(expert_r)
-        ctx.log(stats)
+        ctx.log(stats | ({"expert_reward": sum(expert_r) / len(expert_r)} if expert_r else {}))
         return TrainData(examples, batch_size=len(examples), shuffle=False)
 
     def loss(self, ctx, batch) -> LossOutput:
