@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(VENV)/bin/harness sweep --methods all --workers 2
+	$(VENV)/bin/harness report --experiment default
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -94,7 +94,7 @@ class WorldConfig(_Strict):
     """World seed: data splits and the pretrained base (two seeds = two bases)."""
     n_train: int = 1024
     """Training prompts of the target task."""
-    n_eval: int = 300
+    n_eval: int = 200
     """Greedy evaluation prompts per task."""
     n_heldout: int = 200
     """Held-out target prompts for PLD (with expert labels) and KL-to-base (with base samples)."""
@@ -118,7 +118,9 @@ class WorldConfig(_Strict):
 
 # Presets: a world name maps to overrides of the whole run config (world, train, eval).
 WORLD_PRESETS: dict[str, dict] = {
-    "toy": {},
+    # 100 steps of 16 sequences: every method saturates or forgets within it on toy, and a 3-seed sweep of
+    # all eight methods fits the 12-minute budget (measured in README, `python -m benchmarks.run_costs`).
+    "toy": {"train": {"max_steps": 100, "batch_size": 16, "micro_batch_size": 16}},
     "micro": {
         "world": {
             "tasks": ["sort", "rev", "add", "max"], "n_train": 128, "n_eval": 40, "n_heldout": 24,

@@ -109,7 +109,7 @@ class IDFT(Method):
     paper = "Towards On-Policy SFT, arXiv 2602.12222 (IDFT, Hinted Decoding)"
     order = 5
     Config = IDFTConfig
-    sweep = {"train.lr": SweepParam(1e-5, 3e-4)}
+    sweep = {"train.lr": SweepParam(1e-4, 1e-3)}
 
     def data(self, ctx, phase: int) -> TrainData:
         if not hasattr(self, "_examples"):

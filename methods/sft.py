@@ -39,7 +39,9 @@ class SFT(Method):
     paper = "Retaining by Doing, arXiv 2510.18874 (SFT baseline)"
     order = 0
     Config = SFTConfig
-    sweep = {"train.lr": SweepParam(1e-5, 3e-4)}
+    # Toy-calibrated: on labels 9 nats/token off-policy SFT learns the new format within 100 steps only
+    # from ~3e-4 up (measured); real worlds set their range with the sweep spec's `space`.
+    sweep = {"train.lr": SweepParam(1e-4, 1e-3)}
 
     def data(self, ctx, phase: int) -> TrainData:
         if not hasattr(self, "_examples"):

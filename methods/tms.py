@@ -8,9 +8,9 @@ Data, in three stages inside the first `data()` call:
      `teacher_steps` steps (outside the evaluated trajectory, logged under
      `teacher/`), saving `checkpoints` snapshots θ_1..θ_T evenly spaced over
      the run (θ0 excluded);
-  2. harvest: each snapshot, loaded one at a time, samples one answer per
-     training prompt at `temperature`, with no verifier filter; the snapshot is
-     deleted as soon as it has sampled;
+  2. harvest: every student epoch is drawn up front (below); each snapshot,
+     loaded one at a time, samples one answer at `temperature` for each
+     prompt drawn to it, with no verifier filter, and is deleted at once;
   3. student: the policy is reset to θ0 (weights, optimizer and schedule) and
      trains on q_α = α·q + (1−α)·m: every epoch (every later `data()` call),
      each prompt gets its expert label with probability α, else the answer of a
@@ -71,11 +71,14 @@ def checkpoint_weights(n: int, schedule: str, progress: float) -> np.ndarray:
     return w / w.sum()
 
 
-def mix(expert: list[Example], answers: list[list[Example]], alpha: float, weights: np.ndarray,
-        rng: np.random.Generator) -> list[Example]:
-    """One example per prompt i from q_α: expert[i] with prob. α, else answers[t][i] with t ~ weights."""
-    use_expert = rng.random(len(expert)) < alpha                            # [N] bool
-    pick = rng.choice(len(answers), size=len(expert), p=weights)            # [N] checkpoint index
+def draw_plan(n: int, alpha: float, weights: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch of q_α for n prompts: whether each gets its expert label (prob. α), else which checkpoint t ~ weights."""
+    return rng.random(n) < alpha, rng.choice(len(weights), size=n, p=weights)   # [n] bool, [n] checkpoint index
+
+
+def mix(expert: list[Example], answers, plan: tuple[np.ndarray, np.ndarray]) -> list[Example]:
+    """One example per prompt i: expert[i] where the plan says so, else answers[t][i] of its drawn checkpoint t."""
+    use_expert, pick = plan
     return [e if u else answers[t][i] for i, (e, u, t) in enumerate(zip(expert, use_expert, pick))]
 
 
@@ -86,22 +89,27 @@ class TMS(Method):
     paper = "Trajectory-Mixed Supervision, arXiv 2602.03073"
     order = 4
     Config = TMSConfig
-    sweep = {"train.lr": SweepParam(1e-5, 3e-4), "tms.alpha": SweepParam(choices=(0.0, 0.25, 0.5))}
+    sweep = {"train.lr": SweepParam(1e-4, 1e-3), "tms.alpha": SweepParam(choices=(0.0, 0.25, 0.5))}
 
     def data(self, ctx, phase: int) -> TrainData:
         if not hasattr(self, "_answers"):
             self._harvest(ctx)
-        weights = checkpoint_weights(len(self._answers), self.cfg.schedule, ctx.step / ctx.max_steps)
-        epoch = mix(self._expert, self._answers, self.cfg.alpha, weights, ctx.rng)
+        epoch = mix(self._expert, self._answers, self._plans[self._epoch % len(self._plans)])
+        self._epoch += 1
         ctx.log({"expert_frac": sum(e.source == "expert" for e in epoch) / max(1, len(epoch))})
         return TrainData(epoch)
 
     def _harvest(self, ctx) -> None:
-        """Teacher SFT run with snapshots, one sample per prompt from each snapshot, then reset to θ0."""
-        items = ctx.world.train_items
+        """Teacher SFT run with snapshots, the student's epochs drawn, the drawn answers sampled, reset to θ0.
+
+        Every epoch the student will see is drawn up front, so each snapshot samples only the prompts
+        assigned to it (one answer per (prompt, snapshot), reused if drawn again, as with a full harvest):
+        about (1 − α)·(examples trained) samples instead of T·N, from the same distribution.
+        """
+        c, items = self.cfg, ctx.world.train_items
         self._expert = [ctx.example(it.prompt, it.label, task=it.task, source="expert") for it in items]
-        steps = self.cfg.teacher_steps or ctx.max_steps
-        at = checkpoint_steps(steps, self.cfg.checkpoints)
+        steps = c.teacher_steps or ctx.max_steps
+        at = checkpoint_steps(steps, c.checkpoints)
         paths = []
 
         def snapshot(done: int) -> None:
@@ -109,19 +117,25 @@ class TMS(Method):
                 paths.append(ctx.save_checkpoint(f"tms-teacher-{done:06d}"))
 
         ctx.train_steps(TrainData(self._expert), self.loss, steps, prefix="teacher", on_step=snapshot)
-        self._answers, accs = [], []
-        for t, path in enumerate(paths, start=1):
+        per_epoch = math.ceil(len(items) / ctx.run_cfg.train.batch_size)
+        self._plans = [draw_plan(len(items), c.alpha, checkpoint_weights(len(paths), c.schedule,
+                                                                        min(1.0, e * per_epoch / ctx.max_steps)), ctx.rng)
+                       for e in range(math.ceil(ctx.max_steps / per_epoch))]
+        self._epoch, self._answers, accs = 0, [], []
+        for t, path in enumerate(paths):
+            need = sorted({int(i) for use, pick in self._plans for i in np.flatnonzero(~use & (pick == t))})
             model = ctx.load_checkpoint(path)
-            sampled = sample_and_verify(ctx, items, n=1, temperature=self.cfg.temperature, model=model)
+            sampled = sample_and_verify(ctx, [items[i] for i in need], n=1, temperature=c.temperature, model=model)
             del model
             gc.collect()
             ctx.delete_checkpoint(path)
-            self._answers.append([Example(s.completions[0].prompt_ids, s.completions[0].response_ids,
-                                          task=s.item.task, source=f"ckpt{t}") for s in sampled])
-            accs.append(float(np.mean([s.rewards[0] for s in sampled])))
+            self._answers.append({i: Example(s.completions[0].prompt_ids, s.completions[0].response_ids,
+                                             task=s.item.task, source=f"ckpt{t + 1}") for i, s in zip(need, sampled)})
+            accs.append(float(np.mean([s.rewards[0] for s in sampled])) if sampled else float("nan"))
         ctx.reset_to_base()
         ctx.log({"teacher_steps": float(steps), "checkpoints": float(len(paths)),
-                 "mixture_acc": float(np.mean(accs)), **{f"ckpt{t}_acc": a for t, a in enumerate(accs, 1)}})
+                 "harvested": float(sum(map(len, self._answers))),
+                 "mixture_acc": float(np.nanmean(accs)), **{f"ckpt{t}_acc": a for t, a in enumerate(accs, 1)}})
 
     def loss(self, ctx, batch) -> LossOutput:
         return nll_loss(batch.logp, batch.loss_mask)                        # [B, T-1] −log π_θ

@@ -16,6 +16,7 @@ from typing import Callable
 
 import pandas as pd
 
+from reports import claims as C
 from reports import figures as F
 from reports import figures_tables as T
 from reports.frame import Frames, final_checkpoints, load
@@ -68,6 +69,11 @@ FIGURES = [
     Figure("fig7_matched_gain", "Drop at matched gain", T.matched_gain, lambda fr, s: (
         "For each gain threshold g, each method's lowest non-target drop among its checkpoints with target gain "
         "≥ g; a line that stops means the method never reached that gain. Values in the table below.")),
+    Figure("fig8_offpolicy_dial", "The off-policy dial", T.dial_figure, lambda fr, s: (
+        "SFT on the same prompts with labels in each teacher style: left, its drop at matched gain (lowest drop "
+        "among checkpoints with gain ≥ g, g as in the claims table; mean over seeds, 95% interval) against how "
+        "surprising the labels are to the base (its NLL of them); right, the same lowest drop for every g. "
+        "`own` is the model's own style (the on-policy end).")),
 ]
 
 
@@ -149,7 +155,10 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
     stats = pd.DataFrame([{"predictor": label, "r": s["r"], "r2": s["r2"], "slope": s["slope"],
                            "intercept": s["intercept"], "n": int(s["n"])}
                           for (_, label), s in zip(F.PREDICTORS, F.predictor_stats(fr).values())])
-    tables = {"matched_gain.csv": matched, "front.csv": front, "predictors.csv": stats,
+    g, claims = C.claims_frame(fr, F.predictor_stats(fr))
+    dial = C.dial(fr, g)
+    tables = {"claims.csv": claims, "dial.csv": dial, "matched_gain.csv": matched, "front.csv": front,
+              "predictors.csv": stats,
               "checkpoints.csv": fr.ckpts, "runs.csv": fr.runs}
     for m in F.ordered(styles, front):
         tables[f"front_{m}.csv"] = front[front["method"] == m]
@@ -158,7 +167,7 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
         files[name] = out / name
 
     overview = _overview(fr, styles)
-    md, body = _pages(fr, styles, sections, overview, matched, stats, front, out)
+    md, body = _pages(fr, styles, sections, overview, matched, stats, front, out, (g, claims, dial))
     (out / "summary.md").write_text(md)
     (out / "report.html").write_text(body)
     files["summary.md"], files["report.html"] = out / "summary.md", out / "report.html"
@@ -169,16 +178,37 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
     return files
 
 
-def _pages(fr: Frames, styles: dict, sections, overview, matched, stats, front, out: Path) -> tuple[str, str]:
+def _claims_md(g: float, claims: pd.DataFrame) -> list[str]:
+    lead = (f"Matched gain g = {g:.1f} points ({C.FRACTION:g} × the smallest best gain every seed of "
+            f"{', '.join(C.ANCHORS)} reached). Drops at matched gain: mean over seeds [95% interval]; the test "
+            "is stated per row (see reports/claims.py).")
+    return ["## Claims", "", lead, "", T.markdown_table(claims), ""]
+
+
+def _dial_rows(dial: pd.DataFrame) -> pd.DataFrame:
+    if dial.empty:
+        return dial
+    return pd.DataFrame({"teacher style": dial["teacher_style"], "label NLL (nats/seq)": dial["label_nll_seq"],
+                         "label NLL (nats/token)": dial["label_nll_token"], "seeds": dial["seeds"].astype(str),
+                         "SFT drop at gain ≥ g": [f"{m:.1f} [{lo:.1f}, {hi:.1f}]" if pd.notna(m) else "never reached g"
+                                                  for m, lo, hi in dial[["drop_at_g", "drop_lo", "drop_hi"]].to_numpy()],
+                         "best gain": dial["best_gain"]})
+
+
+def _pages(fr: Frames, styles: dict, sections, overview, matched, stats, front, out: Path,
+           claims_part) -> tuple[str, str]:
     """(Markdown summary, self-contained HTML page)."""
     ctx = fr.runs.iloc[0]
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     meta = (f"world `{ctx.get('world')}`, target `{ctx.get('target')}`, teacher style `{ctx.get('teacher_style')}`; "
             f"{_n(fr)}; generated {when} from MLflow only.")
-    md = [f"# Forgetting report: experiment `{fr.experiment}`", "", meta, "", "## Runs", "",
+    g, claims, dial = claims_part
+    cl = _claims_md(g, claims)
+    md = [f"# Forgetting report: experiment `{fr.experiment}`", "", meta, "", *cl, "## Runs", "",
           T.markdown_table(overview), ""]
     h = [f"<h1>Forgetting report: experiment <code>{html.escape(fr.experiment)}</code></h1>",
-         f"<p>{html.escape(meta).replace('`', '')}</p>", "<h2>Runs</h2>", _html_table(overview)]
+         f"<p>{html.escape(meta).replace('`', '')}</p>", "<h2>Claims</h2>", f"<p>{html.escape(cl[2])}</p>",
+         _html_table(claims), "<h2>Runs</h2>", _html_table(overview)]
     for i, (title, stem, caption) in enumerate(sections, 1):
         md += [f"## {i}. {title}", "", f"![{title}]({stem}.png)", "", caption, f"([PDF]({stem}.pdf))", ""]
         raw = (out / f"{stem}.png").read_bytes()
@@ -196,6 +226,10 @@ def _pages(fr: Frames, styles: dict, sections, overview, matched, stats, front, 
             md += ["Lowest non-target drop among checkpoints with target gain ≥ g (– : never reached):", "",
                    T.markdown_table(matched), ""]
             h += [_html_table(matched)]
+        if stem.startswith("fig8") and not dial.empty:
+            verdict = "Does forgetting grow with how off-policy the labels are? " + C.dial_verdict(dial)
+            md += [T.markdown_table(_dial_rows(dial), 2), "", verdict, ""]
+            h += [_html_table(_dial_rows(dial), 2), f"<p>{html.escape(verdict)}</p>"]
     md += [f"## {len(sections) + 1}. Best trade-off points per method", "",
            "Each method's Pareto-front checkpoints over all its runs and evaluation steps; checkpoints tied at the "
            "same gain and drop are listed once, the cheapest (CSV: `front_<method>.csv`).",

@@ -20,7 +20,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"  page:    {page.resolve()}")
     if not args.no_log:
         print("  also logged under report/ on every parent run of the experiment (see `harness ui`)")
+    print_claims(files)
     return 0
+
+
+def print_claims(files: dict[str, Path]) -> None:
+    """The claims table and the dial's answer, one line each, on the terminal."""
+    import pandas as pd
+
+    from reports.claims import dial_verdict
+    claims = pd.read_csv(files["claims.csv"])
+    if len(claims):
+        print("\nclaims (details and intervals: summary.md, claims.csv):")
+        for _, c in claims.iterrows():
+            print(f"  {c['verdict']:<15} {c['claim']} [{c['source']}]")
+    try:
+        dial = pd.read_csv(files["dial.csv"])
+    except pd.errors.EmptyDataError:
+        return
+    if len(dial):
+        print(f"  off-policy dial: {dial_verdict(dial)}")
 
 
 def add_report_parser(subparsers) -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Figures 5-7 (per-task drop, compute-normalised front, drop at matched gain) and the report's tables."""
+"""Figures 5-8 (per-task drop, compute-normalised front, drop at matched gain, off-policy dial) and the report's tables."""
 from __future__ import annotations
 
 import numpy as np
@@ -137,3 +137,40 @@ def markdown_table(df: pd.DataFrame, digits: int = 1) -> str:
     body = ["| " + " | ".join(_num(v, digits) if isinstance(v, (float, np.floating)) else str(v) for v in row) + " |"
             for row in df.itertuples(index=False)]
     return "\n".join([head, sep, *body])
+
+
+def dial_figure(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
+    """The off-policy dial: SFT's drop at matched gain against the base's NLL of each teacher style's labels."""
+    from reports.claims import dial, matched_level
+    g = matched_level(fr.ckpts)
+    table = dial(fr, g)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(PAGE, 2.6))
+    colour = styles.get("sft", {"color": "#0072B2"})["color"]
+    ok = table.dropna(subset=["drop_at_g"]) if len(table) else table
+    if len(ok):
+        yerr = np.vstack([(ok["drop_at_g"] - ok["drop_lo"]).clip(lower=0), (ok["drop_hi"] - ok["drop_at_g"]).clip(lower=0)])
+        ax.errorbar(ok["label_nll_seq"], ok["drop_at_g"], yerr=yerr, fmt="o-", color=colour, ms=4, lw=0.9)
+        for _, r in ok.iterrows():
+            ax.annotate(f"{r['teacher_style']} (n={r['seeds']})", (r["label_nll_seq"], r["drop_at_g"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("base NLL of the SFT labels (nats/sequence, log)")
+    ax.set_ylabel(f"SFT drop at gain ≥ {g:.0f}\n(accuracy points)" if np.isfinite(g) else "SFT drop at matched gain")
+    ax.axhline(0, color="0.6", lw=0.6, zorder=0)
+    ck = fr.all_ckpts if fr.all_ckpts is not None else fr.ckpts
+    ck = trained_checkpoints(ck[ck["method"] == "sft"])
+    grid = gain_grid(float(ck["target_gain"].max()) if len(ck) else np.nan, max_ticks=8)
+    greys = plt.get_cmap("viridis")
+    order = table["teacher_style"].tolist() if len(table) else []
+    for i, style in enumerate(order):
+        sub = ck[ck["teacher_style"] == style]
+        bx.plot(grid, lowest_drop_at_gain(sub["target_gain"], sub["nontarget_drop"], grid), marker="o", ms=3,
+                lw=0.9, color=greys(i / max(1, len(order) - 1) * 0.85), label=style)
+    if np.isfinite(g):
+        bx.axvline(g, color="0.5", ls=":", lw=0.8)
+    bx.set_xlabel("target gain at least g (accuracy points)")
+    bx.set_ylabel("SFT lowest non-target drop\n(accuracy points)")
+    bx.axhline(0, color="0.6", lw=0.6, zorder=0)
+    bx.legend(title="teacher style", loc="upper left")
+    fig.tight_layout(w_pad=2.0)
+    return fig

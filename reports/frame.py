@@ -8,6 +8,8 @@
           CHECKPOINT_METRICS at that step; step 0 is the base model itself (gain 0, drop 0)
   parents one row per parent run (kind=parent): run_id, method, sweep
   base    the base model's run(s) (kind=base): run_id plus final metrics
+`runs` and `ckpts` hold the sweep's method arms only; `all_runs` and `all_ckpts` also hold its variant arms
+(e.g. SFT on other teacher styles, the off-policy dial), told apart by the `arm` column.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ import pandas as pd
 CHECKPOINT_METRICS = ("target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
                       "nontarget_drop_hi", "pld_drift", "kl_to_base", "cost/flops")
 PHI = "train/data_phi"
-ID_COLUMNS = ("run_id", "method", "lr", "seed", "target", "teacher_style", "sweep", "world", "trial", "parent_id")
+ID_COLUMNS = ("run_id", "method", "arm", "lr", "seed", "target", "teacher_style", "sweep", "world", "trial",
+              "parent_id")
 _TAGS = {"method": "tags.method", "seed": "tags.seed", "target": "tags.target", "teacher_style": "tags.teacher_style",
          "sweep": "tags.sweep", "world": "tags.world", "trial": "tags.trial", "parent_id": "tags.mlflow.parentRunId",
-         "kind": "tags.kind"}
+         "kind": "tags.kind", "arm": "tags.arm"}
 
 
 @dataclass
@@ -33,6 +36,8 @@ class Frames:
     ckpts: pd.DataFrame
     parents: pd.DataFrame
     base: pd.DataFrame
+    all_runs: pd.DataFrame | None = None
+    all_ckpts: pd.DataFrame | None = None
 
 
 def default_experiment(client) -> str | None:
@@ -53,6 +58,7 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"run_id": df["run_id"], "status": df["status"]})
     for name, col in _TAGS.items():
         out[name] = _col(df, col)
+    out["arm"] = out["arm"].fillna(out["method"])  # runs outside a sweep: their method is their arm
     out["lr"] = pd.to_numeric(_col(df, "params.train.lr"), errors="coerce")
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce").astype("Int64")
     out["trial"] = pd.to_numeric(out["trial"], errors="coerce").astype("Int64")
@@ -136,7 +142,10 @@ def load(experiment: str | None = None, client=None) -> Frames:
             evals[k] = np.nan
     ids = runs[[c for c in ID_COLUMNS if c in runs.columns]]
     ckpts = ids.merge(evals, on="run_id", how="inner").sort_values(["method", "lr", "seed", "step"], kind="stable")
-    return Frames(experiment, runs, ckpts.reset_index(drop=True), parents, base.reset_index(drop=True))
+    ckpts = ckpts.reset_index(drop=True)
+    main_runs, main_ckpts = runs[runs["arm"] == runs["method"]], ckpts[ckpts["arm"] == ckpts["method"]]
+    return Frames(experiment, main_runs.reset_index(drop=True), main_ckpts.reset_index(drop=True), parents,
+                  base.reset_index(drop=True), runs, ckpts)
 
 
 def final_checkpoints(ckpts: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from harness.config import deep_merge, resolve_config
 from harness.errors import HarnessError
 from methods.base import SweepParam
-from sweeps.spec import SweepSpec
+from sweeps.spec import SweepSpec, arm_method, arm_overrides, arm_seeds
 from sweeps.study import (local_lock, make_sampler, open_storage, prepare_study, recover_stale, search_space,
                           storage_url)
 
@@ -86,26 +86,26 @@ class _Heartbeat:
         self.stop.set()
 
 
-def run_trial(spec: SweepSpec, method: str, study: optuna.Study, trial: optuna.Trial, parent_id: str,
+def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Trial, parent_id: str,
               progress: bool) -> list[float]:
     """Run every seed of one trial (reusing seeds already FINISHED in MLflow); returns objective values."""
     from harness.run import run
     from harness.tracking import find_run, init_store
 
-    params = suggest(trial, search_space(spec, method))
+    params = suggest(trial, search_space(spec, arm))
     pkey = params_key(params)
     gains, drops, run_ids = [], [], []
-    for seed in spec.seeds:
+    for seed in arm_seeds(spec, arm):
         tags = {"kind": "run", "sweep": spec.name, "study": study.study_name, "params_key": pkey,
-                "seed": str(seed)}
+                "seed": str(seed), "arm": arm}
         done = find_run(spec.name, tags)
         if done is not None:
             metrics = init_store().get_run(done).data.metrics
         else:
-            over = deep_merge(spec.overrides, _nested(params))
+            over = deep_merge(arm_overrides(spec, arm), _nested(params))
             over = deep_merge(over, {"train": {"seed": seed}, "tracking": {"experiment": spec.name,
-                                                                          "run_name": f"{method}-t{trial.number}-s{seed}"}})
-            cfg, mcfg = resolve_config(world=spec.world, method=method, overrides=over)
+                                                                          "run_name": f"{arm}-t{trial.number}-s{seed}"}})
+            cfg, mcfg = resolve_config(world=spec.world, method=arm_method(spec, arm), overrides=over)
             metrics = run(cfg, mcfg, parent_run_id=parent_id, progress=progress,
                           extra_tags={**tags, "trial": str(trial.number)})
             done = find_run(spec.name, tags)
@@ -119,15 +119,15 @@ def run_trial(spec: SweepSpec, method: str, study: optuna.Study, trial: optuna.T
     return objective_values(spec, gain, drop)
 
 
-def work(spec: SweepSpec, methods: list[str], parents: dict[str, str], threads: int | None = None,
+def work(spec: SweepSpec, arms: list[str], parents: dict[str, str], threads: int | None = None,
          progress: bool = True, on_trial=None) -> None:
-    """A worker: pop WAITING trials of each method's study until none is left, and run them."""
+    """A worker: pop WAITING trials of each arm's study until none is left, and run them."""
     import torch
     if threads:
         torch.set_num_threads(threads)
     storage = open_storage(storage_url(spec))
-    for method in methods:
-        study = optuna.load_study(study_name=f"{spec.name}-{method}", storage=storage, sampler=make_sampler(spec))
+    for arm in arms:
+        study = optuna.load_study(study_name=f"{spec.name}-{arm}", storage=storage, sampler=make_sampler(spec))
         while True:
             with local_lock(spec):
                 recover_stale(study)
@@ -142,7 +142,7 @@ def work(spec: SweepSpec, methods: list[str], parents: dict[str, str], threads: 
                 trial.set_user_attr(k, v)
             try:
                 with _Heartbeat(study, trial._trial_id):
-                    values = run_trial(spec, method, study, trial, parents[method], progress)
+                    values = run_trial(spec, arm, study, trial, parents[arm], progress)
                 study.tell(trial, values)
             except HarnessError:
                 study.tell(trial, state=TrialState.FAIL)
@@ -154,12 +154,12 @@ def work(spec: SweepSpec, methods: list[str], parents: dict[str, str], threads: 
                 on_trial()
 
 
-def ensure_parent(spec: SweepSpec, method: str, experiment_id: str) -> str:
-    """The (sweep, method) parent MLflow run, created once and reopened when a sweep resumes."""
+def ensure_parent(spec: SweepSpec, arm: str, experiment_id: str) -> str:
+    """The (sweep, arm) parent MLflow run, created once and reopened when a sweep resumes."""
     from harness.tracking import init_store
     client = init_store()
     found = client.search_runs([experiment_id], f"tags.kind = 'parent' and tags.sweep = '{spec.name}' "
-                                                f"and tags.method = '{method}'", max_results=1)
+                                                f"and tags.arm = '{arm}'", max_results=1)
     owner = {"pid": str(os.getpid()), "host": socket.gethostname()}  # lets mark_stale_runs close it after a crash
     if found:
         rid = found[0].info.run_id
@@ -167,9 +167,10 @@ def ensure_parent(spec: SweepSpec, method: str, experiment_id: str) -> str:
         for k, v in owner.items():
             client.set_tag(rid, k, v)
     else:
-        rid = client.create_run(experiment_id, run_name=f"{spec.name}-{method}",
-                                tags={"kind": "parent", "sweep": spec.name, "method": method, **owner,
-                                      "study": f"{spec.name}-{method}", "world": spec.world}).info.run_id
+        rid = client.create_run(experiment_id, run_name=f"{spec.name}-{arm}",
+                                tags={"kind": "parent", "sweep": spec.name, "method": arm_method(spec, arm),
+                                      "arm": arm, **owner, "study": f"{spec.name}-{arm}",
+                                      "world": spec.world}).info.run_id
     client.log_dict(rid, spec.model_dump(mode="json"), "spec.json")
     return rid
 
@@ -225,12 +226,15 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True) -> dict[
     from sweeps.spec import resolve_methods
 
     methods = resolve_methods(spec)
+    worlds = {}
     for m in methods:  # every error in the spec surfaces before anything trains
         search_space(spec, m)
-        cfg, _ = resolve_config(world=spec.world, method=m, overrides=spec.overrides)
+        cfg, _ = resolve_config(world=spec.world, method=arm_method(spec, m), overrides=arm_overrides(spec, m))
+        worlds.setdefault(cfg.world.data_key(), cfg)
     exp_id = ensure_experiment(spec.name)
     mark_stale_runs(exp_id)
-    prepare_world(cfg, progress=progress)  # pretrain the base and score it once, before workers start
+    for cfg in worlds.values():  # pretrain the base and score it once per world variant, before workers start
+        prepare_world(cfg, progress=progress)
     with local_lock(spec):
         storage = open_storage(storage_url(spec))
         studies = {m: prepare_study(spec, m, storage) for m in methods}

@@ -22,6 +22,18 @@ class Space(BaseModel):
     choices: list[Any] | None = None
 
 
+class Variant(BaseModel):
+    """An extra arm of a sweep: a registered method run with other settings (e.g. another teacher style)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    method: str
+    """The registered method this arm trains."""
+    seeds: list[int] | None = None
+    """Seeds of this arm (None: the spec's seeds)."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Run settings merged over the spec's `overrides`."""
+
+
 class SweepSpec(BaseModel):
     """What a sweep runs; every field can be overridden on the command line as `key=value`."""
 
@@ -53,6 +65,8 @@ class SweepSpec(BaseModel):
     """Per-method overrides of declared spaces: {method: {param: {low, high, log}}}."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Run-config settings shared by every trial (e.g. {train: {max_steps: 100}})."""
+    variants: dict[str, Variant] = Field(default_factory=dict)
+    """Extra arms, {name: {method, seeds, overrides}}; `methods: all` includes them, or name them in `methods`."""
 
 
 def load_spec(path: str | Path | None = None, cli: list[str] | None = None, **fields: Any) -> SweepSpec:
@@ -73,10 +87,33 @@ def load_spec(path: str | Path | None = None, cli: list[str] | None = None, **fi
 
 
 def resolve_methods(spec: SweepSpec) -> list[str]:
-    """The spec's method list, validated against the registry."""
+    """The spec's arms (method names and variant names), validated against the registry."""
     from methods.base import get_method, method_names
+    for name, v in spec.variants.items():
+        if name in method_names():
+            raise HarnessError(f"sweep variant {name!r} has a method's name; rename it (e.g. {name}@style)")
+        get_method(v.method)
     if spec.methods == "all":
-        return method_names()
+        return method_names() + list(spec.variants)
     for m in spec.methods:
-        get_method(m)
+        if m not in spec.variants and m not in method_names():
+            raise unknown("method or sweep variant", m, method_names() + list(spec.variants),
+                          "`harness list` shows the methods.")
     return list(spec.methods)
+
+
+def arm_method(spec: SweepSpec, arm: str) -> str:
+    """The registered method an arm trains."""
+    return spec.variants[arm].method if arm in spec.variants else arm
+
+
+def arm_seeds(spec: SweepSpec, arm: str) -> list[int]:
+    """The seeds an arm runs."""
+    v = spec.variants.get(arm)
+    return list(v.seeds) if v is not None and v.seeds is not None else list(spec.seeds)
+
+
+def arm_overrides(spec: SweepSpec, arm: str) -> dict[str, Any]:
+    """Run settings of an arm: the spec's overrides, then the variant's."""
+    v = spec.variants.get(arm)
+    return deep_merge(spec.overrides, v.overrides) if v is not None else dict(spec.overrides)

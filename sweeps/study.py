@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from harness.errors import HarnessError
 from methods.base import SweepParam, get_method
-from sweeps.spec import SweepSpec
+from sweeps.spec import SweepSpec, arm_method
 
 STALE_AFTER_S = 300.0
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -58,10 +58,11 @@ def local_lock(spec: SweepSpec):
         yield
 
 
-def search_space(spec: SweepSpec, method: str) -> dict[str, SweepParam]:
-    """The method's declared space restricted to `spec.params`, with the spec's per-method overrides."""
+def search_space(spec: SweepSpec, arm: str) -> dict[str, SweepParam]:
+    """The arm's method's declared space restricted to `spec.params`, with the spec's overrides (by arm or method)."""
+    method = arm_method(spec, arm)
     declared = dict(get_method(method).sweep)
-    for key, sp in spec.space.get(method, {}).items():
+    for key, sp in spec.space.get(arm, spec.space.get(method, {})).items():
         declared[key] = SweepParam(sp.low, sp.high, sp.log, tuple(sp.choices) if sp.choices else None)
     missing = [p for p in spec.params if p not in declared]
     if missing:

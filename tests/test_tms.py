@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from harness.data import Example, collate
-from methods.tms import TMS, TMSConfig, checkpoint_steps, checkpoint_weights, mix
+from methods.tms import TMS, TMSConfig, checkpoint_steps, checkpoint_weights, draw_plan, mix
 from method_harness import build, train
 
 
@@ -45,17 +45,17 @@ def test_mixture_proportion_and_alignment_with_fixed_rng():
     expert = [Example([i], [0], source="expert") for i in range(N)]
     answers = [[Example([i], [t], source=f"ckpt{t + 1}") for i in range(N)] for t in range(T)]
     rng = np.random.default_rng(0)
-    epoch = mix(expert, answers, 0.25, checkpoint_weights(T, "uniform", 0.0), rng)
+    epoch = mix(expert, answers, draw_plan(N, 0.25, checkpoint_weights(T, "uniform", 0.0), rng))
     assert len(epoch) == N
     assert all(e.prompt_ids == [i] for i, e in enumerate(epoch))   # one example per prompt, its own answer
     n_expert = sum(e.source == "expert" for e in epoch)
     assert 80 <= n_expert <= 120                                   # Binomial(400, 0.25): 100 ± 8.7
     counts = [sum(e.source == f"ckpt{t + 1}" for e in epoch) for t in range(T)]
     assert all(45 <= c <= 105 for c in counts)                     # ≈ 300 / 4 = 75 each
-    again = mix(expert, answers, 0.25, checkpoint_weights(T, "uniform", 0.0), rng)
+    again = mix(expert, answers, draw_plan(N, 0.25, checkpoint_weights(T, "uniform", 0.0), rng))
     assert [e.source for e in again] != [e.source for e in epoch]  # resampled every epoch
-    assert all(e.source == "expert" for e in mix(expert, answers, 1.0, np.full(T, 0.25), rng))
-    assert not any(e.source == "expert" for e in mix(expert, answers, 0.0, np.full(T, 0.25), rng))
+    assert all(e.source == "expert" for e in mix(expert, answers, draw_plan(N, 1.0, np.full(T, 0.25), rng)))
+    assert not any(e.source == "expert" for e in mix(expert, answers, draw_plan(N, 0.0, np.full(T, 0.25), rng)))
 
 
 def test_student_starts_from_base_checkpoints_deleted_and_trains(micro_world):

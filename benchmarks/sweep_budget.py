@@ -1,0 +1,54 @@
+"""The main job's budget: `python -m benchmarks.sweep_budget [--workers 2] [--fresh-cache] [spec key=value ...]`.
+
+Runs `harness sweep --methods all` (the default spec: toy world, 4 learning rates per method, the default
+seeds, the dial variants) in a throw-away directory with its own MLflow store and Optuna journal, then
+prints the wall time and, per method, the mean seconds per run spent training, generating, evaluating and
+elsewhere, read back from MLflow. `--fresh-cache` also pretrains the base into an empty cache (the
+"fresh checkout" figure); otherwise the cached base is used (the first call builds it).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+COST = ("cost/train_s", "cost/gen_s", "cost/eval_s", "cost/wall_s")
+
+
+def main() -> None:
+    """Time one sweep and print the split."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--fresh-cache", action="store_true", help="pretrain the base into an empty cache first")
+    ap.add_argument("overrides", nargs="*", help="sweep spec fields, e.g. seeds=[0]")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
+        if args.fresh_cache:
+            env["HARNESS_CACHE"] = os.path.join(tmp, "cache")
+        cmd = [sys.executable, "-m", "harness.cli", "sweep", "--methods", "all", "--workers", str(args.workers),
+               *args.overrides]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+
+        import mlflow
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        runs = mlflow.search_runs(experiment_names=["default"], filter_string="tags.kind = 'run'",
+                                  output_format="pandas")
+    print(f"harness sweep --methods all --workers {args.workers} {' '.join(args.overrides)}"
+          f"{' (fresh cache: pretraining included)' if args.fresh_cache else ' (base cached)'}")
+    print(f"wall: {wall / 60:.1f} min ({wall:.0f} s) for {len(runs)} runs")
+    print(f"\n{'arm':<14}{'runs':>5}{'train s':>9}{'gen s':>8}{'eval s':>8}{'other s':>9}{'wall s':>8}   per run (mean)")
+    for arm, g in runs.groupby("tags.arm", sort=False):
+        tr, ge, ev, wa = (g[f"metrics.{k}"].mean() for k in COST)
+        print(f"{arm:<14}{len(g):>5}{tr:>9.1f}{ge:>8.1f}{ev:>8.1f}{wa - tr - ge - ev:>9.1f}{wa:>8.1f}")
+    tr, ge, ev, wa = (runs[f"metrics.{k}"].sum() for k in COST)
+    print(f"{'all runs':<14}{len(runs):>5}{tr:>9.0f}{ge:>8.0f}{ev:>8.0f}{wa - tr - ge - ev:>9.0f}{wa:>8.0f}   total s")
+
+
+if __name__ == "__main__":
+    main()
