@@ -95,7 +95,9 @@ class WorldConfig(_Strict):
     n_train: int = 1024
     """Training prompts of the target task."""
     n_eval: int = 200
-    """Greedy evaluation prompts per task."""
+    """Greedy evaluation prompts of the target task."""
+    n_eval_nontarget: int = 100
+    """Greedy evaluation prompts per retention task (the drop averages over all of them: 400 on toy)."""
     n_heldout: int = 200
     """Held-out target prompts for PLD (with expert labels) and KL-to-base (with base samples)."""
     max_new_tokens: int = 24
@@ -123,7 +125,8 @@ WORLD_PRESETS: dict[str, dict] = {
     "toy": {"train": {"max_steps": 100, "batch_size": 16, "micro_batch_size": 16}},
     "micro": {
         "world": {
-            "tasks": ["sort", "rev", "add", "max"], "n_train": 128, "n_eval": 40, "n_heldout": 24,
+            "tasks": ["sort", "rev", "add", "max"], "n_train": 128, "n_eval": 40, "n_eval_nontarget": 40,
+            "n_heldout": 24,
             "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
                       "max_positions": 48},
             "pretrain": {"steps": 1000, "batch_size": 64, "warmup_steps": 20},
@@ -172,8 +175,9 @@ class World:
                 raise unknown("task", t, FAMILIES, "Set world.tasks to known task names.")
         if cfg.target not in cfg.tasks:
             raise unknown("target task", cfg.target, cfg.tasks, "Set world.target to one of the world's tasks.")
-        if cfg.n_eval < 1:
-            raise HarnessError(f"every task has an empty eval split (world.n_eval={cfg.n_eval}); set world.n_eval > 0")
+        if cfg.n_eval < 1 or cfg.n_eval_nontarget < 1:
+            raise HarnessError(f"empty eval split (world.n_eval={cfg.n_eval}, world.n_eval_nontarget="
+                               f"{cfg.n_eval_nontarget}); set both > 0")
         self.cfg = cfg
         self.tasks = {t: Task(FAMILIES[t], cfg) for t in cfg.tasks}
         self.target = cfg.target
@@ -187,7 +191,8 @@ class World:
     @cached_property
     def eval_items(self) -> dict[str, list[Item]]:
         """Fixed greedy evaluation sets, one per task."""
-        out = {t: task.items("eval", self.cfg.n_eval) for t, task in self.tasks.items()}
+        out = {t: task.items("eval", self.cfg.n_eval if t == self.target else self.cfg.n_eval_nontarget)
+               for t, task in self.tasks.items()}
         for t, items in out.items():
             if not items:
                 raise HarnessError(f"task {t!r} has an empty eval split; set world.n_eval > 0")

@@ -106,7 +106,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
         trainer = Trainer(policy, tok.pad_token_id, cfg.train)
         sampler = HFSampler(policy, tok, cfg.eval.batch_size)
         ctx = Context(run_cfg=cfg, method_cfg=mcfg, world=world, policy=policy, tokenizer=tok, base_path=base_path,
-                      trainer=trainer, sampler=sampler, log=tr.log_metrics)
+                      trainer=trainer, sampler=sampler, log=tr.buffer_metrics)
         method = method_cls(mcfg)
         eval_seconds = 0.0
         t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
                     "cost/flops": metrics.flops(n, trainer.train_tokens, sampler.gen_tokens)}
 
         def on_step(step: int, stats: dict) -> None:
-            tr.log_metrics({f"train/{k}": v for k, v in stats.items()}, step)
+            tr.buffer_metrics({f"train/{k}": v for k, v in stats.items()}, step)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", gain=f"{last_eval.get('target_gain', 0):+.1f}",
                             drop=f"{last_eval.get('nontarget_drop', 0):+.1f}")

@@ -19,7 +19,7 @@ from sweeps.driver import run_sweep
 from sweeps.study import grid, open_storage
 from sweeps.spec import load_spec
 
-FAST = ["world=micro", "overrides={train: {max_steps: 2, eval_every: 2}, eval: {bootstrap_iters: 50}}"]
+FAST = ["world=micro", "seeds=[0]", "overrides={train: {max_steps: 2, eval_every: 2}, eval: {bootstrap_iters: 50}}"]
 
 
 def test_grid_is_log_spaced_over_the_declared_range():
@@ -39,6 +39,20 @@ def test_spec_errors_name_the_field(tmp_path):
     from sweeps.spec import resolve_methods
     with pytest.raises(HarnessError, match="Did you mean 'sft'"):
         resolve_methods(spec)
+
+
+def test_variants_are_arms_of_all_and_must_not_shadow_a_method(tmp_path):
+    from methods.base import method_names
+    from sweeps.spec import arm_method, arm_overrides, arm_seeds, resolve_methods
+    spec = load_spec(None)   # the default spec declares the dial's variants
+    assert resolve_methods(spec) == method_names() + ["sft@mild", "sft@own"]
+    assert arm_method(spec, "sft@mild") == "sft" and arm_seeds(spec, "sft@mild") == [0]
+    assert arm_seeds(spec, "grpo") == spec.seeds
+    assert arm_overrides(spec, "sft@own")["world"]["teacher_style"] == "own" and arm_overrides(spec, "sft") == {}
+    with pytest.raises(HarnessError, match="has a method's name"):
+        resolve_methods(load_spec(None, ["variants={grpo: {method: sft}}"]))
+    with pytest.raises(HarnessError, match="Did you mean 'sft@mild'"):
+        resolve_methods(load_spec(None, ["methods=[sft@mlid]"]))
 
 
 @pytest.fixture
@@ -96,7 +110,7 @@ def test_every_trial_failing_marks_fail_and_failed_and_raises(sweep_dir, monkeyp
 
 
 def _sweep_cmd(name: str, trials: int, steps: int) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", "sweep", "--methods", "sft", "--quiet", "world=micro",
+    return [sys.executable, "-m", "harness.cli", "sweep", "--methods", "sft", "--quiet", "world=micro", "seeds=[0]",
             f"name={name}", f"trials={trials}", f"overrides={{train: {{max_steps: {steps}, eval_every: {steps}}}}}"]
 
 
@@ -191,3 +205,15 @@ def test_two_workers_share_one_postgresql_study(sweep_dir, postgres):
     study = optuna.load_study(study_name="pg-sft", storage=open_storage(postgres))
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3
     assert len(_children("pg")) == 3
+
+
+def test_a_variant_arm_trains_its_method_with_its_settings(sweep_dir):
+    spec = load_spec(None, FAST + ["name=s6", "trials=1", "methods=[sft@mild]",
+                                   "variants={sft@mild: {method: sft, overrides: {world: {teacher_style: mild}}}}"])
+    run_sweep(spec, progress=False)
+    kids = _children("s6")
+    assert len(kids) == 1 and kids.status.iloc[0] == "FINISHED"
+    assert (kids["tags.arm"].iloc[0], kids["tags.method"].iloc[0], kids["tags.teacher_style"].iloc[0]) == \
+        ("sft@mild", "sft", "mild")
+    parent = mlflow.search_runs(experiment_names=["s6"], filter_string="tags.kind = 'parent'")
+    assert parent["tags.arm"].tolist() == ["sft@mild"] and parent["tags.method"].tolist() == ["sft"]

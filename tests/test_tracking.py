@@ -109,6 +109,20 @@ def test_exception_ends_failed_with_reason(store: str) -> None:
     assert [f.path for f in MlflowClient().list_artifacts(tr.run_id, "failure")] == ["failure/traceback.txt"]
 
 
+def test_buffered_metrics_are_written_in_order_and_on_failure(store: str) -> None:
+    with pytest.raises(RuntimeError):
+        with RunTracker("harness", run_name="buffered") as tr:
+            for step in (1, 2):
+                tr.buffer_metrics({"train/loss": 1.0 / step}, step)
+            assert MlflowClient().get_metric_history(tr.run_id, "train/loss") == []   # nothing written yet
+            tr.log_metrics({"target_gain": 5.0}, step=2)                              # flushes the queue too
+            tr.buffer_metrics({"train/loss": 0.25}, 3)
+            raise RuntimeError("boom")
+    hist = MlflowClient().get_metric_history(tr.run_id, "train/loss")
+    assert [(m.step, m.value) for m in hist] == [(1, 1.0), (2, 0.5), (3, 0.25)]   # step 3 written at exit
+    assert _run(tr.run_id).info.status == "FAILED"
+
+
 def test_long_error_message_is_truncated(store: str) -> None:
     with pytest.raises(ValueError):
         with RunTracker("harness") as tr:
