@@ -9,6 +9,7 @@ elsewhere, read back from MLflow. `--fresh-cache` also pretrains the base into a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,9 +24,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--fresh-cache", action="store_true", help="pretrain the base into an empty cache first")
+    ap.add_argument("--dir", default=None, help="run here and keep the MLflow store (default: a temporary "
+                                                "directory); then e.g. `cd DIR && harness report`")
     ap.add_argument("overrides", nargs="*", help="sweep spec fields, e.g. seeds=[0]")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=False)
+    with (contextlib.nullcontext(os.path.abspath(args.dir)) if args.dir else tempfile.TemporaryDirectory()) as tmp:
         env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
         if args.fresh_cache:
             env["HARNESS_CACHE"] = os.path.join(tmp, "cache")

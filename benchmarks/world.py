@@ -120,9 +120,10 @@ class WorldConfig(_Strict):
 
 # Presets: a world name maps to overrides of the whole run config (world, train, eval).
 WORLD_PRESETS: dict[str, dict] = {
-    # 100 steps of 16 sequences: every method saturates or forgets within it on toy, and a 3-seed sweep of
-    # all eight methods fits the 12-minute budget (measured in README, `python -m benchmarks.run_costs`).
-    "toy": {"train": {"max_steps": 100, "batch_size": 16, "micro_batch_size": 16}},
+    # 100 steps of 16 sequences (RL: 4 prompts x 8 samples): every method saturates or forgets within them on
+    # toy, and a 3-seed sweep of all eight methods fits the 12-minute budget (README; benchmarks/run_costs.py).
+    "toy": {"train": {"max_steps": 100, "batch_size": 16, "micro_batch_size": 16},
+            "grpo": {"prompts_per_step": 4}, "trapo": {"prompts_per_step": 4}},
     "micro": {
         "world": {
             "tasks": ["sort", "rev", "add", "max"], "n_train": 128, "n_eval": 40, "n_eval_nontarget": 40,

@@ -19,7 +19,7 @@ here because the engine reduces once over the whole accumulated step.
 Paper: DeepSeekMath (arXiv 2402.03300); defaults follow Retaining by Doing's
 GRPOLoss (arXiv 2510.18874) where it decides: β = 0.05 with k2, grpo aggregation.
 Deviations and choices: temperature 1.0 (DeepSeekMath/TRL; RbD uses 0.8), G = 8
-(TRL; RbD 5), 8 prompts per step (RbD 32; 8 x 8 = 64 rollouts, as TRAPO's release); the std gets +1e-4 (TRL; RbD 1e-8).
+(TRL; RbD 5), 16 prompts per step (RbD 32; the toy preset uses 4); the std gets +1e-4 (TRL; RbD 1e-8).
 Reference log-probs come from one base forward pass per data() call, so the
 KL diagnostic is logged only when β > 0 (the harness's eval-time `kl_to_base`
 covers β = 0). π_old log-probs are recomputed with a separate fp32 forward pass.
@@ -39,7 +39,7 @@ from methods.common import example_logp, group_advantages, masked_mean, sample_a
 
 
 class GRPOConfig(MethodConfig):
-    prompts_per_step: int = Field(8, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
     """Prompts per optimizer step (each contributes a group of `group_size` samples)."""
     group_size: int = Field(8, ge=2)
     """Completions sampled per prompt (G)."""

@@ -72,7 +72,7 @@ def at_matched_gain(ckpts: pd.DataFrame, g: float, by: str = "arm") -> pd.DataFr
                      "nontarget_drop_lo": best.get("nontarget_drop_lo"), "nontarget_drop_hi": best.get("nontarget_drop_hi"),
                      "target_gain": best["target_gain"], "lr": best["lr"], "step": best["step"],
                      "best_gain": sub["target_gain"].max()})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else [by, "seed", "nontarget_drop", "best_gain"])
 
 
 def estimate(values: list[float], halves: list[float], missing: int = 0) -> Estimate:
@@ -140,6 +140,8 @@ def claims(fr: Frames, fits: dict[str, dict[str, float]]) -> tuple[float, list[C
     """(g, one Claim per seed statement) from the sweep's method arms; `fits` are the predictor fits."""
     ck = fr.ckpts
     g = matched_level(ck)
+    if np.isfinite(g) and g <= 0:  # some anchor seed never gained: no positive gain that all of them reach
+        g = float("nan")
     per_seed = at_matched_gain(ck, g)
     have = set(ck["arm"])
     drop = {m: arm_drop(per_seed, m) for m in have}
@@ -165,7 +167,9 @@ def claims(fr: Frames, fits: dict[str, dict[str, float]]) -> tuple[float, list[C
         out.append(Claim(rbd, "RL (GRPO) reaches comparable or higher target gain with far less non-target drop "
                          "than SFT on off-policy labels", res, _verdict(more and comparable)))
     else:
-        out.append(Claim(rbd, "GRPO vs SFT", "sft or grpo not in this sweep", _verdict(None)))
+        why = ("no positive matched gain: some seed of an anchor method never gained" if not np.isfinite(g)
+               else "sft or grpo not in this sweep")
+        out.append(Claim(rbd, "GRPO vs SFT", why, _verdict(None)))
     if need("sft", "onpolicy_sft"):
         more, how = vs("sft", "onpolicy_sft")
         out.append(Claim(rbd, "per-epoch on-policy SFT substantially reduces forgetting (vs SFT)",

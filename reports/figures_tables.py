@@ -171,6 +171,7 @@ def dial_figure(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     bx.set_xlabel("target gain at least g (accuracy points)")
     bx.set_ylabel("SFT lowest non-target drop\n(accuracy points)")
     bx.axhline(0, color="0.6", lw=0.6, zorder=0)
-    bx.legend(title="teacher style", loc="upper left")
+    if order:
+        bx.legend(title="teacher style", loc="upper left")
     fig.tight_layout(w_pad=2.0)
     return fig

@@ -169,9 +169,9 @@ def report(tmp_path_factory):
 def test_every_file_is_written_and_fast(report):
     out = report["out"]
     stems = ["fig1_gain_drop", "fig2_front_vs_lr", "fig3_pld_drift", "fig4_predictors", "fig5_per_task_drop",
-             "fig6_compute_front", "fig7_matched_gain"]
+             "fig6_compute_front", "fig7_matched_gain", "fig8_offpolicy_dial"]
     names = [f"{s}.{e}" for s in stems for e in ("png", "pdf")]
-    names += ["report.html", "summary.md", "front.csv", "matched_gain.csv", "predictors.csv", "runs.csv",
+    names += ["report.html", "summary.md", "claims.csv", "front.csv", "matched_gain.csv", "predictors.csv", "runs.csv",
               "checkpoints.csv", "front_sft.csv", "front_grpo.csv", "front_zz_custom.csv"]
     for n in names:
         assert (out / n).is_file() and (out / n).stat().st_size > 0, n
@@ -258,7 +258,7 @@ def test_html_page_renders_every_image_offline(report, tmp_path):
     page = (report["out"] / "report.html").read_text()
     # self-contained: every image a data URI, nothing fetched from anywhere
     srcs = re.findall(r'<img[^>]+src="([^"]+)"', page)
-    assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 8 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'(src|href)="(https?:)?//', page)
     # The page's own CSP allows images from data: URIs only, so anything else would fail to load. The test copy
     # adds one inline script (and permission for it) that writes how many images decoded into the DOM.
@@ -275,4 +275,4 @@ def test_html_page_renders_every_image_offline(report, tmp_path):
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     m = re.search(r'id="imgcheck">IMAGES_OK (\d+) OF (\d+)<', dom)
     assert m is not None, f"the probe did not run; chromium printed: {dom[:300]!r}"
-    assert m.group(1) == m.group(2) == "7"
+    assert m.group(1) == m.group(2) == "8"
