@@ -37,7 +37,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "harness.cli", "sweep", "--methods", "all", "--workers", str(args.workers),
                *args.overrides]
         t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, cwd=tmp, env=env, check=True)
         wall = time.perf_counter() - t0
 
         import mlflow
