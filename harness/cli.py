@@ -99,7 +99,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start the MLflow UI on 127.0.0.1 against the harness's tracking store."""
-    from harness.tracking import tracking_uri
+    from harness.store import tracking_uri
     uri = tracking_uri()
     print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}")
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,

@@ -21,7 +21,8 @@ from harness.engine import Trainer
 from harness.evaluation import Evaluator
 from harness.modeling import load_model
 from harness.sampler import HFSampler
-from harness.tracking import RunTracker, find_run, flatten
+from harness.store import find_run
+from harness.tracking import RunTracker, flatten
 from methods.base import MethodConfig, get_method
 
 PACKAGES = ("torch", "transformers", "lm-eval", "mlflow", "optuna")

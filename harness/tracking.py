@@ -5,30 +5,26 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
-import socket
 import tempfile
 import threading
 import time
 import traceback
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from types import FrameType, TracebackType
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
+from harness.store import HOST, ensure_experiment, init_store
+
 log = logging.getLogger(__name__)
 
-HOST = socket.gethostname()
 _REASON_MAX = 1000  # failure_reason is read in the UI's tag list; the full traceback goes to an artifact
-_initialized: set[str] = set()  # URIs whose store this process has already created/migrated
 
 
 class Terminated(KeyboardInterrupt):
@@ -38,15 +34,6 @@ class Terminated(KeyboardInterrupt):
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     """SIGTERM handler active while a run is open: unwind like Ctrl-C so the run ends KILLED."""
     raise Terminated("terminated (SIGTERM)")
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else MLflow's default sqlite:///mlflow.db made absolute (four slashes)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    # A relative sqlite path resolves against each process's cwd; pin it so workers and `mlflow ui` agree.
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
-    return uri
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -69,121 +56,6 @@ def _clip(text: str, limit: int) -> str:
         return text
     note = f" ...[truncated from {len(text)} chars]"
     return text[: limit - len(note)] + note
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file behind a local sqlite URI, else None."""
-    return Path(uri[len("sqlite:///"):].split("?", 1)[0]) if uri.startswith("sqlite:///") else None
-
-
-@contextlib.contextmanager
-def _dir_lock(directory: Path | None) -> Iterator[None]:
-    """Exclusive flock on a directory (no stray lock file next to mlflow.db); a no-op without one."""
-    if directory is None:
-        yield
-        return
-    import fcntl  # POSIX only; imported here so the module still imports elsewhere
-
-    directory.mkdir(parents=True, exist_ok=True)  # sqlite cannot create missing parent directories
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def init_store(uri: str | None = None) -> MlflowClient:
-    """Create/migrate the tracking DB once, serialised across processes; returns a client for it."""
-    uri = uri or tracking_uri()
-    if uri in _initialized:
-        return MlflowClient(uri)
-    db = _sqlite_path(uri)
-    # MlflowClient() builds the store eagerly and that runs the alembic migrations; two processes doing
-    # so on a fresh file race ("duplicate column name", "table ... already exists"), hence the lock.
-    with _dir_lock(db.parent if db else None):
-        client = MlflowClient(uri)
-    _initialized.add(uri)
-    return client
-
-
-def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
-    """The id of experiment `name`, created if missing; safe when several processes create it at once."""
-    client = init_store()
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        db = _sqlite_path(client.tracking_uri)
-        if artifact_location is None and db is not None:
-            # MLflow's default is ./mlruns of whatever cwd created the store; keep artifacts next to the DB
-            # instead. Names may share a slug: harmless, every run has its own run_id subdirectory.
-            artifact_location = str(db.parent / "mlruns" / re.sub(r"[^A-Za-z0-9._-]+", "_", name))
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location)
-        except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            exp = client.get_experiment_by_name(name)  # another process won the race: use theirs
-            if exp is None:
-                raise
-    if exp.lifecycle_stage == "deleted":
-        # A deleted experiment still owns its name, so creating it again would fail.
-        log.warning("MLflow experiment %r was deleted; restoring it", name)
-        client.restore_experiment(exp.experiment_id)
-    return exp.experiment_id
-
-
-def _quote(value: str) -> str | None:
-    """`value` as an MLflow filter literal (no escapes exist: pick the quote it lacks); None if it has both."""
-    if "'" not in value:
-        return f"'{value}'"
-    return f'"{value}"' if '"' not in value else None
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if `pid` exists and is not a zombie (a killed child its parent has not reaped yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc: trust os.kill
-
-
-def mark_stale_runs(experiment_id: str) -> list[str]:
-    """End KILLED the RUNNING runs started on this host by a process that no longer exists; their ids."""
-    client = init_store()
-    stale = []
-    # One page of up to 50000, read in full before any is modified (paging while changing status skips runs).
-    running = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.host = {_quote(HOST)}",
-                                 max_results=SEARCH_MAX_RESULTS_THRESHOLD)
-    for run in running:
-        pid = run.data.tags.get("pid", "")
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            client.set_tag(run.info.run_id, "failure_reason", f"process died (pid {pid})")
-            client.set_terminated(run.info.run_id, "KILLED")
-            stale.append(run.info.run_id)
-    return stale
-
-
-def find_run(experiment: str, tags: Mapping[str, Any]) -> str | None:
-    """The newest FINISHED run of `experiment` carrying all of `tags` (e.g. a cached base-model eval), or None."""
-    client = init_store()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    want = {k: str(v) for k, v in tags.items()}
-    clauses = ["attributes.status = 'FINISHED'"]
-    clauses += [f"tags.`{k}` = {q}" for k, v in want.items() if (q := _quote(v)) is not None]
-    runs = client.search_runs([exp.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"],
-                              max_results=SEARCH_MAX_RESULTS_THRESHOLD)
-    for run in runs:
-        if all(run.data.tags.get(k) == v for k, v in want.items()):  # also checks values _quote could not express
-            return run.info.run_id
-    return None
 
 
 class RunTracker:

@@ -130,7 +130,7 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
     """
     import matplotlib.pyplot as plt
 
-    from harness.tracking import init_store
+    from harness.store import init_store
     from methods.base import method_names
 
     client = client or init_store()

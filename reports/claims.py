@@ -249,8 +249,7 @@ def dial_verdict(table: pd.DataFrame) -> str:
     ok = table.dropna(subset=["drop_at_g", "label_nll_seq"])
     if len(ok) < 2:
         return "not tested (fewer than two teacher styles reached g)"
-    rho = stats.spearmanr(ok["label_nll_seq"], ok["drop_at_g"]).statistic if len(ok) > 2 else \
-        float(np.sign(np.diff(ok["drop_at_g"].to_numpy())[0]))
+    rho = stats.spearmanr(ok["label_nll_seq"], ok["drop_at_g"]).statistic
     grows = bool(np.all(np.diff(ok["drop_at_g"].to_numpy()) > 0))
     return (f"{'yes' if grows else 'no'}: drop at matched gain {'rises' if grows else 'does not rise'} monotonically "
             f"with the labels' NLL (Spearman ρ = {rho:+.2f} over {len(ok)} styles)")

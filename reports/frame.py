@@ -97,7 +97,7 @@ def load(experiment: str | None = None, client=None) -> Frames:
     import mlflow
 
     from harness.errors import HarnessError
-    from harness.tracking import init_store
+    from harness.store import init_store
 
     client = client or init_store()
     if experiment is None:

@@ -90,7 +90,7 @@ def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Tria
               progress: bool) -> list[float]:
     """Run every seed of one trial (reusing seeds already FINISHED in MLflow); returns objective values."""
     from harness.run import run
-    from harness.tracking import find_run, init_store
+    from harness.store import find_run, init_store
 
     params = suggest(trial, search_space(spec, arm))
     pkey = params_key(params)
@@ -156,7 +156,7 @@ def work(spec: SweepSpec, arms: list[str], parents: dict[str, str], threads: int
 
 def ensure_parent(spec: SweepSpec, arm: str, experiment_id: str) -> str:
     """The (sweep, arm) parent MLflow run, created once and reopened when a sweep resumes."""
-    from harness.tracking import init_store
+    from harness.store import init_store
     client = init_store()
     found = client.search_runs([experiment_id], f"tags.kind = 'parent' and tags.sweep = '{spec.name}' "
                                                 f"and tags.arm = '{arm}'", max_results=1)
@@ -177,7 +177,7 @@ def ensure_parent(spec: SweepSpec, arm: str, experiment_id: str) -> str:
 
 def finish_parent(spec: SweepSpec, study: optuna.Study, parent_id: str) -> list[dict]:
     """Record the method's Pareto set (or best trial) on its parent run and end it FINISHED."""
-    from harness.tracking import init_store
+    from harness.store import init_store
     client = init_store()
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = study.best_trials if done else []
@@ -222,7 +222,7 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True) -> dict[
     import multiprocessing as mp
 
     from harness.run import prepare_world
-    from harness.tracking import ensure_experiment, mark_stale_runs
+    from harness.store import ensure_experiment, mark_stale_runs
     from sweeps.spec import resolve_methods
 
     methods = resolve_methods(spec)

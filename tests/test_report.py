@@ -144,7 +144,7 @@ def _fill(client: MlflowClient, exp_id: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """Build the report once through the CLI (default experiment, default --out, artifacts logged)."""
-    from harness.tracking import ensure_experiment, init_store
+    from harness.store import ensure_experiment, init_store
     from reports.cli import add_report_parser
 
     root = tmp_path_factory.mktemp("report")
@@ -235,7 +235,7 @@ def test_unknown_experiment_is_a_clear_error(report, tmp_path, monkeypatch):
 
 def test_minimal_runs_still_give_every_file(tmp_path, monkeypatch):
     """Runs with only gain and drop (no CIs, no lr param, no FLOPs, no per-task drops, no parent) still report."""
-    from harness.tracking import ensure_experiment, init_store
+    from harness.store import ensure_experiment, init_store
     from reports.build import build_report
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -14,16 +14,17 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from harness import tracking
+from harness import store as store_mod
 from harness.errors import TrainingDiverged
-from harness.tracking import RunTracker, ensure_experiment, find_run, flatten, mark_stale_runs, tracking_uri
+from harness.store import ensure_experiment, find_run, mark_stale_runs, tracking_uri
+from harness.tracking import RunTracker, flatten
 
 
 @pytest.fixture(scope="session")
 def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One migrated empty DB (creating one costs ~2 s of alembic), copied into every test."""
     db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    tracking.init_store(f"sqlite:///{db}")
+    store_mod.init_store(f"sqlite:///{db}")
     return db
 
 
@@ -82,7 +83,7 @@ def test_roundtrip_params_metrics_tags_artifacts(store: str, tmp_path: Path) -> 
     assert row["metrics.train/loss"] == pytest.approx(1 / 3) and row["metrics.m/1199"] == 1199.0
     assert row["tags.method"] == "sft" and row["tags.seed"] == "1" and row["tags.phase"] == "eval"
     assert row["tags.mlflow.runName"] == "sft-toy"
-    assert row["tags.pid"] == str(os.getpid()) and row["tags.host"] == tracking.HOST
+    assert row["tags.pid"] == str(os.getpid()) and row["tags.host"] == store_mod.HOST
 
     hist = MlflowClient().get_metric_history(run_id, "train/loss")
     steps = [(m.step, round(m.value, 4)) for m in sorted(hist, key=lambda m: m.step)]
@@ -277,7 +278,7 @@ def test_init_store_holds_a_directory_lock_while_creating_the_store(tmp_path: Pa
             os.close(fd)
         return uri
 
-    monkeypatch.setattr(tracking, "MlflowClient", probe)
+    monkeypatch.setattr(store_mod, "MlflowClient", probe)
     uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"
-    assert tracking.init_store(uri) == uri and seen == [True]  # the parent directory was also created
-    tracking._initialized.discard(uri)
+    assert store_mod.init_store(uri) == uri and seen == [True]  # the parent directory was also created
+    store_mod._initialized.discard(uri)
