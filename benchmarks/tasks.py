@@ -24,7 +24,7 @@ LETTERS = string.ascii_lowercase
 ANSWER_DELIMITER = "|"
 STEP_SEPARATOR = ","
 TEACHER_STYLES = ("worked", "mild", "own")
-SPLITS = ("train", "eval", "heldout")
+SPLITS = ("train", "val", "eval", "heldout")
 
 
 @dataclass(frozen=True)
@@ -116,9 +116,13 @@ FAMILIES: dict[str, TaskFamily] = {
 
 
 def split_of(family: str, payload: str) -> str:
-    """Deterministic split of a payload (70% train, 20% eval, 10% heldout), disjoint by construction."""
+    """Deterministic split of a payload (70% train, 10% val, 10% eval, 10% heldout), disjoint by construction.
+
+    The train bucket is what pretraining draws from, so it must not move (the base's cache key does not
+    hash the split rule); validation was carved out of what used to be a 20% eval bucket.
+    """
     bucket = int(hashlib.md5(f"{family}:{payload}".encode()).hexdigest(), 16) % 10
-    return "train" if bucket < 7 else ("eval" if bucket < 9 else "heldout")
+    return "train" if bucket < 7 else {7: "val", 8: "eval", 9: "heldout"}[bucket]
 
 
 def favours_correct_mode(payload: str) -> bool:

@@ -23,8 +23,8 @@ Retaining by Doing's two-mode picture:
   changes to shared weights (new token embeddings, new transition patterns),
   which leak into the tasks whose prompts look alike -- the mechanism by which
   off-policy SFT forgets.
-* **Disjoint splits** by a hash of the payload (train 70% / eval 20% /
-  held-out 10%); everything is deterministic from the world seed; nothing
+* **Disjoint splits** by a hash of the payload (train 70% / validation 10% /
+  eval 10% / held-out 10%); everything is deterministic from the world seed; nothing
   comes from the network.
 """
 from __future__ import annotations
@@ -98,6 +98,11 @@ class WorldConfig(_Strict):
     """Greedy evaluation prompts of the target task."""
     n_eval_nontarget: int = 100
     """Greedy evaluation prompts per retention task (the drop averages over all of them: 400 on toy)."""
+    n_val: int | None = None
+    """Validation prompts of the target task (None: as many as n_eval). Every selection (g, learning rate,
+    checkpoint, Optuna's objective) reads validation; every reported number reads eval."""
+    n_val_nontarget: int | None = None
+    """Validation prompts per retention task (None: as many as n_eval_nontarget)."""
     n_heldout: int = 200
     """Held-out target prompts for PLD (with expert labels) and KL-to-base (with base samples)."""
     max_new_tokens: int = 24
@@ -176,9 +181,11 @@ class World:
                 raise unknown("task", t, FAMILIES, "Set world.tasks to known task names.")
         if cfg.target not in cfg.tasks:
             raise unknown("target task", cfg.target, cfg.tasks, "Set world.target to one of the world's tasks.")
-        if cfg.n_eval < 1 or cfg.n_eval_nontarget < 1:
-            raise HarnessError(f"empty eval split (world.n_eval={cfg.n_eval}, world.n_eval_nontarget="
-                               f"{cfg.n_eval_nontarget}); set both > 0")
+        sizes = {"n_eval": cfg.n_eval, "n_eval_nontarget": cfg.n_eval_nontarget, "n_val": cfg.n_val,
+                 "n_val_nontarget": cfg.n_val_nontarget}
+        empty = [f"world.{k}={v}" for k, v in sizes.items() if v is not None and v < 1]
+        if empty:
+            raise HarnessError(f"empty evaluation split ({', '.join(empty)}); set it > 0")
         self.cfg = cfg
         self.tasks = {t: Task(FAMILIES[t], cfg) for t in cfg.tasks}
         self.target = cfg.target
@@ -189,15 +196,35 @@ class World:
         """Target-task training problems with their expert labels."""
         return self.tasks[self.target].items("train", self.cfg.n_train)
 
-    @cached_property
-    def eval_items(self) -> dict[str, list[Item]]:
-        """Fixed greedy evaluation sets, one per task."""
-        out = {t: task.items("eval", self.cfg.n_eval if t == self.target else self.cfg.n_eval_nontarget)
-               for t, task in self.tasks.items()}
+    def split_sizes(self, split: str) -> tuple[int, int]:
+        """(target, per-retention-task) number of prompts of an evaluation split ("val" or "eval")."""
+        c = self.cfg
+        if split == "eval":
+            return c.n_eval, c.n_eval_nontarget
+        return (c.n_eval if c.n_val is None else c.n_val,
+                c.n_eval_nontarget if c.n_val_nontarget is None else c.n_val_nontarget)
+
+    def _split_items(self, split: str) -> dict[str, list[Item]]:
+        n_target, n_other = self.split_sizes(split)
+        out = {t: task.items(split, n_target if t == self.target else n_other) for t, task in self.tasks.items()}
         for t, items in out.items():
             if not items:
-                raise HarnessError(f"task {t!r} has an empty eval split; set world.n_eval > 0")
+                raise HarnessError(f"task {t!r} has an empty {split} split; set world.n_{split} > 0")
         return out
+
+    @cached_property
+    def eval_items(self) -> dict[str, list[Item]]:
+        """Fixed greedy evaluation sets, one per task: every reported number is read here."""
+        return self._split_items("eval")
+
+    @cached_property
+    def val_items(self) -> dict[str, list[Item]]:
+        """Fixed greedy validation sets, one per task, disjoint from eval: every selection is made here."""
+        return self._split_items("val")
+
+    def eval_splits(self) -> dict[str, dict[str, list[Item]]]:
+        """Both evaluation splits: {"val": ..., "eval": ...}."""
+        return {"val": self.val_items, "eval": self.eval_items}
 
     @cached_property
     def heldout_items(self) -> list[Item]:

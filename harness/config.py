@@ -46,6 +46,18 @@ class TrainConfig(_Strict):
     """Global gradient-norm clip."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Autocast precision of forward passes (bf16 is for GPUs)."""
+    gradient_checkpointing: bool = False
+    """Recompute the policy's layer activations in the backward instead of keeping them (less memory, ~1/3 more
+    compute); the output head's log-softmax is always chunked and recomputed, whatever this says."""
+    fused_adamw: bool = False
+    """Use torch's fused AdamW kernel where the policy's device has one (a warning and the default kernel elsewhere);
+    off by default because its rounding differs from the default kernel's."""
+    frozen_dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of frozen model copies: the base (KL to base, reference log-probs, sampling from the base) and the
+    checkpoints a method samples from (TMS). bfloat16 halves their memory; the trained policy always loads in
+    float32 (AdamW updates need fp32 weights), and `reset_to_base` reloads float32 weights from disk."""
+    rollout_batch_size: int | None = Field(None, ge=1)
+    """Sequences per sampler call for training data (rollouts, own samples); None: eval.batch_size."""
     seed: int = 0
     """Fine-tuning seed: data order, sampling, initial RNG state."""
     eval_every: int = Field(25, ge=1)
@@ -61,7 +73,10 @@ class EvalConfig(_Strict):
     """Evaluation settings."""
 
     batch_size: int = Field(512, ge=1)
-    """Prompts per generation batch in evaluation."""
+    """Prompts per generation batch in evaluation (and, unless set separately, rollouts and scoring)."""
+    score_batch_size: int | None = Field(None, ge=1)
+    """Sequences per teacher-forced scoring pass without gradients: PLD, KL to base, the base's label NLLs,
+    reference and π_old log-probs; None: eval.batch_size."""
     bootstrap_iters: int = Field(1000, ge=0)
     """Paired-bootstrap resamples for 95% CIs (0 disables CIs)."""
     examples_logged: int = Field(20, ge=0)
@@ -88,6 +103,16 @@ class RunConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     method_args: dict[str, Any] = Field(default_factory=dict)
     """The method's own hyper-parameters (given as `<method>.<field>=value`), validated by its Config."""
+
+    @property
+    def rollout_batch_size(self) -> int:
+        """Sequences per sampler call for training data."""
+        return self.train.rollout_batch_size or self.eval.batch_size
+
+    @property
+    def score_batch_size(self) -> int:
+        """Sequences per no-gradient scoring pass (PLD, KL, reference and π_old log-probs)."""
+        return self.eval.score_batch_size or self.eval.batch_size
 
 
 def deep_merge(base: dict, over: dict) -> dict:

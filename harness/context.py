@@ -1,6 +1,7 @@
 """The context a method sees: policy, frozen base, sampler, world, tokenizer, its config, and engine services."""
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from functools import cached_property
@@ -10,7 +11,7 @@ from typing import Callable
 import torch
 
 from harness.data import Example, TrainData
-from harness.modeling import load_model
+from harness.modeling import DTYPES, load_model
 from harness.sampler import HFSampler
 
 
@@ -23,7 +24,14 @@ class Context:
         self.policy, self.tokenizer, self.base_path = policy, tokenizer, base_path
         self.trainer, self.sampler, self._log = trainer, sampler, log
         self._scratch = Path(tempfile.mkdtemp(prefix="harness-ckpt-"))
+        self._scratch_dirs = [self._scratch]
         self.extra_stats: dict[str, float] = {}
+        sampler.cost = trainer.cost  # one counter per run, so no pass can go uncounted
+
+    @property
+    def cost(self):
+        """The run's FLOP counter (harness.cost.Cost): methods report their extra forward passes into it."""
+        return self.trainer.cost
 
     @property
     def step(self) -> int:
@@ -40,10 +48,15 @@ class Context:
         """The run's seeded numpy generator (data order, mixture draws)."""
         return self.trainer.rng
 
+    @property
+    def score_batch_size(self) -> int:
+        """Sequences per no-gradient scoring pass (reference and π_old log-probs): eval.score_batch_size."""
+        return self.run_cfg.score_batch_size
+
     @cached_property
     def base(self) -> torch.nn.Module:
-        """A frozen copy of the base model, loaded on first use."""
-        model, _ = load_model(self.base_path, device=self.run_cfg.train.device)
+        """A frozen copy of the base model in `train.frozen_dtype`, loaded on first use."""
+        model, _ = load_model(self.base_path, dtype=self.run_cfg.train.frozen_dtype, device=self.run_cfg.train.device)
         model.eval().requires_grad_(False)
         return model
 
@@ -57,46 +70,65 @@ class Context:
 
     def reset_to_base(self, horizon: int | None = None) -> None:
         """Load the base weights into the policy and restart the optimizer and schedule (over `horizon` steps)."""
-        state = self.base.state_dict()
+        if self.run_cfg.train.frozen_dtype == "float32":
+            state = self.base.state_dict()
+        else:  # the frozen copy was rounded to a lower precision: the policy restarts from the exact weights
+            state = load_model(self.base_path, device=self.run_cfg.train.device)[0].state_dict()
         with torch.no_grad():
             for name, p in self.policy.state_dict().items():
                 p.copy_(state[name])
         self.trainer.reset_optimizer(horizon)
 
-    def save_checkpoint(self, name: str) -> Path:
-        """Save the policy (safetensors) in the run's scratch folder; returns its path."""
-        path = self._scratch / name
-        self.policy.save_pretrained(path)
+    def scratch_dir(self, root: str | None = None) -> Path:
+        """A folder for scratch checkpoints: a fresh one under `root`, else the run's; removed by `close`."""
+        if root is None:
+            return self._scratch
+        Path(root).mkdir(parents=True, exist_ok=True)
+        self._scratch_dirs.append(Path(tempfile.mkdtemp(prefix="harness-ckpt-", dir=root)))
+        return self._scratch_dirs[-1]
+
+    def save_checkpoint(self, name: str, dtype: torch.dtype | None = None, folder: Path | None = None) -> Path:
+        """Save the policy (safetensors, cast to `dtype` if given) in `folder` (the run's scratch); returns its path."""
+        path = (folder or self._scratch) / name
+        state = None if dtype is None else {k: v.to(dtype) for k, v in self.policy.state_dict().items()}
+        self.policy.save_pretrained(path, state_dict=state)
         return path
 
     def load_checkpoint(self, path: Path) -> torch.nn.Module:
-        """A frozen model from a checkpoint saved by `save_checkpoint`."""
-        model = type(self.policy).from_pretrained(path).to(self.run_cfg.train.device)
+        """A frozen model (in `train.frozen_dtype`) from a checkpoint saved by `save_checkpoint`."""
+        model = type(self.policy).from_pretrained(path, dtype=DTYPES[self.run_cfg.train.frozen_dtype])
+        model = model.to(self.run_cfg.train.device)
         return model.eval().requires_grad_(False)
 
     def delete_checkpoint(self, path: Path) -> None:
         """Free a checkpoint's disk space as soon as it is no longer needed."""
         shutil.rmtree(path, ignore_errors=True)
 
-    def train_steps(self, data: TrainData, loss_fn: Callable, steps: int, prefix: str,
-                    on_step: Callable[[int], None] | None = None, reduction: str = "token") -> None:
-        """Run `steps` engine updates outside the evaluated trajectory (e.g. TMS's teacher run).
-
-        The phase is a training run of its own: it starts a fresh optimizer whose schedule spans `steps`.
-        """
+    def draw_batches(self, data: TrainData, steps: int) -> list[list[Example]]:
+        """The batches of `steps` updates cycling through `data`, drawn now with the run's rng (train.batch_size)."""
         if not data.examples:
+            return []
+        size = data.batch_size or self.run_cfg.train.batch_size
+        passes = math.ceil(steps / math.ceil(len(data.examples) / size))
+        cycled = TrainData(data.examples, size, data.shuffle, passes=passes, max_steps=steps)
+        return list(cycled.steps(size, self.rng))
+
+    def train_steps(self, batches: list[list[Example]], loss_fn: Callable, prefix: str,
+                    on_step: Callable[[int], None] | None = None, reduction: str = "token",
+                    lr: float | None = None) -> None:
+        """One engine update per batch, outside the evaluated trajectory (e.g. TMS's teacher run).
+
+        The phase is a training run of its own: a fresh optimizer at peak `lr` (None: train.lr) whose schedule
+        spans the batches. Its tokens count as the cost kind "teacher".
+        """
+        if not batches:
             return
-        self.trainer.reset_optimizer(steps)
-        done = 0
-        while done < steps:
-            for examples in data.steps(self.run_cfg.train.batch_size, self.rng):
-                stats = self.trainer.update(examples, loss_fn, self, reduction)
-                done += 1
-                self._log({f"{prefix}/{k}": v for k, v in stats.items()}, done)
-                if on_step is not None:
-                    on_step(done)
-                if done >= steps:
-                    return
+        self.trainer.reset_optimizer(len(batches), lr)
+        for done, examples in enumerate(batches, 1):
+            stats = self.trainer.update(examples, loss_fn, self, reduction, kind="teacher")
+            self._log({f"{prefix}/{k}": v for k, v in stats.items()}, done)
+            if on_step is not None:
+                on_step(done)
 
     def log(self, stats: dict[str, float]) -> None:
         """Method statistics logged at the current step (e.g. coverage of a sampling round)."""
@@ -105,4 +137,5 @@ class Context:
 
     def close(self) -> None:
         """Remove scratch checkpoints."""
-        shutil.rmtree(self._scratch, ignore_errors=True)
+        for d in self._scratch_dirs:
+            shutil.rmtree(d, ignore_errors=True)

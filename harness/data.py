@@ -65,8 +65,10 @@ class Batch:
 
     input_ids, attention_mask: [B, T]. targets, loss_mask: [B, T-1].
     fields[k]: [B]. token_fields[k]: [B, T-1] (zero outside the response).
-    logits [B, T-1, V], logp [B, T-1] and entropy [B, T-1] are set by the
-    engine's forward pass and carry gradients.
+    logp [B, T-1] and entropy [B, T-1] are set by the engine's forward pass on
+    response positions (zero elsewhere); logp carries gradients, entropy only
+    for a method with `needs_entropy_grad`. No [B, T-1, V] logits are kept:
+    at a 150k vocabulary they cost 0.6 MB per token (harness.logprobs).
     """
 
     input_ids: torch.Tensor
@@ -77,7 +79,6 @@ class Batch:
     fields: dict[str, torch.Tensor]
     token_fields: dict[str, torch.Tensor]
     examples: list[Example]
-    logits: torch.Tensor | None = None
     logp: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
 

@@ -9,8 +9,10 @@ changes the result.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from typing import Callable
 
@@ -18,8 +20,10 @@ import numpy as np
 import torch
 
 from harness.config import TrainConfig
+from harness.cost import Cost
 from harness.data import Example, TrainData, collate
 from harness.errors import TrainingDiverged
+from harness.logprobs import token_logprobs
 from methods.base import LossOutput, Method
 
 PHI_THRESHOLDS = (1, 3, 5)
@@ -41,15 +45,29 @@ def lr_lambda(cfg: TrainConfig, horizon: int | None = None) -> Callable[[int], f
     return f
 
 
-def forward(model: torch.nn.Module, batch, precision: str = "fp32") -> None:
-    """Run the policy on a batch and attach logits, target log-probs and entropies (with gradients)."""
-    autocast = torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+def forward(model: torch.nn.Module, batch, precision: str = "fp32", entropy_grad: bool = False) -> None:
+    """Attach the policy's target log-probs (with gradients) and entropies to `batch`, on response positions.
+
+    Entropies carry gradients only with `entropy_grad` (a method whose loss uses them); otherwise they are
+    computed without a graph, because the engine logs DDT's φ = log p + H at every step anyway.
+    """
+    device = batch.input_ids.device.type
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     with autocast:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
-    logprobs = torch.log_softmax(logits.float(), dim=-1)                      # [B, T-1, V]
-    batch.logits = logits
-    batch.logp = logprobs.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)  # [B, T-1]
-    batch.entropy = -(logprobs.exp() * logprobs).sum(-1)                      # [B, T-1]
+        batch.logp, batch.entropy = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.targets,
+                                                   batch.response_mask, "grad" if entropy_grad else "detached")
+
+
+@functools.lru_cache(maxsize=None)
+def fused_adamw_available(device: str) -> bool:
+    """Whether torch has a fused AdamW kernel for `device` (tried on one element: torch checks only at step)."""
+    p = torch.zeros(1, device=device, requires_grad=True)
+    p.grad = torch.zeros(1, device=device)
+    try:
+        torch.optim.AdamW([p], fused=True).step()
+    except RuntimeError:
+        return False
+    return True
 
 
 class Trainer:
@@ -58,19 +76,31 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, pad_id: int, cfg: TrainConfig):
         self.model, self.pad_id, self.cfg = model, pad_id, cfg
         self.step = 0
-        self.train_tokens = 0
+        self.cost = Cost()  # the run's one FLOP counter: the sampler and methods report into it too
         self.train_seconds = 0.0
         self.rng = np.random.default_rng(cfg.seed)
+        if cfg.gradient_checkpointing:
+            # Non-reentrant: works with inputs that need no grad and with the chunked head's own checkpoints.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reset_optimizer()
 
-    def reset_optimizer(self, horizon: int | None = None) -> None:
-        """Fresh AdamW state and a schedule over `horizon` steps (default: the run's budget)."""
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
-                                     weight_decay=self.cfg.weight_decay)
+    def reset_optimizer(self, horizon: int | None = None, lr: float | None = None) -> None:
+        """Fresh AdamW state and a schedule over `horizon` steps (default: the run's budget), peak `lr` (train.lr)."""
+        device = next(self.model.parameters()).device
+        fused = self.cfg.fused_adamw and fused_adamw_available(str(device))
+        if self.cfg.fused_adamw and not fused:
+            warnings.warn(f"train.fused_adamw: no fused AdamW kernel on {device}; using the default one", stacklevel=2)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr or self.cfg.lr, betas=self.cfg.betas,
+                                     weight_decay=self.cfg.weight_decay, **({"fused": True} if fused else {}))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.cfg, horizon))
 
-    def update(self, examples: list[Example], loss_fn: Callable, ctx, reduction: str = "token") -> dict[str, float]:
-        """One optimizer step over `examples`, split into micro-batches; returns step statistics."""
+    def update(self, examples: list[Example], loss_fn: Callable, ctx, reduction: str = "token",
+               entropy_grad: bool = False, kind: str = "train") -> dict[str, float]:
+        """One optimizer step over `examples`, split into micro-batches; returns step statistics.
+
+        `entropy_grad`: the loss differentiates the entropies (Method.needs_entropy_grad).
+        `kind`: the cost counter's kind of its tokens ("teacher" for a phase outside the evaluated trajectory).
+        """
         start = time.perf_counter()
         self.model.train()
         if reduction == "token":
@@ -82,7 +112,7 @@ class Trainer:
         chunks = [examples[i:i + self.cfg.micro_batch_size] for i in range(0, len(examples), self.cfg.micro_batch_size)]
         for chunk in chunks:
             batch = collate(chunk, self.pad_id, self.cfg.device)
-            forward(self.model, batch, self.cfg.precision)
+            forward(self.model, batch, self.cfg.precision, entropy_grad)
             out: LossOutput = loss_fn(ctx, batch)
             loss = (out.token_loss * batch.loss_mask).sum() / denom
             if not torch.isfinite(loss):
@@ -93,7 +123,7 @@ class Trainer:
                 stats[k] = stats.get(k, 0.0) + float(v) * len(chunk) / len(examples)
             mask = batch.loss_mask > 0
             phis.append((batch.logp.detach() + batch.entropy.detach())[mask])
-            self.train_tokens += int(batch.attention_mask.sum())
+            self.cost.add(kind, int(batch.attention_mask.sum()))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(f"non-finite gradient norm at step {self.step + 1}")
@@ -123,7 +153,7 @@ class Trainer:
             taken = 0
             for examples in data.steps(self.cfg.batch_size, self.rng):
                 taken += 1
-                stats = self.update(examples, method.loss, ctx, method.reduction)
+                stats = self.update(examples, method.loss, ctx, method.reduction, method.needs_entropy_grad)
                 self.step += 1
                 on_step(self.step, stats)
                 if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps:

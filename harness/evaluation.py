@@ -44,13 +44,35 @@ STOP = ["\n"]
 
 
 @dataclass
-class EvalResult:
-    """Greedy evaluation of one model on a world's eval sets."""
+class SplitScores:
+    """Greedy evaluation of one model on one split (validation or eval) of a world's tasks."""
 
     acc: dict[str, float]  # task -> accuracy in points 0..100
-    correct: dict[str, np.ndarray]  # task -> 0/1 float array, in world.eval_items[task] order
+    correct: dict[str, np.ndarray]  # task -> 0/1 float array, in the split's item order
     responses: dict[str, list[str]]  # task -> decoded greedy responses, same order
+
+
+@dataclass
+class EvalResult:
+    """Greedy evaluation of one model on a world's evaluation splits; `.acc` etc. read the eval split."""
+
+    splits: dict[str, SplitScores]  # "val" / "eval" -> scores
     seconds: float
+
+    def __getitem__(self, split: str) -> SplitScores:
+        return self.splits[split]
+
+    @property
+    def acc(self) -> dict[str, float]:
+        return self.splits["eval"].acc
+
+    @property
+    def correct(self) -> dict[str, np.ndarray]:
+        return self.splits["eval"].correct
+
+    @property
+    def responses(self) -> dict[str, list[str]]:
+        return self.splits["eval"].responses
 
 
 @contextlib.contextmanager
@@ -186,8 +208,8 @@ class LiveLM(LM):
         raise NotImplementedError("LiveLM serves generate_until tasks only; loglikelihood tasks need HFLM")
 
 
-def _toy_task_config(world, task: str, items: list, gen_kwargs: dict) -> dict:
-    """An inline lm-eval task config for one toy task, scored by `world.verify`."""
+def _toy_task_config(world, name: str, items: list, gen_kwargs: dict) -> dict:
+    """An inline lm-eval task config (lm-eval task `name`) over one split of a toy task, scored by `world.verify`."""
     import datasets
 
     rows = [{"prompt": it.prompt, "answer": it.answer, "idx": i} for i, it in enumerate(items)]
@@ -199,7 +221,7 @@ def _toy_task_config(world, task: str, items: list, gen_kwargs: dict) -> dict:
         return {"acc": world.verify(items[doc["idx"]], results[0])}
 
     return {
-        "task": TASK_PREFIX + task, "custom_dataset": dataset, "test_split": "test",
+        "task": name, "custom_dataset": dataset, "test_split": "test",
         "output_type": "generate_until", "doc_to_text": "prompt", "doc_to_target": "answer",
         "process_results": process_results, "generation_kwargs": dict(gen_kwargs),
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
@@ -208,27 +230,37 @@ def _toy_task_config(world, task: str, items: list, gen_kwargs: dict) -> dict:
 
 
 class Evaluator:
-    """Greedy evaluation of live models on a world's fixed eval sets; lm-eval tasks are built once."""
+    """Greedy evaluation of live models on a world's fixed validation and eval sets; lm-eval tasks are built once.
 
-    def __init__(self, world, tokenizer, batch_size: int = 256, add_special_tokens: bool = False):
+    Both splits go through one lm-eval call, so their prompts share generation batches.
+    """
+
+    def __init__(self, world, tokenizer, batch_size: int = 256, add_special_tokens: bool = False,
+                 splits: tuple[str, ...] = ("val", "eval")):
         self.world, self.tokenizer, self.batch_size = world, tokenizer, batch_size
         self.add_special_tokens = add_special_tokens
-        self.items = {t: list(world.eval_items[t]) for t in world.tasks}  # World raises on an empty split
-        for t, items in self.items.items():
-            if not items:
-                raise HarnessError(f"task {t!r} has an empty eval split; set world.n_eval > 0")
+        all_splits = world.eval_splits()  # World raises on an empty split
+        self.items = {sp: {t: list(all_splits[sp][t]) for t in world.tasks} for sp in splits}
+        for sp, tasks in self.items.items():
+            for t, items in tasks.items():
+                if not items:
+                    raise HarnessError(f"task {t!r} has an empty {sp} split; set world.n_{sp} > 0")
         self.gen_kwargs = {"until": list(STOP), "max_gen_toks": world.cfg.max_new_tokens, "do_sample": False}
         specs = self._specs()
-        self.lm_name = {t: name for t, (name, _, _) in specs.items()}
-        self.metric = {t: metric for t, (_, _, metric) in specs.items()}
+        self.lm_name = {key: name for key, (name, _, _) in specs.items()}
+        self.metric = {key: metric for key, (_, _, metric) in specs.items()}
         from lm_eval.tasks import TaskManager
         with _quiet_lm_eval():  # each custom_dataset task warns about --metadata when built
             self.task_dict = TaskManager(include_defaults=False).load([s for _, s, _ in specs.values()])
 
-    def _specs(self) -> dict[str, tuple[str, dict | str, str]]:
-        """harness task -> (lm-eval task name, what TaskManager.load takes, per-example metric key)."""
-        return {t: (TASK_PREFIX + t, _toy_task_config(self.world, t, items, self.gen_kwargs), "acc")
-                for t, items in self.items.items()}
+    def _specs(self) -> dict[tuple[str, str], tuple[str, dict | str, str]]:
+        """(split, harness task) -> (lm-eval task name, what TaskManager.load takes, per-example metric key)."""
+        out = {}
+        for split, tasks in self.items.items():
+            for t, items in tasks.items():
+                name = f"{TASK_PREFIX}{t}" if split == "eval" else f"{TASK_PREFIX}{split}_{t}"
+                out[(split, t)] = (name, _toy_task_config(self.world, name, items, self.gen_kwargs), "acc")
+        return out
 
     def evaluate(self, model) -> EvalResult:
         """Evaluate through lm-eval's `evaluate` (not simple_evaluate, which reseeds global RNGs)."""
@@ -237,34 +269,40 @@ class Evaluator:
         lm = LiveLM(model, self.tokenizer, self.batch_size, self.add_special_tokens)
         with eval_mode(model), _quiet_lm_eval(logging.WARNING):
             out = evaluator.evaluate(lm=lm, task_dict=self.task_dict, bootstrap_iters=0, log_samples=True)
-        correct, responses = {}, {}
-        for t, items in self.items.items():
-            samples = sorted(out["samples"][self.lm_name[t]], key=lambda s: s["doc_id"])
-            if [s["doc_id"] for s in samples] != list(range(len(items))):
-                raise RuntimeError(f"lm-eval returned doc ids that do not cover task {t!r}'s {len(items)} items")
-            correct[t] = np.array([float(s[self.metric[t]]) for s in samples])
-            responses[t] = [s["filtered_resps"][0] for s in samples]
-        return self._result(correct, responses, time.perf_counter() - start)
+        splits = {}
+        for split, tasks in self.items.items():
+            correct, responses = {}, {}
+            for t, items in tasks.items():
+                samples = sorted(out["samples"][self.lm_name[(split, t)]], key=lambda s: s["doc_id"])
+                if [s["doc_id"] for s in samples] != list(range(len(items))):
+                    raise RuntimeError(f"lm-eval returned doc ids that do not cover the {split} split of task "
+                                       f"{t!r} ({len(items)} items)")
+                correct[t] = np.array([float(s[self.metric[(split, t)]]) for s in samples])
+                responses[t] = [s["filtered_resps"][0] for s in samples]
+            splits[split] = self._scores(correct, responses)
+        return EvalResult(splits, time.perf_counter() - start)
 
     def plain_evaluate(self, model) -> EvalResult:
         """The same greedy evaluation as a plain batched `generate` loop, without lm-eval."""
         start = time.perf_counter()
-        tasks = list(self.items)
-        prompts = [it.prompt for t in tasks for it in self.items[t]]
+        keys = [(sp, t) for sp, tasks in self.items.items() for t in tasks]
+        prompts = [it.prompt for sp, t in keys for it in self.items[sp][t]]
         with eval_mode(model):
-            # One call over all tasks, like lm-eval's single generate_until over every request.
+            # One call over all splits and tasks, like lm-eval's single generate_until over every request.
             flat = greedy_generate(model, self.tokenizer, prompts, max_new_tokens=self.gen_kwargs["max_gen_toks"],
                                    batch_size=self.batch_size, stop=self.gen_kwargs["until"],
                                    add_special_tokens=self.add_special_tokens)
-        correct, responses, pos = {}, {}, 0
-        for t in tasks:
-            n = len(self.items[t])
-            responses[t] = flat[pos:pos + n]
-            correct[t] = np.array([self.world.verify(it, r) for it, r in zip(self.items[t], responses[t])])
-            pos += n
-        return self._result(correct, responses, time.perf_counter() - start)
+        collected: dict[str, tuple[dict, dict]] = {sp: ({}, {}) for sp in self.items}
+        pos = 0
+        for sp, t in keys:
+            items = self.items[sp][t]
+            resp = flat[pos:pos + len(items)]
+            collected[sp][1][t] = resp
+            collected[sp][0][t] = np.array([self.world.verify(it, r) for it, r in zip(items, resp)])
+            pos += len(items)
+        return EvalResult({sp: self._scores(c, r) for sp, (c, r) in collected.items()}, time.perf_counter() - start)
 
     @staticmethod
-    def _result(correct: dict[str, np.ndarray], responses: dict[str, list[str]], seconds: float) -> EvalResult:
+    def _scores(correct: dict[str, np.ndarray], responses: dict[str, list[str]]) -> SplitScores:
         acc = {t: 100.0 * float(c.mean()) for t, c in correct.items()}
-        return EvalResult(acc=acc, correct=correct, responses=responses, seconds=seconds)
+        return SplitScores(acc=acc, correct=correct, responses=responses)

@@ -1,4 +1,6 @@
-"""Exact metric definitions (DESIGN.md, "Metrics"): gain, drop, paired bootstrap CIs, PLD, KL to base, FLOPs.
+"""Exact metric definitions (DESIGN.md, "Metrics"): gain, drop, paired bootstrap CIs, PLD, KL to base.
+
+FLOPs are counted in `harness.cost`.
 
 Accuracies are in points (0..100). Per-example arrays are 0/1 floats in the
 world's fixed eval order, so base and policy are paired example by example.
@@ -16,17 +18,26 @@ import torch
 import torch.nn.functional as F
 
 from harness.data import Example, collate
+from harness.logprobs import token_kl, token_logprobs
+
+
+def paired_diff(base: dict[str, np.ndarray], policy: dict[str, np.ndarray], task: str) -> np.ndarray:
+    """Per-example (policy − base) correctness of one task in points; base and policy must be paired."""
+    b, p = np.asarray(base[task], dtype=float), np.asarray(policy[task], dtype=float)
+    if b.shape != p.shape:
+        raise ValueError(f"task {task!r}: base has {b.shape} examples, policy {p.shape}; they must be paired")
+    return 100.0 * (p - b)
 
 
 def target_gain(base: np.ndarray, policy: np.ndarray) -> float:
     """Target gain in points: 100 * (mean policy correctness - mean base correctness)."""
-    return 100.0 * (float(np.mean(policy)) - float(np.mean(base)))
+    return float(np.mean(paired_diff({"t": base}, {"t": policy}, "t")))
 
 
 def nontarget_drop(base: dict[str, np.ndarray], policy: dict[str, np.ndarray],
                    tasks: list[str]) -> tuple[float, dict[str, float]]:
     """Mean over tasks of (acc_base - acc_policy) in points (positive = forgetting), and the per-task drops."""
-    drops = {t: 100.0 * (float(np.mean(base[t])) - float(np.mean(policy[t]))) for t in tasks}
+    drops = {t: -float(np.mean(paired_diff(base, policy, t))) for t in tasks}
     # No retention task means no retention question: NaN rather than a reassuring 0.
     return (float(np.mean(list(drops.values()))) if drops else float("nan")), drops
 
@@ -44,40 +55,45 @@ def _bootstrap_means(diff: np.ndarray, iters: int, rng: np.random.Generator) -> 
     return out
 
 
+def zero_flip_bound(sizes: list[int], alpha: float = 0.05) -> float:
+    """Half-width in points of the exact interval of a mean paired difference when no example flipped.
+
+    With no discordant pair among N examples, Clopper–Pearson bounds the flip rate by 1 − (α/2)^(1/N);
+    a mean over tasks of unequal size is bounded through its smallest task's weight (conservative).
+    """
+    n_total, k = sum(sizes), len(sizes)
+    return 100.0 * (1.0 - (alpha / 2) ** (1.0 / n_total)) * n_total / (k * min(sizes))
+
+
 def bootstrap_cis(base: dict[str, np.ndarray], policy: dict[str, np.ndarray], target: str, nontarget: list[str],
                   iters: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
     """Paired percentile-bootstrap CIs of target_gain and nontarget_drop (keys *_lo, *_hi), in points.
 
     Each task's examples are resampled independently; within a task, base and
-    policy share the resampled indices (so only the paired difference matters:
-    a policy identical to the base example by example gives a zero-width CI).
+    policy share the resampled indices (so only the paired difference matters).
+    Where no example flipped, the bootstrap has nothing to resample (a zero-width
+    interval): the interval is then the exact `zero_flip_bound` around 0 instead.
     """
     rng = np.random.default_rng(seed)
     q = [alpha / 2, 1 - alpha / 2]
 
-    def diff(t: str) -> np.ndarray:  # policy - base per example, in points
-        b, p = np.asarray(base[t], dtype=float), np.asarray(policy[t], dtype=float)
-        if b.shape != p.shape:
-            raise ValueError(f"task {t!r}: base has {b.shape} examples, policy {p.shape}; they must be paired")
-        return 100.0 * (p - b)
+    def interval(tasks: list[str], sign: float) -> tuple[float, float]:
+        diffs = [paired_diff(base, policy, t) for t in tasks]
+        if not any(d.any() for d in diffs):
+            u = zero_flip_bound([len(d) for d in diffs], alpha)
+            return -u, u
+        lo, hi = np.quantile(sign * np.mean([_bootstrap_means(d, iters, rng) for d in diffs], axis=0), q)
+        return float(lo), float(hi)
 
-    gain = _bootstrap_means(diff(target), iters, rng)
-    if nontarget:
-        drop = -np.mean([_bootstrap_means(diff(t), iters, rng) for t in nontarget], axis=0)
-        drop_lo, drop_hi = np.quantile(drop, q)
-    else:
-        drop_lo = drop_hi = float("nan")
-    gain_lo, gain_hi = np.quantile(gain, q)
-    return {"target_gain_lo": float(gain_lo), "target_gain_hi": float(gain_hi),
-            "nontarget_drop_lo": float(drop_lo), "nontarget_drop_hi": float(drop_hi)}
+    gain_lo, gain_hi = interval([target], 1.0)
+    drop_lo, drop_hi = interval(nontarget, -1.0) if nontarget else (float("nan"), float("nan"))
+    return {"target_gain_lo": gain_lo, "target_gain_hi": gain_hi,
+            "nontarget_drop_lo": drop_lo, "nontarget_drop_hi": drop_hi}
 
 
-def seed_bootstrap_ci(values: list[float], iters: int = 10000, seed: int = 0,
-                      alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile-bootstrap CI of the mean over seeds (a single seed gives a zero-width interval)."""
-    v = np.asarray(values, dtype=float)
-    lo, hi = np.quantile(_bootstrap_means(v, iters, np.random.default_rng(seed)), [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+def pld_rise(history: list[float]) -> float:
+    """TMS's rise of PLD from its running minimum: pld_t − min_{s≤t} pld_s (history ends at t, starts at θ₀)."""
+    return float(history[-1] - min(history))
 
 
 @contextlib.contextmanager
@@ -114,9 +130,11 @@ def _response_batches(prompts_ids: list[list[int]], responses_ids: list[list[int
 
 
 def _logprobs(model: torch.nn.Module, batch) -> torch.Tensor:
-    """[B, T-1, V] float32 log-probabilities of the next token at every position."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return F.log_softmax(logits[:, :-1].float(), dim=-1)
+    """[B, T-1] float32 log-probabilities of the batch's targets on response positions (0 elsewhere).
+
+    Chunked over positions (harness.logprobs): no [B, T-1, V] tensor, which at a 150k vocabulary is 0.6 MB a token.
+    """
+    return token_logprobs(model, batch.input_ids, batch.attention_mask, batch.targets, batch.response_mask)[0]
 
 
 @torch.no_grad()
@@ -129,7 +147,7 @@ def sequence_nll(model: torch.nn.Module, prompts_ids: list[list[int]], responses
     out = []
     with eval_mode(model):
         for b in _response_batches(prompts_ids, responses_ids, batch_size, pad_id, _device(model)):
-            logp = _logprobs(model, b).gather(-1, b.targets.unsqueeze(-1)).squeeze(-1)  # [B, T-1]
+            logp = _logprobs(model, b)  # [B, T-1]
             nll = -(logp * b.response_mask).sum(-1)  # [B]
             if per_token:
                 nll = nll / b.response_mask.sum(-1)
@@ -150,15 +168,8 @@ def kl_to_base(policy: torch.nn.Module, base: torch.nn.Module, prompts_ids: list
     totals = []
     with eval_mode(policy), eval_mode(base):
         for b in _response_batches(prompts_ids, responses_ids, batch_size, pad_id, _device(policy)):
-            logp0 = _logprobs(base, b)  # [B, T-1, V]
-            logp = _logprobs(policy, b)  # [B, T-1, V]
-            p0 = logp0.exp()
-            # 0 * log 0 = 0: tokens the base rules out (p0 == 0, logp0 = -inf) contribute nothing.
-            kl = torch.where(p0 > 0, p0 * (logp0 - logp), torch.zeros_like(p0)).sum(-1)  # [B, T-1]
+            # Exact over the vocabulary, chunked over response positions (harness.logprobs.token_kl).
+            kl = token_kl(base, policy, b.input_ids, b.attention_mask, b.response_mask)  # [B, T-1]
             totals.append((kl * b.response_mask).sum(-1).double().cpu().numpy())  # [B]
     return float(np.mean(np.concatenate(totals))) if totals else float("nan")
 
-
-def flops(n_params: int, train_tokens: int, gen_tokens: int) -> float:
-    """Estimated FLOPs: 6N per trained token (forward + backward) plus 2N per generated token (forward)."""
-    return 6.0 * n_params * train_tokens + 2.0 * n_params * gen_tokens

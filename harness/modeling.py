@@ -10,6 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from harness.errors import HarnessError
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+# Load dtypes a run may ask for (TrainConfig.frozen_dtype); float16 is left out: bf16-trained models overflow it.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def build_char_tokenizer(chars: str) -> PreTrainedTokenizerBase:
@@ -40,9 +42,12 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str
                device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local folder or a hub id, like any hub model.
 
-    Raises HarnessError for a missing local path or a tokenizer that has no pad
-    token (batched generation and lm-eval would otherwise invent one).
+    Raises HarnessError for a missing local path, an unknown `dtype` (a key of
+    DTYPES), or a tokenizer that has no pad token (batched generation and
+    lm-eval would otherwise invent one).
     """
+    if dtype not in DTYPES:
+        raise HarnessError(f"unknown load dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     path = Path(name_or_path).expanduser()
     if not path.exists() and (_looks_like_path(name_or_path) or not _is_hub_id(name_or_path)):
         raise HarnessError(f"model path {name_or_path!r} does not exist; pass an existing folder "
@@ -55,5 +60,5 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str
         raise HarnessError(f"the tokenizer of {name_or_path!r} has no pad token; set one "
                            f"(e.g. tokenizer.pad_token = tokenizer.eos_token) and save it again")
     model = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=trust_remote_code,
-                                                 dtype=getattr(torch, dtype), use_safetensors=True)
+                                                 dtype=DTYPES[dtype], use_safetensors=True)
     return model.to(device), tok

@@ -46,18 +46,33 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def eval_metrics(world, base: BaseScores, correct: dict[str, np.ndarray], pld: float, kl: float,
-                 bootstrap_iters: int, seed: int) -> dict[str, float]:
-    """The DESIGN.md metrics of one evaluation point, from per-example correctness."""
-    base_c = base.correct_arrays()
-    out = {f"acc/{t}": 100.0 * float(np.mean(v)) for t, v in correct.items()}
-    out["target_gain"] = metrics.target_gain(base_c[world.target], correct[world.target])
-    drop, per_task = metrics.nontarget_drop(base_c, correct, world.nontarget)
-    out["nontarget_drop"] = drop
-    out.update({f"drop/{t}": d for t, d in per_task.items()})
+VAL = "val/"  # prefix of every validation-split metric: what selections read (DESIGN.md, "Metrics")
+
+
+def split_metrics(world, base: dict[str, np.ndarray], correct: dict[str, np.ndarray], prefix: str = "",
+                  bootstrap_iters: int = 0, seed: int = 0) -> dict[str, float]:
+    """acc/<task>, target_gain, nontarget_drop and drop/<task> of one split (and its paired CIs if asked)."""
+    out = {f"{prefix}acc/{t}": 100.0 * float(np.mean(v)) for t, v in correct.items()}
+    out[f"{prefix}target_gain"] = metrics.target_gain(base[world.target], correct[world.target])
+    drop, per_task = metrics.nontarget_drop(base, correct, world.nontarget)
+    out[f"{prefix}nontarget_drop"] = drop
+    out.update({f"{prefix}drop/{t}": d for t, d in per_task.items()})
     if bootstrap_iters:
-        out.update(metrics.bootstrap_cis(base_c, correct, world.target, world.nontarget, iters=bootstrap_iters, seed=seed))
-    out.update({"pld": pld, "pld_drift": pld - base.pld, "kl_to_base": kl})
+        cis = metrics.bootstrap_cis(base, correct, world.target, world.nontarget, iters=bootstrap_iters, seed=seed)
+        out.update({prefix + k: v for k, v in cis.items()})
+    return out
+
+
+def eval_metrics(world, base: BaseScores, correct: dict[str, dict[str, np.ndarray]], pld_history: list[float],
+                 kl: float, bootstrap_iters: int, seed: int) -> dict[str, float]:
+    """The DESIGN.md metrics of one evaluation point: eval split un-prefixed (reported), validation under `val/`.
+
+    `correct` is split -> task -> per-example correctness; `pld_history` holds PLD from θ₀ to this point.
+    """
+    out = split_metrics(world, base.correct_arrays("eval"), correct["eval"], "", bootstrap_iters, seed)
+    out.update(split_metrics(world, base.correct_arrays("val"), correct["val"], VAL))
+    pld = pld_history[-1]
+    out.update({"pld": pld, "pld_drift": pld - base.pld, "pld_rise": metrics.pld_rise(pld_history), "kl_to_base": kl})
     return out
 
 
@@ -68,7 +83,8 @@ def ensure_base_run(cfg: RunConfig, world, base: BaseScores) -> None:
         return
     with RunTracker(cfg.tracking.experiment, f"base-{world.cfg.name}-{world.target}", params=flatten({"world": world.cfg.model_dump()}),
                     tags=tags) as tr:
-        tr.log_metrics({**{f"acc/{t}": a for t, a in base.acc.items()}, "pld": base.pld,
+        tr.log_metrics({**{f"acc/{t}": a for t, a in base.acc["eval"].items()},
+                        **{f"{VAL}acc/{t}": a for t, a in base.acc["val"].items()}, "pld": base.pld,
                         "base/label_nll_token": base.label_nll_token, "base/label_nll_seq": base.label_nll_seq,
                         "base/own_nll_token": base.own_nll_token, "base/own_nll_seq": base.own_nll_seq}, step=0)
 
@@ -79,7 +95,7 @@ def prepare_world(cfg: RunConfig, progress: bool = True):
     base_path = world.base_path(progress=progress)
     policy, tok = load_model(base_path, device=cfg.train.device)
     evaluator = Evaluator(world, tok, cfg.eval.batch_size)
-    base, _ = load_or_compute(world, policy, tok, evaluator, base_path, cfg.eval.batch_size)
+    base, _ = load_or_compute(world, policy, tok, evaluator, base_path, cfg.eval.batch_size, cfg.score_batch_size)
     ensure_base_run(cfg, world, base)
     return world, base_path, policy, tok, evaluator, base
 
@@ -105,7 +121,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
                     parent_run_id=parent_run_id) as tr:
         tr.log_dict(resolved, "config.json")
         trainer = Trainer(policy, tok.pad_token_id, cfg.train)
-        sampler = HFSampler(policy, tok, cfg.eval.batch_size)
+        sampler = HFSampler(policy, tok, cfg.rollout_batch_size)
         ctx = Context(run_cfg=cfg, method_cfg=mcfg, world=world, policy=policy, tokenizer=tok, base_path=base_path,
                       trainer=trainer, sampler=sampler, log=tr.buffer_metrics)
         method = method_cls(mcfg)
@@ -114,13 +130,13 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
         bar = tqdm(total=cfg.train.max_steps, desc=name, disable=not progress, leave=False)
         last_eval: dict = {}
         pld_prompts, pld_labels = label_set(world, tok)
+        pld_history = [base.pld]
 
         def cost() -> dict[str, float]:
-            n = sum(p.numel() for p in policy.parameters())
-            return {"cost/train_tokens": trainer.train_tokens, "cost/gen_tokens": sampler.gen_tokens,
+            n, counted = sum(p.numel() for p in policy.parameters()), trainer.cost
+            return {"cost/train_tokens": counted.trained_tokens, "cost/gen_tokens": counted.tokens["gen"],
                     "cost/train_s": trainer.train_seconds, "cost/gen_s": sampler.gen_seconds,
-                    "cost/eval_s": eval_seconds, "cost/wall_s": time.perf_counter() - t0,
-                    "cost/flops": metrics.flops(n, trainer.train_tokens, sampler.gen_tokens)}
+                    "cost/eval_s": eval_seconds, "cost/wall_s": time.perf_counter() - t0, **counted.metrics(n)}
 
         def on_step(step: int, stats: dict) -> None:
             tr.buffer_metrics({f"train/{k}": v for k, v in stats.items()}, step)
@@ -132,16 +148,17 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
             nonlocal eval_seconds, last_eval
             t = time.perf_counter()
             res = evaluator.evaluate(policy)
-            pld = float(np.mean(metrics.sequence_nll(policy, pld_prompts, pld_labels, cfg.eval.batch_size,
-                                                     tok.pad_token_id)))
-            kl = metrics.kl_to_base(policy, ctx.base, base.kl_prompts, base.kl_responses, cfg.eval.batch_size,
+            pld_history.append(metrics.pld(policy, pld_prompts, pld_labels, cfg.score_batch_size, tok.pad_token_id))
+            kl = metrics.kl_to_base(policy, ctx.base, base.kl_prompts, base.kl_responses, cfg.score_batch_size,
                                     tok.pad_token_id)
             eval_seconds += time.perf_counter() - t
-            last_eval = eval_metrics(world, base, res.correct, pld, kl, cfg.eval.bootstrap_iters, cfg.train.seed)
+            correct = {sp: r.correct for sp, r in res.splits.items()}
+            last_eval = eval_metrics(world, base, correct, pld_history, kl, cfg.eval.bootstrap_iters, cfg.train.seed)
             last_eval["eval_responses"] = res.responses  # kept for the final artifact, not logged as a metric
             tr.log_metrics({k: v for k, v in last_eval.items() if k != "eval_responses"} | cost(), step)
 
-        zero = eval_metrics(world, base, base.correct_arrays(), base.pld, 0.0, 0, cfg.train.seed)
+        zero = eval_metrics(world, base, {sp: base.correct_arrays(sp) for sp in base.correct}, [base.pld], 0.0, 0,
+                            cfg.train.seed)
         tr.log_metrics(zero, 0)
         try:
             trainer.train(method, ctx, on_step, on_eval)
@@ -158,7 +175,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
             for i, it in enumerate(items):
                 resp = responses.get(t, [""] * len(items))[i]
                 rows.append({"task": t, "idx": i, "prompt": it.prompt, "answer": it.answer, "response": resp,
-                             "correct": world.verify(it, resp), "base_correct": base.correct[t][i]})
+                             "correct": world.verify(it, resp), "base_correct": base.correct["eval"][t][i]})
         tr.log_table(rows, "eval/examples.csv")
         tr.log_text(json.dumps(final, indent=2), "final_metrics.json")
     return final

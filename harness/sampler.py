@@ -2,7 +2,8 @@
 
 A sampler takes token-id prompts and returns, per prompt, `n` completions
 (response ids cut after the end token, decoded text, whether it finished). It
-counts generated tokens and seconds for the run's cost metrics.
+reports every prompt token of every sample (prefill) and every generated token
+to its `cost` counter (the run's, once a Context holds it) and counts seconds.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+from harness.cost import Cost
 
 
 @dataclass
@@ -26,7 +29,7 @@ class Completion:
 class Sampler(Protocol):
     """What methods and the harness need from a generation backend."""
 
-    gen_tokens: int
+    cost: Cost
     gen_seconds: float
 
     def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
@@ -38,10 +41,15 @@ class Sampler(Protocol):
 class HFSampler:
     """Batched `model.generate` with KV cache; prompts of equal length are batched without padding."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 512):
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 512, cost: Cost | None = None):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
-        self.gen_tokens = 0
+        self.cost = cost if cost is not None else Cost()
         self.gen_seconds = 0.0
+
+    @property
+    def gen_tokens(self) -> int:
+        """Generated tokens counted so far by this sampler's cost counter."""
+        return self.cost.tokens["gen"]
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
@@ -77,8 +85,9 @@ class HFSampler:
                         resps.append(([t for t in resp if t != pad], False))
                 texts = self.tok.batch_decode([r for r, _ in resps], skip_special_tokens=True)
                 for (i, p), (resp, finished), text in zip(chunk, resps, texts):
-                    self.gen_tokens += len(resp)
                     out[i].append(Completion(list(p), resp, text, finished))
+                self.cost.add("prefill", sum(len(p) for _, p in chunk))
+                self.cost.add("gen", sum(len(r) for r, _ in resps))
         finally:
             self.model.train(was_training)
             self.gen_seconds += time.perf_counter() - start

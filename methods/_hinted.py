@@ -166,12 +166,16 @@ def hinted_examples(ctx, cfg) -> list[Example]:
                 max_new_tokens=ctx.world.cfg.max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
                 switch_ids=switch, gen=gen)
             fed += n
+            made = sum(map(len, resp))
+            # The plain stream costs what sampling would; the hinted stream (prefill + its steps) is HD's extra.
+            ctx.cost.add("prefill", sum(map(len, plain)))
+            ctx.cost.add("gen", made)
+            ctx.cost.add("hinted", sum(map(len, hinted)) + n - made)
             for it, p, r, f in zip(chunk, plain, resp, finished):
                 if f and ctx.world.verify(it, tok.decode(r, skip_special_tokens=True)) > 0:
                     hd.append(Example(p, r, task=it.task, source="hinted"))
     finally:
         model.train(was_training)
-        ctx.sampler.gen_tokens += fed  # keep the run's generation cost complete
         ctx.sampler.gen_seconds += time.perf_counter() - start
     expert = [ctx.example(it.prompt, it.label, task=it.task, source="expert") for it in items]
     pad = tok.pad_token_id

@@ -1,9 +1,11 @@
-"""Pieces shared by the SFT family trained on the model's own verified samples (private module).
+"""Pieces shared by the SFT family (private module).
 
 `self_sft`, `onpolicy_sft` and `iterative_sft` differ only in *when* and *from
 which weights* they sample; their loss is SFT's token-mean NLL (`nll_loss`,
 which `methods/sft.py` can use too) and their sampling settings are the same
-typed fields (`SelfSampleConfig`), so the three cannot drift apart.
+typed fields (`SelfSampleConfig`), so the three cannot drift apart. Likewise
+`sft`, `idft` and `tms` read the world's expert labels through one setting
+(`ExpertLabelConfig.filter_labels`), so all three train on the same label set.
 """
 from __future__ import annotations
 
@@ -11,8 +13,34 @@ import torch
 from pydantic import Field
 
 from harness.data import Example
+from harness.errors import HarnessError
 from methods.base import LossOutput, Method, MethodConfig
 from methods.common import Sampled, correct_examples, coverage, masked_mean, sample_and_verify
+
+
+class ExpertLabelConfig(MethodConfig):
+    """The expert-label setting shared by the methods trained on the world's labels (SFT, IDFT, TMS)."""
+
+    filter_labels: bool = True
+    """Keep only expert labels (and their prompts) the verifier accepts, as RbD's loaders drop incorrect teacher
+    responses; false keeps every label (TMS's verifier-free setting)."""
+
+
+def expert_items(ctx, filter_labels: bool) -> list:
+    """The target's training items, only those whose expert label the verifier accepts when `filter_labels`."""
+    items = ctx.world.train_items
+    if not filter_labels:
+        return list(items)
+    kept = [it for it in items if ctx.world.verify(it, it.label) > 0]
+    if items and not kept:
+        raise HarnessError(f"none of the {len(items)} expert labels passes the verifier; check the world's labels "
+                           f"or set <method>.filter_labels=false")
+    return kept
+
+
+def expert_examples(ctx, items: list) -> list[Example]:
+    """One training example per item: its prompt and expert label (plus the end token)."""
+    return [ctx.example(it.prompt, it.label, task=it.task, source="expert") for it in items]
 
 
 def nll_loss(logp: torch.Tensor, loss_mask: torch.Tensor) -> LossOutput:

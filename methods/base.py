@@ -59,6 +59,10 @@ class Method:
     # Search space over config keys (`train.lr`, `<method>.<field>`); the learning rate is always swept.
     sweep: ClassVar[dict[str, SweepParam]] = {"train.lr": SweepParam(1e-5, 3e-4)}
     reduction: Literal["token", "sequence"] = "token"
+    # Whether `loss` differentiates `batch.entropy`. Off, the engine computes entropies without a graph (they
+    # still fill `batch.entropy` for φ and statistics), which keeps the backward free of vocabulary-sized terms;
+    # a method that puts the entropy into its loss must set it, or that term silently gets no gradient.
+    needs_entropy_grad: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg

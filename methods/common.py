@@ -7,6 +7,7 @@ import torch
 
 from harness.data import Batch, Example
 from harness.engine import forward
+from harness.logprobs import token_logprobs
 from harness.sampler import Completion
 
 
@@ -31,21 +32,19 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
     """Group-normalised advantages: r − mean(r), divided by (std(r) + eps) when `scale`.
 
-    rewards: [P, G] (prompts x group). std is the population std of the group.
+    rewards: [P, G] (prompts x group). std is the sample std (Bessel's G − 1), as TRL's and RbD's `torch.std`.
     """
     centred = rewards - rewards.mean(dim=-1, keepdim=True)            # [P, G]
     if not scale:
         return centred
-    return centred / (rewards.std(dim=-1, unbiased=False, keepdim=True) + eps)
+    return centred / (rewards.std(dim=-1, unbiased=True, keepdim=True) + eps)
 
 
 @torch.no_grad()
 def reference_logp(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Per-token log-probs [B, T-1] of the batch's targets under another model (no gradient)."""
-    shadow = Batch(batch.input_ids, batch.attention_mask, batch.targets, batch.loss_mask, batch.response_mask,
-                   {}, {}, batch.examples)
-    forward(model, shadow)
-    return shadow.logp.detach()
+    """Per-token log-probs [B, T-1] of the batch's targets under another model (no gradient; 0 outside the response)."""
+    # Chunked over positions and without entropies: the reference pass never holds a [B, T-1, V] tensor.
+    return token_logprobs(model, batch.input_ids, batch.attention_mask, batch.targets, batch.response_mask)[0]
 
 
 @torch.no_grad()
@@ -80,13 +79,12 @@ def sample_and_verify(ctx, items: list, n: int, temperature: float, top_p: float
     prefixes); the reward is computed on prefix + continuation.
     """
     from harness.sampler import HFSampler
-    sampler = ctx.sampler if model is None else HFSampler(model, ctx.tokenizer, ctx.sampler.batch_size)
+    sampler = ctx.sampler if model is None else HFSampler(model, ctx.tokenizer, ctx.sampler.batch_size, ctx.cost)
     prefixes = prefixes or [""] * len(items)
     prompts = [ctx.encode(it.prompt) + ctx.encode(px) for it, px in zip(items, prefixes)]
     outs = sampler.generate(prompts, n=n, temperature=temperature, top_p=top_p,
                             max_new_tokens=ctx.world.cfg.max_new_tokens)
-    if sampler is not ctx.sampler:  # keep the run's generation cost complete
-        ctx.sampler.gen_tokens += sampler.gen_tokens
+    if sampler is not ctx.sampler:  # its tokens went to the run's counter; its seconds must join the run's too
         ctx.sampler.gen_seconds += sampler.gen_seconds
     return [Sampled(it, comps, [ctx.world.verify(it, px + c.text) * float(c.finished) for c in comps])
             for it, px, comps in zip(items, prefixes, outs)]

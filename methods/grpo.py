@@ -6,7 +6,8 @@ group's mean reward (REINFORCE with a per-prompt baseline, PPO-clipped).
 Data: every `data()` call draws `prompts_per_step` training prompts (run rng)
 and samples `group_size` completions each at `temperature`; reward = verifier
 × finished (truncated completions score 0, as in RbD); advantage
-A = (r − mean_g r) / (std_g r + 1e-4) (`scale_rewards=False` drops the std).
+A = (r − mean_g r) / (std_g r + 1e-4), std_g the sample std with Bessel's
+correction as TRL and RbD (`scale_rewards=False` drops the std).
 The rollouts form ONE optimizer step, repeated `num_iterations` (μ) times, so
 `train.max_steps` counts optimizer steps as for every method.
 Loss per token: −min(ρA, clip(ρ, 1−ε, 1+ε_high)A) + β·KL(π_θ‖π_0), ρ = π_θ/π_old
@@ -86,9 +87,11 @@ class GRPO(Method):
         if c.num_iterations > 1:
             for e, lp in zip(examples, example_logp(ctx.policy, examples, pad)):
                 e.token_fields["old_logp"] = lp
+            ctx.cost.forward("old", examples)
         if c.beta > 0:
             for e, lp in zip(examples, example_logp(ctx.base, examples, pad)):
                 e.token_fields["ref_logp"] = lp
+            ctx.cost.forward("ref", examples)
         comps = [comp for s in sampled for comp in s.completions]
         ctx.log({**group_stats(rewards),
                  "completion_len": sum(len(x.response_ids) for x in comps) / len(comps),

@@ -9,23 +9,26 @@ Loss (METHODS.md §6b, from `IDFT/verl/trainer/fsdp_polylog_trainer.py`):
 token-mean over the step's response tokens (the engine reduces). γ→0 is SFT,
 γ=1 is DFT (weight p), γ=2 (very OOD token) weight p². λ(s) ramps from 0 to 1
 between progress s = w and w + τ (s = step / max_steps).
-Data: `data=expert` (default): the world's expert labels, as SFT. `data=hinted`:
-Hinted Decoding (§6c, `methods/_hinted.py`), built once at the first call: the
-policy's own verified answers are kept as they are; for the prompts it fails,
-lock-step decoding with a hint holding the expert label steers it to its own
-version of the solution; verified outputs are kept (the paper's HD+IDFT).
+Data: `data=expert` (default): the world's expert labels, as SFT (by default
+only verifier-accepted ones: `filter_labels`, shared with SFT and TMS).
+`data=hinted`: Hinted Decoding (§6c, `methods/_hinted.py`), built once at the
+first call: the policy's own verified answers are kept as they are; for the
+prompts it fails, lock-step decoding with a hint holding the expert label
+steers it to its own version of the solution; verified outputs are kept (the
+paper's HD+IDFT).
 Paper: Zhang et al., "Towards On-Policy SFT", arXiv 2602.12222.
 Deviations: w = τ = 0 by default (λ ≡ 1), as in the launched run script; the
-repo's config defaults are w = 0.2, τ = 0.1. The released trainer does *not*
-stop the gradient of p^γ (only of γ): its gradient is −p^γ(1 + γ log p)∇log p,
-which pushes tokens with p < e^(−1/γ) further down; METHODS.md and the paper's
-description use the weight form −sg[p^γ]∇log p, our default; `detach_weight=
-false` reproduces the code. HD: the toy hint is a context prefix
-(`hint_template`), not a chat instruction plus first-pass analysis; own answers
-are sampled once at `hd_temperature` (GUESS); the paper's HD β is NOT FOUND
-(0.7 is the function default); HD is batched. Measured on the toy world: its
-base never saw a prefix before a prompt, so the hint derails it and HD accepts
-~0 outputs -- `data=hinted` then trains on the own verified answers alone.
+repo's config defaults are w = 0.2, τ = 0.1. The released trainer detaches the
+whole weight, −sg[p^γ]·log p (commit eb0f3e7 fixed the initial commit e33b89c,
+which detached only γ), as do METHODS.md and the paper: that is our default.
+`detach_weight=false` keeps e33b89c's form for comparison: its gradient
+−p^γ(1 + γ log p)∇log p pushes tokens with p < e^(−1/γ) further down. HD: the
+toy hint is a context prefix (`hint_template`), not a chat instruction plus
+first-pass analysis; own answers are sampled once at `hd_temperature` (GUESS);
+the paper's HD β is NOT FOUND (0.7 is the function default); HD is batched.
+Measured on the toy world: its base never saw a prefix before a prompt, so the
+hint derails it and HD accepts ~0 outputs -- `data=hinted` then trains on the
+own verified answers alone.
 """
 from __future__ import annotations
 
@@ -36,11 +39,12 @@ from pydantic import Field, model_validator
 
 from harness.data import TrainData
 from methods._hinted import hinted_examples
-from methods.base import LossOutput, Method, MethodConfig, SweepParam, register
+from methods._sft_family import ExpertLabelConfig, expert_examples, expert_items
+from methods.base import LossOutput, Method, SweepParam, register
 from methods.common import masked_mean
 
 
-class IDFTConfig(MethodConfig):
+class IDFTConfig(ExpertLabelConfig):
     beta: float = Field(1.0, gt=0)
     """Temperature β of γ_raw = exp(−φ/β) (repo default 1.0)."""
     gamma_min: float = Field(0.1, ge=0)
@@ -52,9 +56,9 @@ class IDFTConfig(MethodConfig):
     ramp: float = Field(0.0, ge=0, le=1)
     """τ: progress over which λ ramps 0 → 1 after w (launched run 0; repo config default 0.1)."""
     detach_weight: bool = True
-    """Stop the gradient of p^γ (the paper's weight form); false = the released trainer's literal loss."""
+    """Stop the gradient of p^γ (the paper's and the released trainer's form); false = e33b89c's undetached p^γ."""
     data: Literal["expert", "hinted"] = "expert"
-    """Training data: the expert labels, or Hinted Decoding's re-aligned data (HD+IDFT)."""
+    """Training data: the expert labels (`filter_labels` applies), or Hinted Decoding's re-aligned data (HD+IDFT)."""
     hint_template: str = "{label}:{prompt}"
     """Hinted context (fields {label}, {answer}, {prompt}); the toy model reads no instructions (GUESS)."""
     hd_beta: float = Field(0.7, ge=0)
@@ -116,8 +120,7 @@ class IDFT(Method):
             if self.cfg.data == "hinted":
                 self._examples = hinted_examples(ctx, self.cfg)
             else:
-                self._examples = [ctx.example(it.prompt, it.label, task=it.task, source="expert")
-                                  for it in ctx.world.train_items]
+                self._examples = expert_examples(ctx, expert_items(ctx, self.cfg.filter_labels))
         return TrainData(self._examples)
 
     def loss(self, ctx, batch) -> LossOutput:

@@ -34,9 +34,8 @@ from typing import Literal
 from pydantic import Field
 
 from harness.data import TrainData
-from methods._sft_family import SelfSampleConfig, SFTFamily, self_examples
+from methods._sft_family import SelfSampleConfig, SFTFamily, expert_examples, expert_items, self_examples
 from methods.base import SweepParam, register
-from methods.sft import SFT, SFTConfig
 
 
 class IterativeSFTConfig(SelfSampleConfig):
@@ -71,7 +70,7 @@ class IterativeSFT(SFTFamily):
             return None
         verify = self.cfg.filter == "verifier"
         if phase == 0 and self.cfg.round0_data == "expert":
-            examples = SFT(SFTConfig(filter_labels=verify)).data(ctx, 0).examples
+            examples = expert_examples(ctx, expert_items(ctx, verify))
             ctx.log({"kept": float(len(examples)), "round": 0.0})
         else:
             examples = self_examples(ctx, self.cfg, verify=verify, round=float(phase))  # latest model

@@ -2,9 +2,9 @@
 
 Idea: imitate a teacher's solutions with teacher-forced maximum likelihood.
 Data: the world's expert labels for the target's training prompts, in the
-world's teacher style (`world.teacher_style`); optionally only those the
-verifier accepts (`filter_labels`, as RbD's loaders drop incorrect teacher
-responses).
+world's teacher style (`world.teacher_style`); by default only those the
+verifier accepts (`filter_labels`, shared with IDFT and TMS, as RbD's loaders
+drop incorrect teacher responses).
 Loss: token-mean NLL −(1/N_tok) Σ log π_θ(y_t | x, y_<t) over the optimizer
 step's response tokens (the engine reduces), plus an optional k2 penalty to
 the base, β·½(log π_θ − log π_0)² per token (off by default, `kl_beta=0`).
@@ -20,14 +20,12 @@ from __future__ import annotations
 from pydantic import Field
 
 from harness.data import TrainData
-from methods.base import LossOutput, Method, MethodConfig, SweepParam, register
-from methods._sft_family import nll_loss
+from methods.base import LossOutput, Method, SweepParam, register
+from methods._sft_family import ExpertLabelConfig, expert_examples, expert_items, nll_loss
 from methods.common import k2, masked_mean, reference_logp
 
 
-class SFTConfig(MethodConfig):
-    filter_labels: bool = True
-    """Keep only expert labels the verifier accepts (RbD)."""
+class SFTConfig(ExpertLabelConfig):
     kl_beta: float = Field(0.0, ge=0)
     """Weight of the per-token k2 penalty to the base (0 disables it and the base copy)."""
 
@@ -45,16 +43,14 @@ class SFT(Method):
 
     def data(self, ctx, phase: int) -> TrainData:
         if not hasattr(self, "_examples"):
-            items = ctx.world.train_items
-            if self.cfg.filter_labels:
-                items = [it for it in items if ctx.world.verify(it, it.label) > 0]
-            self._examples = [ctx.example(it.prompt, it.label, task=it.task, source="expert") for it in items]
+            self._examples = expert_examples(ctx, expert_items(ctx, self.cfg.filter_labels))
         return TrainData(self._examples)
 
     def loss(self, ctx, batch) -> LossOutput:
         out = nll_loss(batch.logp, batch.loss_mask)                         # token_loss [B, T-1]
         if self.cfg.kl_beta > 0:
             pen = k2(batch.logp, reference_logp(ctx.base, batch))           # [B, T-1]
+            ctx.cost.forward("ref", batch.examples)
             out.stats["kl_k2"] = float(masked_mean(pen.detach(), batch.loss_mask))
             out.token_loss = out.token_loss + self.cfg.kl_beta * pen
         return out

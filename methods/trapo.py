@@ -95,6 +95,7 @@ class TRAPO(Method):
     Config = TRAPOConfig
     sweep = {"train.lr": SweepParam(1e-5, 3e-4)}
     reduction = "sequence"
+    needs_entropy_grad = True  # the entropy bonus −entropy_coef·H is part of the loss
 
     def data(self, ctx, phase: int) -> TrainData:
         c, tok = self.cfg, ctx.tokenizer

@@ -56,24 +56,25 @@ FIGURES = [
         "intervals; methods are offset slightly along the log axis so overlapping points stay visible.")),
     Figure("fig3_pld_drift", "PLD drift over training", F.pld_drift_curves, lambda fr, s: (
         "Policy–label divergence drift (held-out NLL of the expert labels minus the base's) over training steps, "
-        "for each method at its best-trade-off learning rate (highest final gain − drop, shown in the legend); "
+        "for each method at its best-trade-off learning rate (highest final validation gain − drop, shown in the "
+        "legend); "
         "negative means the policy moved towards the expert labels.")),
     Figure("fig4_predictors", "Predictors of forgetting", F.predictors, _cap_predictors),
     Figure("fig5_per_task_drop", "Drop per non-target task", T.per_task_drop, lambda fr, s: (
-        "Final drop on each non-target task: bars at each method's best-trade-off learning rate, open circles at "
-        "the learning rate where that task dropped most.")),
+        "Final drop on each non-target task (eval split): bars at each method's best-trade-off learning rate "
+        "(chosen on validation), open circles at the learning rate where that task dropped most.")),
     Figure("fig6_compute_front", "Gain and drop against compute", T.compute_front, lambda fr, s: (
         "Target gain (left) and non-target drop (right) at every checkpoint against cumulative training and "
         "generation compute (6N FLOPs per trained token, 2N per generated token); bold: each method's "
         "best-trade-off learning rate, faint: the others.")),
     Figure("fig7_matched_gain", "Drop at matched gain", T.matched_gain, lambda fr, s: (
-        "For each gain threshold g, each method's lowest non-target drop among its checkpoints with target gain "
-        "≥ g; a line that stops means the method never reached that gain. Values in the table below.")),
+        "For each gain level g, each method's eval drop at g by the claims' procedure (each run's first crossing "
+        "of g on validation, the learning rate with the lowest validation drop there, per seed), mean over "
+        "seeds; a line stops where some seed never reaches g. Values in the table below.")),
     Figure("fig8_offpolicy_dial", "The off-policy dial", T.dial_figure, lambda fr, s: (
-        "SFT on the same prompts with labels in each teacher style: left, its drop at matched gain (lowest drop "
-        "among checkpoints with gain ≥ g, g as in the claims table; mean over seeds, 95% interval) against how "
-        "surprising the labels are to the base (its NLL of them); right, the same lowest drop for every g. "
-        "`own` is the model's own style (the on-policy end).")),
+        "SFT on the same prompts with labels in each teacher style: left, its drop at matched gain (the claims' "
+        "procedure and g; mean over seeds, 95% interval) against how surprising the labels are to the base (its "
+        "NLL of them); right, the same drop for every g. `own` is the model's own style (the on-policy end).")),
 ]
 
 
@@ -152,12 +153,17 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
 
     matched = T.matched_gain_table(fr, styles)
     front = T.front_table(fr, styles)
-    stats = pd.DataFrame([{"predictor": label, "r": s["r"], "r2": s["r2"], "slope": s["slope"],
-                           "intercept": s["intercept"], "n": int(s["n"])}
+    stats = pd.DataFrame([{"predictor": label, "r": s["r"], "r2": s["r2"], "p (r > 0)": s["p_pos"],
+                           "slope": s["slope"], "intercept": s["intercept"], "n": int(s["n"])}
                           for (_, label), s in zip(F.PREDICTORS, F.predictor_stats(fr).values())])
-    g, claims = C.claims_frame(fr, F.predictor_stats(fr))
+    g, claims = C.claims_frame(fr)
     dial = C.dial(fr, g)
-    tables = {"claims.csv": claims, "dial.csv": dial, "matched_gain.csv": matched, "front.csv": front,
+    if not dial.empty:
+        res, verdict = C.dial_verdict(dial)
+        claims.loc[len(claims)] = {"source": "this harness (the off-policy dial)", "claim": C.DIAL_CLAIM,
+                                   "result": res, "verdict": verdict}
+    tables = {"claims.csv": claims, "dial.csv": dial.drop(columns="values", errors="ignore"),
+              "matched_gain.csv": matched, "front.csv": front,
               "predictors.csv": stats,
               "checkpoints.csv": fr.ckpts, "runs.csv": fr.runs}
     for m in F.ordered(styles, front):
@@ -179,9 +185,11 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
 
 
 def _claims_md(g: float, claims: pd.DataFrame) -> list[str]:
-    lead = (f"Matched gain g = {g:.1f} points ({C.FRACTION:g} × the smallest best gain every seed of "
-            f"{', '.join(C.ANCHORS)} reached). Drops at matched gain: mean over seeds [95% interval]; the test "
-            "is stated per row (see reports/claims.py).")
+    lead = (f"Matched gain g = {g:.1f} points ({C.FRACTION:g} × the smallest best validation gain among the seeds "
+            f"of {', '.join(C.ANCHORS)}). Per run, the first crossing of g on validation; per seed, the learning "
+            "rate with the lowest validation drop there; its eval drop is the seed's value. Drops: mean over seeds "
+            "[95% interval, t over seeds combined with the prompts' sampling error]; \"A > B\" is a one-sided "
+            "Welch test on the seed values at α = 0.05 (reports/claims.py).")
     return ["## Claims", "", lead, "", T.markdown_table(claims), ""]
 
 
@@ -189,9 +197,9 @@ def _dial_rows(dial: pd.DataFrame) -> pd.DataFrame:
     if dial.empty:
         return dial
     return pd.DataFrame({"teacher style": dial["teacher_style"], "label NLL (nats/seq)": dial["label_nll_seq"],
-                         "label NLL (nats/token)": dial["label_nll_token"], "seeds": dial["seeds"].astype(str),
-                         "SFT drop at gain ≥ g": [f"{m:.1f} [{lo:.1f}, {hi:.1f}]" if pd.notna(m) else "never reached g"
-                                                  for m, lo, hi in dial[["drop_at_g", "drop_lo", "drop_hi"]].to_numpy()],
+                         "label NLL (nats/token)": dial["label_nll_token"], "seeds at g": [f"{a} of {b}" for a, b in dial[["seeds_at_g", "seeds"]].to_numpy()],
+                         "SFT drop at g": [f"{m:.1f} [{lo:.1f}, {hi:.1f}]" if pd.notna(m) else "never reached g"
+                                           for m, lo, hi in dial[["drop_at_g", "drop_lo", "drop_hi"]].to_numpy()],
                          "best gain": dial["best_gain"]})
 
 
@@ -227,7 +235,8 @@ def _pages(fr: Frames, styles: dict, sections, overview, matched, stats, front, 
                    T.markdown_table(matched), ""]
             h += [_html_table(matched)]
         if stem.startswith("fig8") and not dial.empty:
-            verdict = "Does forgetting grow with how off-policy the labels are? " + C.dial_verdict(dial)
+            res, v = C.dial_verdict(dial)
+            verdict = f"{C.DIAL_CLAIM}? {v}: {res}."
             md += [T.markdown_table(_dial_rows(dial), 2), "", verdict, ""]
             h += [_html_table(_dial_rows(dial), 2), f"<p>{html.escape(verdict)}</p>"]
     md += [f"## {len(sections) + 1}. Best trade-off points per method", "",

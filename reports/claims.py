@@ -1,15 +1,25 @@
 """The seeds' published claims, tested on one sweep's runs: drop at matched gain across seeds, predictors, the dial.
 
-Matched gain. g = FRACTION × the smallest best gain that every seed of every anchor method (SFT, GRPO,
-on-policy SFT) reached, so each of their seeds has a checkpoint at gain ≥ g. For one (arm, seed) the drop at
-matched gain is the lowest non-target drop among its trained checkpoints (all learning rates, every
-evaluation step) with target gain ≥ g, as in DESIGN.md's matched-gain comparison.
+The procedure (DESIGN.md, "Matched gain and verdicts"); selections read validation, reported numbers read eval:
 
-Across seeds. An arm's estimate is the mean over its seeds with a 95% interval of half-width
-hypot(t₀.₉₇₅,ₙ₋₁·sd/√n, mean per-checkpoint bootstrap half-width): seed-to-seed spread plus the evaluation
-prompts' sampling noise, which the seeds share. "A forgets more than B" holds when A's interval lies wholly
-above B's, or when a hierarchical bootstrap (seeds resampled with replacement, each checkpoint's drop drawn
-from its bootstrap error) gives P(mean_A ≤ mean_B) < 0.05; the table says which.
+1. g = FRACTION × the smallest best *validation* gain among the seeds of the anchor methods (SFT, GRPO,
+   on-policy SFT), so it is fixed before any eval number is looked at.
+2. Per run, the first crossing of g by its validation gain along the evaluation trajectory (step 0 = the base,
+   gain 0), interpolated linearly between the two checkpoints around it; every other quantity (validation
+   drop, eval gain, eval drop and its interval) is read at the same fractional step.
+3. Per (arm, seed), among its learning rates whose runs cross g, the one with the lowest validation drop at
+   the crossing (ties: earliest crossing, then lowest rate); its *eval* drop at that point is the (arm, seed)
+   value. Every arm has the same candidates (the sweep's learning-rate grid), and since the value is read on
+   a split the choice never saw, picking the best of K candidates does not bias it (no winner's curse).
+4. An arm's estimate: mean over seeds with `reports.stats.seed_interval`. A seed that never crosses g makes
+   every comparison of its arm "not tested", never a silent drop-out; so does having fewer than MIN_SEEDS.
+5. "A forgets more than B": one-sided Welch t-test on the seed values at α = 0.05 (`reports.stats.greater`),
+   calibrated by tests/test_calibration.py. "Comparable gain": a Welch non-inferiority test on each seed's
+   eval gain at the learning rate with the best final validation gain, margin COMPARABLE_GAIN points.
+6. A predictor "predicts forgetting" when, over every run's final checkpoint, r > 0 with one-sided p < 0.05
+   and R² ≥ R2_PREDICTS; a significant relation of the opposite sign is "not reproduced".
+
+The seeds' claims are data (`CLAIMS`): which arms, which tests, which source.
 """
 from __future__ import annotations
 
@@ -17,31 +27,97 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from reports.frame import Frames, trained_checkpoints
+from reports import stats as S
+from reports.frame import Frames, final_checkpoints, trained_checkpoints
 
 ANCHORS = ("sft", "grpo", "onpolicy_sft")
 FRACTION = 0.5
 R2_PREDICTS = 0.5       # "predicts forgetting": explains at least half of the drop's variance across runs
-COMPARABLE_GAIN = 5.0   # points: "comparable gain" means a best gain at most this far below SFT's
-ALPHA = 0.05
+COMPARABLE_GAIN = 5.0   # points: "comparable gain" = non-inferior to SFT's by at most this margin
+MIN_SEEDS = 3           # a comparison on fewer seeds per arm is not tested
+VAL_GAIN, VAL_DROP = "val/target_gain", "val/nontarget_drop"
+READ_AT_CROSSING = ("target_gain", "nontarget_drop", "nontarget_drop_lo", "nontarget_drop_hi", "kl_to_base",
+                    "pld_drift", "pld_rise")
+
+
+def matched_level(ckpts: pd.DataFrame, anchors=ANCHORS, fraction: float = FRACTION) -> float:
+    """g: `fraction` of the smallest per-seed best validation gain among the anchor methods present (NaN if none)."""
+    ck = trained_checkpoints(ckpts)
+    ck = ck[ck["method"].isin(anchors)]
+    if ck.empty:
+        return float("nan")
+    return fraction * float(ck.groupby(["method", "seed"])[VAL_GAIN].max().min())
+
+
+def crossing(steps: np.ndarray, val_gain: np.ndarray, columns: dict[str, np.ndarray], g: float) -> dict | None:
+    """Where a trajectory's validation gain first reaches g (linear between checkpoints), and `columns` there.
+
+    Arrays are in step order and start at the base (step 0). None if the trajectory never reaches g.
+    """
+    hit = np.flatnonzero(val_gain >= g)
+    if not len(hit):
+        return None
+    i = int(hit[0])
+    if i == 0:
+        w, j = 1.0, 0
+    else:
+        j = i - 1
+        w = float((g - val_gain[j]) / (val_gain[i] - val_gain[j]))
+    out = {"step": (1 - w) * steps[j] + w * steps[i]}
+    for k, v in columns.items():
+        out[k] = float((1 - w) * v[j] + w * v[i])
+    return out
+
+
+def drop_at_gain(ckpts: pd.DataFrame, g: float, by: str = "arm") -> pd.DataFrame:
+    """Per (`by`, seed): the module docstring's steps 2–3; `crossed` False (values NaN) when no run reached g."""
+    ck = ckpts.sort_values([by, "seed", "run_id", "step"], kind="stable")
+    n = len(ck)
+    col = {k: (ck[k].to_numpy(dtype=float) if k in ck.columns else np.full(n, np.nan))
+           for k in ("step", "lr", VAL_GAIN, VAL_DROP, *READ_AT_CROSSING)}
+    base = col["step"] == 0
+    for k in ("nontarget_drop_lo", "nontarget_drop_hi"):  # the base row has no interval: it *is* the base, drop 0
+        col[k] = np.where(np.isnan(col[k]) & base, col["nontarget_drop"], col[k])
+    read = {k: col[k] for k in (VAL_DROP, *READ_AT_CROSSING)}
+    run_ids = ck["run_id"].to_numpy()
+    keys = list(zip(ck[by].to_numpy(), ck["seed"].to_numpy()))
+    starts = np.flatnonzero(np.r_[True, run_ids[1:] != run_ids[:-1]])
+    groups: dict[tuple, list] = {}
+    for lo, hi in zip(starts, np.r_[starts[1:], n]):
+        cands = groups.setdefault(keys[lo], [])
+        c = crossing(col["step"][lo:hi], col[VAL_GAIN][lo:hi], {k: v[lo:hi] for k, v in read.items()}, g) \
+            if np.isfinite(g) else None
+        cands.append(None if c is None else {**c, "lr": col["lr"][lo], "run_id": run_ids[lo]})
+    rows = []
+    for (key, seed), cands in groups.items():
+        hit = [c for c in cands if c is not None]
+        row = {by: key, "seed": seed, "crossed": bool(hit), "runs": len(cands), "runs_crossed": len(hit)}
+        if hit:
+            row.update(min(hit, key=lambda c: (c[VAL_DROP], c["step"], c["lr"])))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 @dataclass
 class Estimate:
-    """An arm's drop (or gain) at matched gain over its seeds: mean and 95% interval; NaN when no seed reached g."""
+    """An arm's value over its seeds: mean and 95% interval (reports.stats.seed_interval), and what is missing."""
 
     mean: float
     lo: float
     hi: float
     values: list[float] = field(default_factory=list)
-    errors: list[float] = field(default_factory=list)   # per-seed bootstrap standard errors
-    missing: int = 0                                      # seeds that never reached g
+    seeds: int = 0          # seeds the arm ran
+    missing: int = 0        # seeds that never reached g
 
     @property
     def ok(self) -> bool:
-        return bool(self.values) and self.missing == 0
+        return bool(self.values) and self.missing == 0 and len(self.values) >= MIN_SEEDS
+
+    def why_not(self, arm: str) -> str:
+        if self.missing:
+            return f"{arm}: {self.missing} of {self.seeds} seeds never reached g on validation"
+        return f"{arm}: {len(self.values)} seed(s); a comparison needs ≥ {MIN_SEEDS}"
 
     def text(self) -> str:
         if not self.values:
@@ -50,78 +126,63 @@ class Estimate:
         return f"{self.mean:.1f} [{self.lo:.1f}, {self.hi:.1f}] (n={len(self.values)}{tail})"
 
 
-def matched_level(ckpts: pd.DataFrame, anchors=ANCHORS, fraction: float = FRACTION) -> float:
-    """g: `fraction` of the smallest per-seed best gain among the anchor methods present (NaN if none)."""
-    ck = trained_checkpoints(ckpts)
-    ck = ck[ck["method"].isin(anchors)]
-    if ck.empty:
-        return float("nan")
-    return fraction * float(ck.groupby(["method", "seed"])["target_gain"].max().min())
-
-
-def at_matched_gain(ckpts: pd.DataFrame, g: float, by: str = "arm") -> pd.DataFrame:
-    """Per (`by`, seed): the lowest-drop trained checkpoint with gain ≥ g (drop NaN when none reaches g)."""
-    rows = []
-    for (key, seed), sub in trained_checkpoints(ckpts).groupby([by, "seed"], sort=False):
-        hit = sub[sub["target_gain"] >= g]
-        if hit.empty:
-            rows.append({by: key, "seed": seed, "nontarget_drop": np.nan, "best_gain": sub["target_gain"].max()})
-            continue
-        best = hit.sort_values(["nontarget_drop", "step"], kind="stable").iloc[0]
-        rows.append({by: key, "seed": seed, "nontarget_drop": best["nontarget_drop"],
-                     "nontarget_drop_lo": best.get("nontarget_drop_lo"), "nontarget_drop_hi": best.get("nontarget_drop_hi"),
-                     "target_gain": best["target_gain"], "lr": best["lr"], "step": best["step"],
-                     "best_gain": sub["target_gain"].max()})
-    return pd.DataFrame(rows, columns=None if rows else [by, "seed", "nontarget_drop", "best_gain"])
-
-
-def estimate(values: list[float], halves: list[float], missing: int = 0) -> Estimate:
-    """Mean over seeds and the module docstring's 95% interval (halves: per-seed bootstrap half-widths)."""
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return Estimate(np.nan, np.nan, np.nan, missing=missing)
-    h = np.nan_to_num(np.asarray(halves, dtype=float))
-    spread = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
-    half = float(np.hypot(spread, h.mean()))
-    return Estimate(float(v.mean()), float(v.mean() - half), float(v.mean() + half), v.tolist(),
-                    (h / 1.96).tolist(), missing)
+def estimate(values, halves=None, seeds: int | None = None, missing: int = 0) -> Estimate:
+    """An Estimate from per-seed values and their own interval half-widths."""
+    mean, lo, hi = S.seed_interval(values, halves)
+    return Estimate(mean, lo, hi, [float(v) for v in values], len(values) + missing if seeds is None else seeds,
+                    missing)
 
 
 def arm_drop(per_seed: pd.DataFrame, arm: str, by: str = "arm") -> Estimate:
-    """An arm's drop-at-matched-gain estimate from `at_matched_gain`'s rows."""
+    """An arm's drop-at-matched-gain estimate from `drop_at_gain`'s rows."""
     sub = per_seed[per_seed[by] == arm]
-    hit = sub[sub["nontarget_drop"].notna()]
-    halves = ((hit.get("nontarget_drop_hi", np.nan) - hit.get("nontarget_drop_lo", np.nan)) / 2).tolist() \
-        if len(hit) else []
-    return estimate(hit["nontarget_drop"].tolist(), halves, missing=len(sub) - len(hit))
+    hit = sub[sub["crossed"]] if "crossed" in sub else sub.iloc[:0]
+    halves = ((hit["nontarget_drop_hi"] - hit["nontarget_drop_lo"]) / 2).tolist() if len(hit) else []
+    return estimate(hit["nontarget_drop"].tolist() if len(hit) else [], halves, len(sub), len(sub) - len(hit))
 
 
-def p_greater(a: Estimate, b: Estimate, iters: int = 20000, seed: int = 0) -> float:
-    """Hierarchical bootstrap P(mean_a ≤ mean_b): seeds resampled, each seed's drop drawn from its error."""
-    rng = np.random.default_rng(seed)
-
-    def means(e: Estimate) -> np.ndarray:
-        v, s = np.asarray(e.values), np.asarray(e.errors)
-        idx = rng.integers(0, len(v), size=(iters, len(v)))
-        return (v[idx] + rng.standard_normal(idx.shape) * s[idx]).mean(axis=1)
-    return float(np.mean(means(a) <= means(b)))
+def best_gain(ckpts: pd.DataFrame, arm: str, by: str = "arm") -> Estimate:
+    """Per seed, the final eval gain of the learning rate with the best final validation gain; over seeds."""
+    fin = final_checkpoints(trained_checkpoints(ckpts))
+    fin = fin[fin[by] == arm].sort_values([VAL_GAIN, "lr"], ascending=[False, True], kind="stable")
+    per_seed = fin.groupby("seed", sort=False).head(1)
+    halves = ((per_seed.get("target_gain_hi", np.nan) - per_seed.get("target_gain_lo", np.nan)) / 2).tolist()
+    return estimate(per_seed["target_gain"].tolist(), halves)
 
 
-def forgets_more(a: Estimate, b: Estimate) -> tuple[bool, str]:
-    """(a's drop significantly above b's, how it was decided)."""
-    if not (a.values and b.values):
-        return False, "not comparable (an arm never reached g)"
-    if a.lo > b.hi:
-        return True, "95% intervals do not overlap"
-    p = p_greater(a, b)
-    return p < ALPHA, f"intervals overlap; bootstrap p = {p:.3f}"
+@dataclass(frozen=True)
+class ClaimSpec:
+    """One published claim as data: the arms it compares and the tests that must all pass."""
+
+    source: str
+    statement: str
+    more: tuple[tuple[str, str], ...] = ()              # (A, B): A's drop at g significantly above B's
+    not_more: tuple[tuple[str, str], ...] = ()          # (A, B): A's drop at g not significantly above B's
+    gain_noninferior: tuple[tuple[str, str], ...] = ()  # (A, B): B's gain not COMPARABLE_GAIN below A's
+    predictor: str | None = None                         # final-checkpoint column predicting the drop (r > 0)
+
+    @property
+    def arms(self) -> list[str]:
+        pairs = self.more + self.not_more + self.gain_noninferior
+        return list(dict.fromkeys(a for p in pairs for a in p))
 
 
-def best_gain(ckpts: pd.DataFrame, arm: str) -> Estimate:
-    """Mean over seeds of each seed's best checkpoint gain, with the across-seed 95% interval."""
-    ck = trained_checkpoints(ckpts)
-    per_seed = ck[ck["arm"] == arm].groupby("seed")["target_gain"].max()
-    return estimate(per_seed.tolist(), [0.0] * len(per_seed))
+RBD, TMS = "Retaining by Doing (arXiv 2510.18874)", "TMS (arXiv 2602.03073)"
+CLAIMS = (
+    ClaimSpec(RBD, "RL (GRPO) reaches comparable or higher target gain with far less non-target drop than SFT on "
+              "off-policy labels", more=(("sft", "grpo"),), gain_noninferior=(("sft", "grpo"),)),
+    ClaimSpec(RBD, "per-epoch on-policy SFT substantially reduces forgetting (vs SFT)", more=(("sft", "onpolicy_sft"),)),
+    ClaimSpec(RBD, "data sampled only from the initial policy (Self-SFT) is not enough: it forgets more than "
+              "per-epoch on-policy SFT", more=(("self_sft", "onpolicy_sft"),)),
+    ClaimSpec(TMS, "TMS forgets less than SFT and iterative SFT and lies between SFT and GRPO",
+              more=(("sft", "tms"), ("iterative_sft", "tms")), not_more=(("grpo", "tms"),)),
+    ClaimSpec(TMS, "the rise of PLD from its running minimum tracks forgetting", predictor="pld_rise"),
+    ClaimSpec("TRAPO (arXiv 2512.17636)", "TRAPO keeps general ability better than SFT at similar or better target "
+              "gain", more=(("sft", "trapo"),), gain_noninferior=(("sft", "trapo"),)),
+    ClaimSpec("Towards On-Policy SFT (IDFT, arXiv 2602.12222)", "IDFT forgets less than SFT", more=(("sft", "idft"),)),
+    ClaimSpec("RL's Razor (arXiv 2509.04259)", "KL to the base on the target task predicts forgetting (R² 0.71 "
+              "reported; RbD r ≈ 0.52)", predictor="kl_to_base"),
+)
 
 
 @dataclass
@@ -132,124 +193,116 @@ class Claim:
     verdict: str
 
 
-def _verdict(ok: bool | None) -> str:
-    return "not tested" if ok is None else ("reproduced" if ok else "not reproduced")
+def predictor_test(fin: pd.DataFrame, key: str) -> tuple[str, str]:
+    """(result sentence, verdict) of "`key` predicts the final drop", pooled over runs, with within-method r."""
+    fit = S.correlation(fin[key], fin["nontarget_drop"]) if key in fin else S.correlation([], [])
+    if not np.isfinite(fit["r"]):
+        return f"{key}: fewer than 3 runs with a value", "not tested"
+    within = []
+    for m, sub in fin.groupby("method", sort=True):
+        r = S.correlation(sub[key], sub["nontarget_drop"])["r"]
+        if np.isfinite(r):
+            within.append(f"{m} {r:+.2f}")
+    res = (f"final {key} vs drop over {fit['n']:.0f} runs: r = {fit['r']:+.2f}, R² = {fit['r2']:.2f}, one-sided "
+           f"p = {fit['p_pos']:.2g} (criterion r > 0, p < {S.ALPHA}, R² ≥ {R2_PREDICTS}); within-method r: "
+           + (", ".join(within) or "–"))
+    if fit["r"] > 0 and fit["p_pos"] < S.ALPHA and fit["r2"] >= R2_PREDICTS:
+        return res, "reproduced"
+    if fit["p_neg"] < S.ALPHA:
+        return res + "; the relation has the opposite sign", "not reproduced"
+    return res, "not reproduced"
 
 
-def claims(fr: Frames, fits: dict[str, dict[str, float]]) -> tuple[float, list[Claim]]:
-    """(g, one Claim per seed statement) from the sweep's method arms; `fits` are the predictor fits."""
+def evaluate_claim(spec: ClaimSpec, g: float, drop: dict[str, Estimate], gain: dict[str, Estimate],
+                   fin: pd.DataFrame) -> Claim:
+    """Run a ClaimSpec's tests; every test must pass for "reproduced"."""
+    if spec.predictor is not None:
+        res, verdict = predictor_test(fin, spec.predictor)
+        return Claim(spec.source, spec.statement, res, verdict)
+    absent = [a for a in spec.arms if a not in drop]
+    if absent:
+        return Claim(spec.source, spec.statement, f"{', '.join(absent)} not in this sweep", "not tested")
+    if not np.isfinite(g):
+        return Claim(spec.source, spec.statement, "no positive matched gain: some seed of an anchor method never "
+                     "gained on validation", "not tested")
+    shown = "; ".join(f"{a} {drop[a].text()}" for a in spec.arms)
+    lacking = [drop[a].why_not(a) for a in spec.arms if not drop[a].ok]
+    if lacking:
+        return Claim(spec.source, spec.statement, f"drop at g = {g:.1f}: {shown}; " + "; ".join(lacking),
+                     "not tested")
+    parts, ok = [], True
+    for a, b in spec.gain_noninferior:
+        t = S.noninferior(gain[a].values, gain[b].values, COMPARABLE_GAIN)
+        ok &= t.significant
+        verdict = "comparable" if t.significant else "not shown comparable"
+        parts.append(f"gain {b} {gain[b].text()} vs {a} {gain[a].text()}: {verdict} ({t.text})")
+    for a, b in spec.more:
+        t = S.greater(drop[a].values, drop[b].values)
+        ok &= t.significant
+        parts.append(f"{a} > {b}: {'yes' if t.significant else 'no'} ({t.text})")
+    for a, b in spec.not_more:
+        t = S.greater(drop[a].values, drop[b].values)
+        ok &= not t.significant
+        parts.append(f"{a} > {b}: {'yes (the claim needs no)' if t.significant else 'no'} ({t.text})")
+    return Claim(spec.source, spec.statement, f"drop at g = {g:.1f}: {shown}; " + "; ".join(parts),
+                 "reproduced" if ok else "not reproduced")
+
+
+def claims(fr: Frames) -> tuple[float, list[Claim]]:
+    """(g, one Claim per entry of CLAIMS) from the sweep's method arms."""
     ck = fr.ckpts
     g = matched_level(ck)
     if np.isfinite(g) and g <= 0:  # some anchor seed never gained: no positive gain that all of them reach
         g = float("nan")
-    per_seed = at_matched_gain(ck, g)
-    have = set(ck["arm"])
+    per_seed = drop_at_gain(ck, g)
+    have = sorted(set(ck["arm"]))
     drop = {m: arm_drop(per_seed, m) for m in have}
     gain = {m: best_gain(ck, m) for m in have}
-    out: list[Claim] = []
-
-    def need(*ms: str) -> bool:
-        return all(m in have for m in ms) and np.isfinite(g)
-
-    def line(*ms: str) -> str:
-        return "; ".join(f"{m} {drop[m].text()}" for m in ms)
-
-    def vs(a: str, b: str) -> tuple[bool, str]:
-        ok, how = forgets_more(drop[a], drop[b])
-        return ok, f"{a} > {b}: {'yes' if ok else 'no'} ({how})"
-
-    rbd = "Retaining by Doing (arXiv 2510.18874)"
-    if need("sft", "grpo"):
-        more, how = vs("sft", "grpo")
-        comparable = gain["grpo"].mean >= gain["sft"].mean - COMPARABLE_GAIN
-        res = (f"best gain grpo {gain['grpo'].text()} vs sft {gain['sft'].text()}; drop at gain ≥ {g:.1f}: "
-               f"{line('sft', 'grpo')}; {how}")
-        out.append(Claim(rbd, "RL (GRPO) reaches comparable or higher target gain with far less non-target drop "
-                         "than SFT on off-policy labels", res, _verdict(more and comparable)))
-    else:
-        why = ("no positive matched gain: some seed of an anchor method never gained" if not np.isfinite(g)
-               else "sft or grpo not in this sweep")
-        out.append(Claim(rbd, "GRPO vs SFT", why, _verdict(None)))
-    if need("sft", "onpolicy_sft"):
-        more, how = vs("sft", "onpolicy_sft")
-        out.append(Claim(rbd, "per-epoch on-policy SFT substantially reduces forgetting (vs SFT)",
-                         f"drop at gain ≥ {g:.1f}: {line('sft', 'onpolicy_sft')}; {how}", _verdict(more)))
-    if need("self_sft", "onpolicy_sft"):
-        more, how = vs("self_sft", "onpolicy_sft")
-        out.append(Claim(rbd, "data sampled only from the initial policy (Self-SFT) is not enough: it forgets more "
-                         "than per-epoch on-policy SFT", f"drop at gain ≥ {g:.1f}: {line('self_sft', 'onpolicy_sft')}; "
-                         f"{how}", _verdict(more)))
-    tms = "TMS (arXiv 2602.03073)"
-    if need("tms", "sft", "iterative_sft", "grpo"):
-        a, how_a = vs("sft", "tms")
-        b, how_b = vs("iterative_sft", "tms")
-        below_grpo, how_c = vs("grpo", "tms")
-        ok = a and b and not below_grpo and drop["tms"].ok
-        out.append(Claim(tms, "TMS forgets less than SFT and iterative SFT and lies between SFT and GRPO",
-                         f"drop at gain ≥ {g:.1f}: {line('tms', 'sft', 'iterative_sft', 'grpo')}; {how_a}; {how_b}; "
-                         f"{how_c}", _verdict(ok)))
-    pld = fits.get("pld_drift", {})
-    if pld:
-        predicts = bool(pld["r2"] >= R2_PREDICTS)
-        sign = ("" if pld["r"] > 0 else "; the sign is opposite to TMS's rising PLD: here the runs that forget "
-                "are those that fit the expert labels, so their label NLL falls")
-        out.append(Claim(tms, "PLD drift predicts forgetting",
-                         f"final PLD drift vs drop over {pld['n']:.0f} runs: r = {pld['r']:+.2f}, R² = {pld['r2']:.2f} "
-                         f"(criterion R² ≥ {R2_PREDICTS}){sign}",
-                         "partly reproduced" if predicts and pld["r"] < 0 else _verdict(predicts)))
-    if need("trapo", "sft"):
-        more, how = vs("sft", "trapo")
-        comparable = gain["trapo"].mean >= gain["sft"].mean - COMPARABLE_GAIN
-        out.append(Claim("TRAPO (arXiv 2512.17636)", "TRAPO keeps general ability better than SFT at similar or "
-                         "better target gain", f"best gain trapo {gain['trapo'].text()} vs sft {gain['sft'].text()}; "
-                         f"drop at gain ≥ {g:.1f}: {line('sft', 'trapo')}; {how}", _verdict(more and comparable)))
-    if need("idft", "sft"):
-        more, how = vs("sft", "idft")
-        res = f"drop at gain ≥ {g:.1f}: {line('sft', 'idft')}; {how}"
-        if not drop["idft"].values:
-            res = f"IDFT's best gain {gain['idft'].text()} never reaches g = {g:.1f}, so no matched-gain comparison"
-        out.append(Claim("Towards On-Policy SFT (IDFT, arXiv 2602.12222)", "IDFT forgets less than SFT", res,
-                         _verdict(more)))
-    kl = fits.get("kl_to_base", {})
-    if kl:
-        out.append(Claim("RL's Razor", "KL to the base on the target task predicts forgetting (R² 0.71 reported; "
-                         "RbD r ≈ 0.52)", f"final KL vs drop over {kl['n']:.0f} runs: r = {kl['r']:+.2f}, "
-                         f"R² = {kl['r2']:.2f} (criterion R² ≥ {R2_PREDICTS})", _verdict(bool(kl["r2"] >= R2_PREDICTS))))
-    return g, out
+    fin = final_checkpoints(trained_checkpoints(ck))
+    return g, [evaluate_claim(spec, g, drop, gain, fin) for spec in CLAIMS]
 
 
-def claims_frame(fr: Frames, fits: dict[str, dict[str, float]]) -> tuple[float, pd.DataFrame]:
-    """`claims` as a table (source, claim, toy result, verdict)."""
-    g, rows = claims(fr, fits)
-    return g, pd.DataFrame([{"source": c.source, "claim": c.statement, "toy result": c.result, "verdict": c.verdict}
-                            for c in rows], columns=["source", "claim", "toy result", "verdict"])
+def claims_frame(fr: Frames) -> tuple[float, pd.DataFrame]:
+    """`claims` as a table (source, claim, result, verdict)."""
+    g, rows = claims(fr)
+    return g, pd.DataFrame([{"source": c.source, "claim": c.statement, "result": c.result, "verdict": c.verdict}
+                            for c in rows], columns=["source", "claim", "result", "verdict"])
 
 
 def dial(fr: Frames, g: float, method: str = "sft") -> pd.DataFrame:
-    """The off-policy dial: per teacher style, the base's NLL of its labels and `method`'s drop at gain ≥ g."""
+    """The off-policy dial: per teacher style, the base's NLL of its labels and `method`'s drop at g."""
     runs = fr.all_runs if fr.all_runs is not None else fr.runs
     ck = fr.all_ckpts if fr.all_ckpts is not None else fr.ckpts
     ck = ck[ck["method"] == method]
     if ck.empty or not np.isfinite(g):
         return pd.DataFrame()
-    per_seed = at_matched_gain(ck, g, by="teacher_style")
+    per_seed = drop_at_gain(ck, g, by="teacher_style")
     rows = []
     for style, sub in runs[runs["method"] == method].groupby("teacher_style"):
         e = arm_drop(per_seed, style, by="teacher_style")
         rows.append({"teacher_style": style, "label_nll_seq": sub.get("base/label_nll_seq", pd.Series(np.nan)).mean(),
                      "label_nll_token": sub.get("base/label_nll_token", pd.Series(np.nan)).mean(),
-                     "seeds": len(per_seed[per_seed["teacher_style"] == style]),
-                     "drop_at_g": e.mean, "drop_lo": e.lo, "drop_hi": e.hi,
-                     "best_gain": per_seed.loc[per_seed["teacher_style"] == style, "best_gain"].mean()})
+                     "seeds": e.seeds, "seeds_at_g": len(e.values), "drop_at_g": e.mean, "drop_lo": e.lo,
+                     "drop_hi": e.hi, "best_gain": best_gain(ck, style, by="teacher_style").mean,
+                     "values": e.values})
     return pd.DataFrame(rows).sort_values("label_nll_seq", kind="stable").reset_index(drop=True)
 
 
-def dial_verdict(table: pd.DataFrame) -> str:
-    """Does the drop at matched gain grow with the labels' NLL under the base (Spearman ρ over styles)?"""
-    ok = table.dropna(subset=["drop_at_g", "label_nll_seq"])
-    if len(ok) < 2:
-        return "not tested (fewer than two teacher styles reached g)"
-    rho = stats.spearmanr(ok["label_nll_seq"], ok["drop_at_g"]).statistic
-    grows = bool(np.all(np.diff(ok["drop_at_g"].to_numpy()) > 0))
-    return (f"{'yes' if grows else 'no'}: drop at matched gain {'rises' if grows else 'does not rise'} monotonically "
-            f"with the labels' NLL (Spearman ρ = {rho:+.2f} over {len(ok)} styles)")
+DIAL_CLAIM = "SFT's drop at matched gain grows with how off-policy its labels are (the base's NLL of them)"
+
+
+def dial_verdict(table: pd.DataFrame) -> tuple[str, str]:
+    """(sentence, verdict) of "the drop at g grows with the labels' NLL": regression of per-seed drops on it."""
+    if table.empty:
+        return "no teacher styles reached g", "not tested"
+    short = table[(table["seeds_at_g"] < table["seeds"]) | (table["seeds_at_g"] < MIN_SEEDS)]
+    if len(table) < 2 or len(short):
+        why = ", ".join(f"{r.teacher_style}: {r.seeds_at_g} of {r.seeds} seeds reached g" for r in short.itertuples())
+        return f"needs ≥ 2 styles with every seed (≥ {MIN_SEEDS}) at g ({why or 'one style'})", "not tested"
+    x = np.concatenate([[r.label_nll_seq] * len(r.values) for r in table.itertuples()])
+    y = np.concatenate([r.values for r in table.itertuples()])
+    fit = S.correlation(np.log(x), y)
+    ok = fit["r"] > 0 and fit["p_pos"] < S.ALPHA
+    res = (f"per-seed SFT drop at g against log label NLL over {len(table)} styles × seeds (n = {fit['n']:.0f}): "
+           f"slope {fit['slope']:+.1f} points per e-fold, r = {fit['r']:+.2f}, one-sided p = {fit['p_pos']:.2g}")
+    return res, "reproduced" if ok else "not reproduced"

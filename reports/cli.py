@@ -25,21 +25,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def print_claims(files: dict[str, Path]) -> None:
-    """The claims table and the dial's answer, one line each, on the terminal."""
+    """The claims table (the off-policy dial is its last row), one line each, on the terminal."""
     import pandas as pd
 
-    from reports.claims import dial_verdict
     claims = pd.read_csv(files["claims.csv"])
     if len(claims):
         print("\nclaims (details and intervals: summary.md, claims.csv):")
         for _, c in claims.iterrows():
             print(f"  {c['verdict']:<15} {c['claim']} [{c['source']}]")
-    try:
-        dial = pd.read_csv(files["dial.csv"])
-    except pd.errors.EmptyDataError:
-        return
-    if len(dial):
-        print(f"  off-policy dial: {dial_verdict(dial)}")
 
 
 def add_report_parser(subparsers) -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from reports.frame import Frames, best_lr, final_checkpoints, trained_checkpoints  # noqa: E402
-from reports.pareto import front_order, linear_fit  # noqa: E402
+from reports.pareto import front_order  # noqa: E402
 
 COLUMN, PAGE = 3.5, 7.0  # inches: one and two columns
 # Colour-blind-safe (Okabe-Ito first, then tab10's extras), markers as a second channel.
@@ -201,20 +201,21 @@ def pld_drift_curves(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     return fig
 
 
-PREDICTORS = (("pld_drift", "PLD drift (nats/token)"), ("kl_to_base", "KL to base (nats/response)"),
-              ("data_phi_mean", "training data mean φ (nats/token)"))
+PREDICTORS = (("pld_rise", "PLD rise from its running min (nats/token)"), ("pld_drift", "PLD drift (nats/token)"),
+              ("kl_to_base", "KL to base (nats/response)"), ("data_phi_mean", "training data mean φ (nats/token)"))
 
 
 def predictor_stats(fr: Frames) -> dict[str, dict[str, float]]:
-    """{predictor: linear fit of final non-target drop on it} over every run's final checkpoint."""
+    """{predictor: reports.stats.correlation of final non-target drop on it} over every run's final checkpoint."""
+    from reports.stats import correlation
     fin = final_checkpoints(fr.ckpts).merge(fr.runs[["run_id", "data_phi_mean"]], on="run_id", how="left")
-    return {k: linear_fit(fin[k], fin["nontarget_drop"]) for k, _ in PREDICTORS}
+    return {k: correlation(fin[k], fin["nontarget_drop"]) for k, _ in PREDICTORS}
 
 
 def predictors(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     """Non-target drop against PLD drift, KL to base and mean φ of the training data, with a fitted line."""
     fin = final_checkpoints(fr.ckpts).merge(fr.runs[["run_id", "data_phi_mean"]], on="run_id", how="left")
-    fig, axes = plt.subplots(1, 3, figsize=(PAGE, 2.4), sharey=True)
+    fig, axes = plt.subplots(1, len(PREDICTORS), figsize=(PAGE, 2.4), sharey=True)
     methods = ordered(styles, fin)
     stats = predictor_stats(fr)
     for ax, (key, label) in zip(axes, PREDICTORS):

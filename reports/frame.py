@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 CHECKPOINT_METRICS = ("target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
-                      "nontarget_drop_hi", "pld_drift", "kl_to_base", "cost/flops")
+                      "nontarget_drop_hi", "val/target_gain", "val/nontarget_drop", "pld_drift", "pld_rise",
+                      "kl_to_base", "cost/flops")
 PHI = "train/data_phi"
 ID_COLUMNS = ("run_id", "method", "arm", "lr", "seed", "target", "teacher_style", "sweep", "world", "trial",
               "parent_id")
@@ -159,31 +160,27 @@ def trained_checkpoints(ckpts: pd.DataFrame) -> pd.DataFrame:
 
 
 def aggregate_seeds(final: pd.DataFrame, metrics: tuple[str, ...] = ("target_gain", "nontarget_drop")) -> pd.DataFrame:
-    """Mean over seeds per (method, lr); a 95% interval widened by the seeds' spread when there are several.
+    """Mean over seeds per (method, lr) with the 95% interval of `reports.stats.seed_interval` (the one rule)."""
+    from reports.stats import seed_interval
 
-    Half-width = sqrt(bootstrap half-width² + (1.96·sd/√n)²), the bootstrap half-width being the mean of the
-    seeds' own (hi − lo)/2; with one seed this is that run's bootstrap interval.
-    """
     rows = []
     for (method, lr), g in final.groupby(["method", "lr"], sort=False, dropna=False):
         row = {"method": method, "lr": lr, "n_seeds": len(g)}
         for m in metrics:
-            mean = g[m].mean()
-            boot = ((g.get(f"{m}_hi", np.nan) - g.get(f"{m}_lo", np.nan)) / 2).mean() if f"{m}_hi" in g else np.nan
-            boot = 0.0 if not np.isfinite(boot) else boot
-            spread = 1.96 * g[m].std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else 0.0
-            half = float(np.hypot(boot, spread))
-            row.update({m: mean, f"{m}_lo": mean - half, f"{m}_hi": mean + half})
+            halves = (g[f"{m}_hi"] - g[f"{m}_lo"]) / 2 if f"{m}_hi" in g else None
+            mean, lo, hi = seed_interval(g[m], halves)
+            row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def best_lr(final: pd.DataFrame) -> dict[str, float]:
-    """Each method's learning rate with the best final trade-off: highest mean (gain − drop) over seeds.
+    """Each method's learning rate with the best final trade-off *on validation*: highest mean (gain − drop).
 
-    Ties go to the lower drop, then the lower learning rate. Used wherever one run per method is shown.
+    Ties go to the lower drop, then the lower learning rate. Used wherever one run per method is shown; the
+    figures then show that run's eval numbers, so the choice and the numbers shown come from disjoint splits.
     """
-    agg = aggregate_seeds(final)
-    agg["net"] = agg["target_gain"] - agg["nontarget_drop"]
-    agg = agg.sort_values(["method", "net", "nontarget_drop", "lr"], ascending=[True, False, True, True])
+    agg = aggregate_seeds(final, ("val/target_gain", "val/nontarget_drop"))
+    agg["net"] = agg["val/target_gain"] - agg["val/nontarget_drop"]
+    agg = agg.sort_values(["method", "net", "val/nontarget_drop", "lr"], ascending=[True, False, True, True])
     return agg.groupby("method", sort=False)["lr"].first().to_dict()

@@ -67,20 +67,6 @@ def gain_grid(max_gain: float, max_ticks: int = 14) -> np.ndarray:
     return np.arange(1, int(np.floor(max_gain / step + 1e-9)) + 1) * step
 
 
-def lowest_drop_at_gain(gain: Sequence[float], drop: Sequence[float], thresholds: Sequence[float]) -> np.ndarray:
-    """For each threshold g: the lowest drop among points with gain >= g (NaN where none reaches g)."""
-    g = np.asarray(gain, dtype=float)
-    d = np.asarray(drop, dtype=float)
-    ok = np.isfinite(g) & np.isfinite(d)
-    g, d = g[ok], d[ok]
-    out = np.full(len(thresholds), np.nan)
-    for i, t in enumerate(thresholds):
-        sel = g >= t
-        if sel.any():
-            out[i] = d[sel].min()
-    return out
-
-
 def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Least-squares line y = slope*x + intercept with Pearson r, R² (= r² for one predictor) and n.
 

@@ -88,13 +88,17 @@ class _Heartbeat:
 
 def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Trial, parent_id: str,
               progress: bool) -> list[float]:
-    """Run every seed of one trial (reusing seeds already FINISHED in MLflow); returns objective values."""
+    """Run every seed of one trial (reusing seeds already FINISHED in MLflow); returns objective values.
+
+    The objective reads the validation split (`val/` metrics): Optuna's choices are selections, and every
+    selection is made on validation. The eval-split means are kept as user attributes for display only.
+    """
     from harness.run import run
     from harness.store import find_run, init_store
 
     params = suggest(trial, search_space(spec, arm))
     pkey = params_key(params)
-    gains, drops, run_ids = [], [], []
+    gains, drops, val_gains, val_drops, run_ids = [], [], [], [], []
     for seed in arm_seeds(spec, arm):
         tags = {"kind": "run", "sweep": spec.name, "study": study.study_name, "params_key": pkey,
                 "seed": str(seed), "arm": arm}
@@ -112,11 +116,15 @@ def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Tria
         run_ids.append(done)
         gains.append(metrics["target_gain"])
         drops.append(metrics["nontarget_drop"])
+        val_gains.append(metrics["val/target_gain"])
+        val_drops.append(metrics["val/nontarget_drop"])
     trial.set_user_attr("mlflow_run_ids", run_ids)
-    gain, drop = sum(gains) / len(gains), sum(drops) / len(drops)
-    trial.set_user_attr("target_gain", gain)
-    trial.set_user_attr("nontarget_drop", drop)
-    return objective_values(spec, gain, drop)
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    trial.set_user_attr("target_gain", mean(gains))
+    trial.set_user_attr("nontarget_drop", mean(drops))
+    trial.set_user_attr("val_target_gain", mean(val_gains))
+    trial.set_user_attr("val_nontarget_drop", mean(val_drops))
+    return objective_values(spec, mean(val_gains), mean(val_drops))
 
 
 def work(spec: SweepSpec, arms: list[str], parents: dict[str, str], threads: int | None = None,
@@ -181,9 +189,11 @@ def finish_parent(spec: SweepSpec, study: optuna.Study, parent_id: str) -> list[
     client = init_store()
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = study.best_trials if done else []
-    front = [{"trial": t.number, "params": t.params, "target_gain": t.user_attrs.get("target_gain"),
-              "nontarget_drop": t.user_attrs.get("nontarget_drop"), "runs": t.user_attrs.get("mlflow_run_ids")}
-             for t in best]
+    # The set is chosen on validation (the objective); its eval values are what a report may quote.
+    front = [{"trial": t.number, "params": t.params, "val_target_gain": t.user_attrs.get("val_target_gain"),
+              "val_nontarget_drop": t.user_attrs.get("val_nontarget_drop"),
+              "target_gain": t.user_attrs.get("target_gain"), "nontarget_drop": t.user_attrs.get("nontarget_drop"),
+              "runs": t.user_attrs.get("mlflow_run_ids")} for t in best]
     client.log_dict(parent_id, front, "pareto.json")
     client.set_tag(parent_id, "pareto_trials", ",".join(str(f["trial"]) for f in front))
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))

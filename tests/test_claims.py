@@ -1,4 +1,4 @@
-"""The claims arithmetic against hand-computed values: matched gain level, per-seed choice, seed CIs, tests, dial."""
+"""The claims procedure against hand-computed values: g from validation, crossings, per-seed choice, tests, verdicts."""
 from __future__ import annotations
 
 import math
@@ -6,97 +6,162 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
-from reports.claims import (Estimate, at_matched_gain, claims, dial, dial_verdict, estimate, forgets_more,
-                            matched_level, p_greater)
+from reports import stats as S
+from reports.claims import (CLAIMS, MIN_SEEDS, arm_drop, best_gain, claims, crossing, dial, dial_verdict,
+                            drop_at_gain, estimate, matched_level, predictor_test)
 from reports.frame import Frames
 
 
-def ck(rows):
-    """Checkpoint rows (method, seed, lr, step, gain, drop[, style]) -> the frame layout reports use."""
-    df = pd.DataFrame(rows, columns=["method", "seed", "lr", "step", "target_gain", "nontarget_drop", "teacher_style"])
-    df["arm"] = df["method"]
-    df["nontarget_drop_lo"] = df["nontarget_drop"] - 1.0
-    df["nontarget_drop_hi"] = df["nontarget_drop"] + 1.0
-    df["run_id"] = df["method"] + df["seed"].astype(str) + df["lr"].astype(str) + df["teacher_style"]
+def traj(method, seed, lr, points, style="worked", arm=None):
+    """Rows of one run: step 0 (the base) then (step, val gain, val drop, eval gain, eval drop) points."""
+    rows = [(0, 0.0, 0.0, 0.0, 0.0)] + list(points)
+    df = pd.DataFrame(rows, columns=["step", "val/target_gain", "val/nontarget_drop", "target_gain", "nontarget_drop"])
+    df["method"], df["arm"], df["seed"], df["lr"], df["teacher_style"] = method, arm or method, seed, lr, style
+    df["run_id"] = f"{arm or method}-{style}-s{seed}-{lr}"
+    df["nontarget_drop_lo"] = np.where(df["step"] > 0, df["nontarget_drop"] - 1.0, np.nan)  # the base logs no CI
+    df["nontarget_drop_hi"] = np.where(df["step"] > 0, df["nontarget_drop"] + 1.0, np.nan)
+    df["target_gain_lo"], df["target_gain_hi"] = df["target_gain"] - 2.0, df["target_gain"] + 2.0
+    for k in ("kl_to_base", "pld_drift", "pld_rise"):
+        df[k] = df["step"] / 50.0
     return df
 
 
-ROWS = [
-    # sft: seed 0 best gain 60, seed 1 best gain 50; at g = 20 the lowest drop is 30 (s0) and 40 (s1)
-    ("sft", 0, 1e-3, 0, 0, 0, "worked"), ("sft", 0, 1e-3, 25, 20, 30, "worked"), ("sft", 0, 1e-3, 50, 60, 45, "worked"),
-    ("sft", 0, 1e-4, 25, 10, 2, "worked"),
-    ("sft", 1, 1e-3, 25, 25, 40, "worked"), ("sft", 1, 1e-3, 50, 50, 50, "worked"),
-    # grpo: best gains 68 and 40 -> the smallest anchor best gain is 40, g = 20
-    ("grpo", 0, 1e-4, 25, 68, 0.5, "worked"), ("grpo", 1, 1e-4, 25, 40, 1.5, "worked"),
-    ("onpolicy_sft", 0, 1e-4, 25, 68, 0.0, "worked"), ("onpolicy_sft", 1, 1e-4, 25, 68, 1.0, "worked"),
-    # idft never reaches 20
-    ("idft", 0, 1e-3, 25, 5, 0.0, "worked"), ("idft", 1, 1e-3, 25, 7, 0.0, "worked"),
-]
+def frames(parts):
+    ck = pd.concat(parts, ignore_index=True)
+    runs = ck.groupby("run_id").tail(1)
+    return Frames("t", runs, ck, pd.DataFrame(), pd.DataFrame(), runs, ck)
 
 
-def test_matched_level_is_half_the_smallest_seed_best_gain_of_the_anchors():
-    assert matched_level(ck(ROWS)) == pytest.approx(20.0)   # min(60, 50, 68, 40, 68, 68) / 2; idft ignored
+def test_crossing_interpolates_every_column_at_the_same_fraction():
+    out = crossing(np.array([0, 25, 50.]), np.array([0, 20, 60.]), {"d": np.array([0, 10, 30.])}, 30.0)
+    assert out == pytest.approx({"step": 31.25, "d": 15.0})        # w = (30-20)/(60-20) = 0.25
+    assert crossing(np.array([0, 25.]), np.array([0, 10.]), {}, 30.0) is None
 
 
-def test_at_matched_gain_picks_the_lowest_drop_reaching_g_over_all_lrs_and_steps():
-    per = at_matched_gain(ck(ROWS), 20.0).set_index(["arm", "seed"])
-    assert per.loc[("sft", 0), "nontarget_drop"] == 30 and per.loc[("sft", 0), "step"] == 25
-    assert per.loc[("sft", 1), "nontarget_drop"] == 40
-    assert per.loc[("grpo", 1), "nontarget_drop"] == 1.5
-    assert math.isnan(per.loc[("idft", 0), "nontarget_drop"]) and per.loc[("idft", 1), "best_gain"] == 7
+def test_drop_at_gain_selects_on_validation_and_reads_eval():
+    a = traj("sft", 0, 1e-3, [(25, 40, 20, 38, 22), (50, 60, 30, 62, 33)])
+    b = traj("sft", 0, 1e-4, [(25, 10, 2, 12, 3), (50, 30, 4, 28, 6)])
+    row = drop_at_gain(pd.concat([a, b]), 20.0).iloc[0]
+    # 1e-3 crosses at step 12.5 with val drop 10; 1e-4 at step 37.5 with val drop 3 -> 1e-4 is chosen
+    assert row["lr"] == 1e-4 and row["step"] == pytest.approx(37.5)
+    assert row["val/nontarget_drop"] == pytest.approx(3.0)
+    assert row["nontarget_drop"] == pytest.approx(4.5) and row["target_gain"] == pytest.approx(20.0)
+    assert (row["nontarget_drop_lo"], row["nontarget_drop_hi"]) == pytest.approx((3.5, 5.5))
+    assert row["runs"] == 2 and row["runs_crossed"] == 2
+    # crossing before the first checkpoint interpolates from the base, whose interval is its own value 0
+    first = drop_at_gain(a, 20.0).iloc[0]
+    assert first["nontarget_drop"] == pytest.approx(11.0) and first["nontarget_drop_lo"] == pytest.approx(10.5)
 
 
-def test_estimate_by_hand():
-    e = estimate([10.0, 20.0, 30.0], [1.0, 1.0, 1.0])
-    half = math.hypot(4.302652729911275 * 10.0 / math.sqrt(3), 1.0)   # t(0.975, 2) * sd / sqrt(n), bootstrap 1
-    assert e.mean == pytest.approx(20.0) and e.lo == pytest.approx(20 - half) and e.hi == pytest.approx(20 + half)
-    one = estimate([5.0], [2.0])
-    assert (one.lo, one.hi) == pytest.approx((3.0, 7.0))                 # one seed: its own bootstrap interval
-    assert math.isnan(estimate([], [], missing=2).mean)
+def test_matched_level_reads_validation_of_the_anchors_only():
+    parts = [traj("sft", 0, 1e-3, [(25, 40, 20, 99, 1)]), traj("grpo", 0, 1e-4, [(25, 30, 0, 99, 0)]),
+             traj("idft", 0, 1e-4, [(25, 2, 0, 99, 0)])]
+    assert matched_level(pd.concat(parts)) == pytest.approx(15.0)   # min(40, 30) / 2; eval gains ignored
 
 
-def test_forgets_more_by_interval_then_by_bootstrap():
-    # three seeds each: [28.3, 33.7] vs [-1.1, 2.1] by hand (t(0.975, 2) = 4.30) -> decided by the intervals
-    assert forgets_more(estimate([30.0, 31.0, 32.0], [1.0] * 3), estimate([0.0, 0.5, 1.0], [1.0] * 3)) == \
-        (True, "95% intervals do not overlap")
-    # two seeds: t(0.975, 1) = 12.7 makes the intervals overlap, so the hierarchical bootstrap decides
-    hi, lo = estimate([30.0, 40.0], [1.0, 1.0]), estimate([0.5, 1.5], [1.0, 1.0])
-    assert hi.lo < lo.hi
-    assert forgets_more(hi, lo) == (True, "intervals overlap; bootstrap p = 0.000")
-    same = estimate([1.0, 2.0], [1.0, 1.0])
-    ok, how = forgets_more(same, same)
-    assert not ok and 0.3 < float(how.rsplit("= ", 1)[1]) < 0.7
-    assert p_greater(lo, hi) > 0.99 and p_greater(hi, lo) < 0.01
-    assert forgets_more(Estimate(np.nan, np.nan, np.nan), lo) == (False, "not comparable (an arm never reached g)")
+def test_seed_interval_and_estimate_by_hand():
+    mean, lo, hi = S.seed_interval([10.0, 20.0, 30.0], [1.0, 1.0, 1.0])
+    half = math.hypot(4.302652729911275 * 10.0 / math.sqrt(3), 1.0)   # t(0.975, 2) * sd / sqrt(n), prompts 1
+    assert (mean, lo, hi) == pytest.approx((20.0, 20 - half, 20 + half))
+    assert S.seed_interval([5.0], [2.0]) == pytest.approx((5.0, 3.0, 7.0))
+    e = estimate([], [], seeds=2, missing=2)
+    assert math.isnan(e.mean) and not e.ok and "2 of 2 seeds never reached g" in e.why_not("x")
+    assert not estimate([1.0] * (MIN_SEEDS - 1)).ok and estimate([1.0] * MIN_SEEDS).ok
 
 
-def test_claims_rows_and_verdicts():
-    fr = Frames("x", runs=pd.DataFrame(), ckpts=ck(ROWS), parents=pd.DataFrame(), base=pd.DataFrame())
-    fits = {"pld_drift": {"r": -0.8, "r2": 0.64, "n": 12}, "kl_to_base": {"r": 0.5, "r2": 0.25, "n": 12}}
-    g, rows = claims(fr, fits)
-    by = {r.statement.split(" ")[0] + r.source[:4]: r for r in rows}
-    assert g == pytest.approx(20.0)
-    rbd = rows[0]
-    assert rbd.verdict == "reproduced" and "sft 35.0" in rbd.result          # mean of 30 and 40
-    assert rows[1].verdict == "reproduced"                                     # sft vs onpolicy_sft
-    idft = [r for r in rows if r.statement == "IDFT forgets less than SFT"][0]
-    assert idft.verdict == "not reproduced" and "never reaches g" in idft.result
-    assert by["PLDTMS "].verdict == "partly reproduced" and "opposite" in by["PLDTMS "].result   # r < 0
-    assert by["KLRL's"].verdict == "not reproduced"                                              # R² 0.25
+def test_welch_tests_agree_with_scipy():
+    a, b = [30.0, 31.0, 32.0], [0.0, 0.5, 1.0]
+    t = S.greater(a, b)
+    assert t.significant and t.p == pytest.approx(sps.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+    assert not S.greater(b, a).significant
+    sft, grpo = [60.0, 62.0, 64.0], [58.0, 59.0, 61.0]
+    ni = S.noninferior(sft, grpo, 5.0)
+    ref = sps.ttest_ind(np.add(grpo, 5.0), sft, equal_var=False, alternative="greater").pvalue
+    assert ni.p == pytest.approx(ref)
+    assert S.greater([1.0] * 3, [0.0] * 3).p == 0.0 and S.greater([0.0] * 3, [0.0] * 3).p == 1.0
 
 
-def test_dial_orders_styles_by_label_nll_and_judges_monotonicity():
-    rows = ROWS + [("sft", 0, 1e-3, 25, 30, 5.0, "mild"), ("sft", 0, 1e-3, 25, 60, 0.5, "own")]
-    ckpts = ck(rows)
-    runs = ckpts.drop_duplicates("run_id")[["run_id", "method", "teacher_style"]].copy()
-    runs["base/label_nll_seq"] = runs["teacher_style"].map({"worked": 150.0, "mild": 37.0, "own": 0.3})
-    runs["base/label_nll_token"] = runs["base/label_nll_seq"] / 10
-    fr = Frames("x", runs=runs, ckpts=ckpts, parents=pd.DataFrame(), base=pd.DataFrame())
-    table = dial(fr, 20.0)
+def test_correlation_p_values_agree_with_scipy():
+    x, y = [1, 2, 3, 4, 5], [1, 3, 2, 5, 4]
+    c = S.correlation(x, y)
+    assert c["r"] == pytest.approx(0.8) and c["r2"] == pytest.approx(0.64)
+    assert c["p_pos"] == pytest.approx(sps.pearsonr(x, y, alternative="greater").pvalue)
+    assert c["p_neg"] == pytest.approx(sps.pearsonr(x, y, alternative="less").pvalue)
+
+
+def _world(sft_drops, other_drops, other="grpo", gains=(60.0, 60.0), seeds=3, other_never=False):
+    parts = []
+    for s in range(seeds):
+        parts.append(traj("sft", s, 1e-3, [(50, 60, sft_drops[s], gains[0], sft_drops[s])]))
+        top = 10 if other_never and s == 0 else 60
+        parts.append(traj(other, s, 1e-4, [(50, top, other_drops[s], gains[1], other_drops[s])]))
+        parts.append(traj("onpolicy_sft", s, 1e-4, [(50, 60, 0.0, 60, 0.0)]))
+    return frames(parts)
+
+
+def verdict(fr, statement_start):
+    g, rows = claims(fr)
+    return g, next(c for c in rows if c.statement.startswith(statement_start))
+
+
+def test_claim_reproduced_not_reproduced_and_not_tested():
+    g, c = verdict(_world([30, 32, 34], [0, 1, 0]), "RL (GRPO)")
+    assert g == pytest.approx(30.0) and c.verdict == "reproduced"        # half of the anchors' smallest val gain
+    assert verdict(_world([1, 2, 0], [0, 1, 2]), "RL (GRPO)")[1].verdict == "not reproduced"
+    # GRPO's gain far below SFT's: the drop test passes but comparable gain does not
+    assert verdict(_world([30, 32, 34], [0, 1, 0], gains=(60, 40)), "RL (GRPO)")[1].verdict == "not reproduced"
+    # a seed that never reaches g: not tested, and the result says which
+    g2, c = verdict(_world([30, 32, 34], [0, 1, 0], other="trapo", other_never=True), "TRAPO")
+    assert c.verdict == "not tested" and "1 of 3 seeds never reached g" in c.result
+    assert verdict(_world([30, 32, 34], [0, 1, 0]), "IDFT")[1].verdict == "not tested"   # idft not in the sweep
+    # fewer seeds than a comparison needs
+    assert verdict(_world([30, 32], [0, 1], seeds=2), "RL (GRPO)")[1].verdict == "not tested"
+
+
+def test_claims_are_data_and_cover_the_seed_papers():
+    sources = {c.source.split(" (")[0] for c in CLAIMS}
+    assert {"Retaining by Doing", "TMS", "TRAPO", "Towards On-Policy SFT", "RL's Razor"} <= sources
+    assert all(c.predictor or c.more for c in CLAIMS)
+
+
+def test_predictor_sign_reversal_is_not_reproduced():
+    fin = pd.DataFrame({"method": ["a"] * 4 + ["b"] * 4, "x": [1, 2, 3, 4, 5, 6, 7, 8.],
+                        "nontarget_drop": [8, 7, 6, 5, 4, 3, 2, 1.]})
+    res, v = predictor_test(fin, "x")
+    assert v == "not reproduced" and "opposite sign" in res and "within-method r: a -1.00, b -1.00" in res
+    fin["nontarget_drop"] = fin["x"] * 2 + np.array([0, .1, 0, .1, 0, .1, 0, .1])
+    assert predictor_test(fin, "x")[1] == "reproduced"
+
+
+def test_best_gain_reads_eval_at_the_validation_choice():
+    parts = [traj("sft", 0, 1e-3, [(50, 50, 0, 30, 0)]), traj("sft", 0, 1e-4, [(50, 40, 0, 70, 0)])]
+    assert best_gain(pd.concat(parts), "sft").values == [30.0]   # 1e-3 is best on validation; eval says 30
+
+
+def test_dial_by_style_and_its_regression_verdict():
+    parts = []
+    for s in range(3):
+        for style, d in (("worked", 30 + s), ("mild", 5 + s), ("own", s * 0.5)):
+            parts.append(traj("sft", s, 1e-3, [(50, 60, d, 60, d)], style=style,
+                              arm="sft" if style == "worked" else f"sft@{style}"))
+        parts.append(traj("grpo", s, 1e-4, [(50, 60, 0, 60, 0)]))
+        parts.append(traj("onpolicy_sft", s, 1e-4, [(50, 60, 0, 60, 0)]))
+    fr = frames(parts)
+    fr.all_runs["base/label_nll_seq"] = fr.all_runs["teacher_style"].map({"worked": 150.0, "mild": 50.0, "own": 1.0})
+    table = dial(fr, 30.0)
     assert table["teacher_style"].tolist() == ["own", "mild", "worked"]
-    assert table["drop_at_g"].tolist() == pytest.approx([0.5, 5.0, 35.0])
-    assert table["seeds"].tolist() == [1, 1, 2]
-    assert dial_verdict(table).startswith("yes")
-    flipped = table.assign(drop_at_g=[5.0, 0.5, 35.0])
-    assert dial_verdict(flipped).startswith("no")
+    assert table["drop_at_g"].tolist() == pytest.approx([0.25, 3.0, 15.5])  # g = 30 is crossed halfway to step 50
+    assert table["seeds_at_g"].tolist() == [3, 3, 3]
+    res, v = dial_verdict(table)
+    assert v == "reproduced" and "n = 9" in res
+    flat = table.assign(values=[[1.0, 2.0, 3.0]] * 3)
+    assert dial_verdict(flat)[1] == "not reproduced"
+
+
+def test_arm_drop_counts_missing_seeds():
+    per = pd.DataFrame({"arm": ["a", "a"], "seed": [0, 1], "crossed": [True, False], "nontarget_drop": [2.0, np.nan],
+                        "nontarget_drop_lo": [1.0, np.nan], "nontarget_drop_hi": [3.0, np.nan]})
+    e = arm_drop(per, "a")
+    assert e.values == [2.0] and e.missing == 1 and e.seeds == 2 and not e.ok

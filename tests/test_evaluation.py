@@ -67,7 +67,7 @@ def test_evaluation_uses_the_world_verifier(micro_world):
 
 def test_empty_eval_split_raises(micro_world):
     tok = micro_world[2]
-    with pytest.raises(HarnessError, match="empty eval split"):  # the World refuses n_eval = 0 itself ...
+    with pytest.raises(HarnessError, match="empty evaluation split"):  # the World refuses n_eval = 0 itself ...
         Evaluator(World(WorldConfig(name="micro", **{**WORLD_PRESETS["micro"]["world"], "n_eval": 0})), tok)
     world = World(WorldConfig(name="micro", **WORLD_PRESETS["micro"]["world"]))
     world.__dict__["eval_items"] = {**world.eval_items, "add": []}  # ... and the Evaluator any empty task split

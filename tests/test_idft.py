@@ -74,7 +74,8 @@ def test_gradient(detach):
         p = probs.gather(-1, y[..., None]).squeeze(-1)
         gamma = torch.exp(-(p.log() + ent.detach())).clamp(0.1, 2.0)
         # ∇_z log p_y = onehot(y) − softmax(z); weight form: ∇ℓ = −p^γ ∇log p (γ, φ, H get no gradient);
-        # the released trainer's form differentiates p^γ too: ∇ℓ = −p^γ (1 + γ log p) ∇log p.
+        # the initial release's undetached form (e33b89c) differentiates p^γ too:
+        # ∇ℓ = −p^γ (1 + γ log p) ∇log p.
         coef = p ** gamma if detach else p ** gamma * (1 + gamma * p.log())
         expected = -coef[..., None] * (torch.nn.functional.one_hot(y, 5) - probs)
     assert torch.allclose(z.grad, expected, atol=1e-6)

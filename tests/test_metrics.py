@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.metrics import (bootstrap_cis, eval_mode, flops, kl_to_base, nontarget_drop, pld, seed_bootstrap_ci,
-                             sequence_nll, target_gain)
+from harness.metrics import (bootstrap_cis, eval_mode, kl_to_base, nontarget_drop, pld, pld_rise, sequence_nll,
+                             target_gain, zero_flip_bound)
 
 
 class TableLM(torch.nn.Module):
@@ -72,11 +72,14 @@ def test_bootstrap_ci_contains_point_estimates_and_is_deterministic():
 
 
 def test_bootstrap_is_paired():
-    # Policy == base example by example, but examples vary: every resample has diff 0, so the CI is [0, 0].
-    # (An unpaired bootstrap would give a CI of width ~ 2 * 1.96 * sqrt(2 * .25 / 200) * 100 = 13.9 points.)
+    # Policy == base example by example, but examples vary: no example flipped, so the interval is the exact
+    # zero-flip bound 100·(1 − 0.025^(1/200)) = 1.827 points, not the unpaired ~13.9 (2·1.96·sqrt(2·.25/200)·100).
     x = np.array([0, 1.] * 100)
     ci = bootstrap_cis({"t": x, "a": x}, {"t": x.copy(), "a": x.copy()}, "t", ["a"], iters=500)
-    assert ci == {"target_gain_lo": 0.0, "target_gain_hi": 0.0, "nontarget_drop_lo": 0.0, "nontarget_drop_hi": 0.0}
+    u = 100 * (1 - 0.025 ** (1 / 200))
+    assert ci == pytest.approx({"target_gain_lo": -u, "target_gain_hi": u, "nontarget_drop_lo": -u,
+                                "nontarget_drop_hi": u})
+    assert u == pytest.approx(1.827, abs=1e-3)
     # Constant paired difference: policy always right, base always wrong -> every resample gives +100.
     ci = bootstrap_cis({"t": np.zeros(50)}, {"t": np.ones(50)}, "t", [], iters=100)
     assert ci["target_gain_lo"] == ci["target_gain_hi"] == pytest.approx(100.0)
@@ -88,15 +91,18 @@ def test_bootstrap_rejects_unpaired_arrays():
         bootstrap_cis({"t": np.zeros(3)}, {"t": np.zeros(4)}, "t", [])
 
 
-def test_seed_bootstrap_ci():
-    assert seed_bootstrap_ci([2.5], iters=100) == (2.5, 2.5)  # one seed: every resample is 2.5
-    lo, hi = seed_bootstrap_ci([1.0, 2.0, 3.0], iters=5000, seed=0)
-    # Resampled means of {1,2,3} lie in [1, 3]; mean 1 needs all three draws = 1: (1/3)^3 = 1/27 = 3.7% > 2.5%
-    # of the mass (~185 of 5000 draws, sd ~13), so the 2.5% quantile is exactly 1; likewise 3 for 97.5%.
-    assert (lo, hi) == (1.0, 3.0)
-    lo, hi = seed_bootstrap_ci([1.0, 2.0, 3.0], iters=5000, seed=0, alpha=0.5)
-    # 25% quantile: P(mean <= 4/3) = (1 + 3) / 27 = 14.8% < 25% <= P(mean <= 5/3) = (1 + 3 + 6) / 27 = 37%
-    assert (lo, hi) == pytest.approx((5 / 3, 7 / 3))
+def test_zero_flip_bound_by_hand():
+    # 0 flips among 400 retention items (4 tasks x 100): 1 - 0.025^(1/400) = 0.918% -> ±0.92 points
+    assert zero_flip_bound([100] * 4) == pytest.approx(100 * (1 - 0.025 ** (1 / 400)))
+    assert zero_flip_bound([100] * 4) == pytest.approx(0.918, abs=1e-3)
+    # unequal tasks: bounded through the smallest task's weight 1/(2·100) vs the uniform 1/300
+    assert zero_flip_bound([100, 200]) == pytest.approx(100 * (1 - 0.025 ** (1 / 300)) * 300 / 200)
+
+
+def test_pld_rise_from_the_running_minimum():
+    assert pld_rise([3.0]) == 0.0                   # the base: no rise
+    assert pld_rise([3.0, 2.0, 2.5]) == pytest.approx(0.5)   # dips to 2.0, then rises by 0.5
+    assert pld_rise([3.0, 2.0, 1.0]) == 0.0          # still falling
 
 
 def test_sequence_nll_mean_and_sum():
@@ -148,7 +154,3 @@ def test_eval_mode_restores_each_module():
         assert not any(m.training for m in model.modules())
     assert model.training and model[0].training and not model[1].training
 
-
-def test_flops():
-    # 6 * 1000 * 10 + 2 * 1000 * 5 = 60_000 + 10_000
-    assert flops(1000, 10, 5) == 70_000

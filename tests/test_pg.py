@@ -29,9 +29,12 @@ CTX8 = SimpleNamespace(world=SimpleNamespace(cfg=SimpleNamespace(max_new_tokens=
 
 def test_group_advantages_by_hand():
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
-    # mean .5 -> centred [.5, -.5, -.5, .5]; population std .5 -> ±.5 / (.5 + 1e-4) = ±0.9998
+    # mean .5 -> centred [.5, -.5, -.5, .5]; sample std sqrt(4 · .25 / (4 − 1)) = sqrt(1/3) = 0.57735
+    # (Bessel, as TRL and RbD; the population std would be .5) -> ±.5 / (0.57735 + 1e-4) = ±0.86588
     assert torch.allclose(group_advantages(r, scale=False), torch.tensor([[0.5, -0.5, -0.5, 0.5]]))
-    assert torch.allclose(group_advantages(r), torch.tensor([[1.0, -1.0, -1.0, 1.0]]) * 0.5 / 0.5001)
+    assert torch.allclose(group_advantages(r), torch.tensor([[1.0, -1.0, -1.0, 1.0]]) * 0.86588, atol=1e-5)
+    # G = 2, rewards (1, 0): sample std sqrt(2 · .25 / 1) = 0.70711 -> ±.5 / 0.70721 = ±0.70701
+    assert torch.allclose(group_advantages(torch.tensor([[1.0, 0.0]])), torch.tensor([[0.70701, -0.70701]]), atol=1e-5)
     assert torch.equal(group_advantages(torch.ones(1, 4)), torch.zeros(1, 4))  # uniform group: no signal
 
 

@@ -84,7 +84,7 @@ def test_a_nan_loss_stops_the_run_as_failed_naming_the_step(store, monkeypatch):
     (["run", "--world", "micro", "--method", "sfd"], "Did you mean 'sft'"),
     (["run", "--world", "micro", "train.lr"], "malformed override"),
     (["run", "--world", "micro", "world.base_model=/nonexistent/model"], "does not exist"),
-    (["run", "--world", "micro", "world.n_eval=0"], "empty eval split"),
+    (["run", "--world", "micro", "world.n_eval=0"], "empty evaluation split"),
     (["sweep", "--spec", "/nonexistent.yaml"], "does not exist"),
     (["sweep", "world=micro", "trails=3"], "Did you mean 'trials'"),
 ])

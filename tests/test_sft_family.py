@@ -175,3 +175,22 @@ def test_iterative_sft_rounds_restart_and_expert_round0(make, restart):
     assert events == [("round", 0), ("round", 1), ("sample", 1), *rst(1), ("round", 2), ("sample", 2), *rst(2)]
     assert [s["train/round"] for s in coverage_logs(ctx)] == [1.0, 2.0]
     assert method.data(ctx, 3) is None
+
+
+@pytest.mark.parametrize("name", ["sft", "idft", "tms"])
+def test_expert_label_filter_is_one_setting_of_sft_idft_and_tms(make, name):
+    from harness.errors import HarnessError
+    from methods._sft_family import ExpertLabelConfig, expert_items
+    from methods.base import get_method
+    assert issubclass(get_method(name).Config, ExpertLabelConfig)
+    assert get_method(name).Config.model_fields["filter_labels"].default is True
+    for keep_all, n in ((False, 3), (True, 4)):
+        ctx, method, _ = make(name, [f"{name}.filter_labels={not keep_all}", "tms.checkpoints=1", "tms.teacher_steps=1"])
+        items = ctx.world.train_items = ctx.world.train_items[:4]
+        verify = ctx.world.verify
+        ctx.world.verify = lambda it, r: 0.0 if it is items[0] and r == it.label else verify(it, r)  # noqa: B023
+        prompts = {tuple(e.prompt_ids) for e in method.data(ctx, 0).examples}
+        assert len(prompts) == n and (tuple(ctx.encode(items[0].prompt)) in prompts) == keep_all
+    ctx.world.verify = lambda it, r: 0.0
+    with pytest.raises(HarnessError, match="none of the 4 expert labels passes the verifier"):
+        expert_items(ctx, True)

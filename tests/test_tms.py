@@ -1,13 +1,17 @@
-"""TMS: loss by hand, checkpoint spacing, the α-mixture, the reset to θ0, checkpoint cleanup, end to end."""
+"""TMS: loss by hand, checkpoint spacing, the α-mixture, draws up front, the reset to θ0, snapshots, end to end."""
 from __future__ import annotations
 
 import math
 import weakref
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
+from safetensors import safe_open
 
-from harness.data import Example, collate
+from harness.context import Context
+from harness.data import Example, TrainData, collate
 from methods.tms import TMS, TMSConfig, checkpoint_steps, checkpoint_weights, draw_plan, mix
 from method_harness import build, train
 
@@ -65,8 +69,9 @@ def test_student_starts_from_base_checkpoints_deleted_and_trains(micro_world):
     saved, loaded = [], []
     save, load = ctx.save_checkpoint, ctx.load_checkpoint
 
-    def spy_save(name):
-        saved.append(save(name))
+    def spy_save(name, *args):
+        assert not any(p.exists() for p in saved), "a snapshot is harvested and deleted before the next is written"
+        saved.append(save(name, *args))
         return saved[-1]
 
     def spy_load(path):
@@ -97,3 +102,42 @@ def test_student_starts_from_base_checkpoints_deleted_and_trains(micro_world):
     assert len(stats) == 2 and all(math.isfinite(s["loss"]) for s in stats)
     assert any(not torch.equal(p, base[n]) for n, p in ctx.policy.state_dict().items())
     ctx.close()
+
+
+@pytest.mark.parametrize("steps", [3, 4, 6, 7])
+def test_batches_drawn_up_front_match_cycling_the_data_step_by_step(steps):
+    # 5 examples in batches of 2: 3 batches per pass; 3 and 6 steps end a pass, 4 and 7 stop inside one
+    examples = [Example([i], [0]) for i in range(5)]
+    lazy_rng, rng = np.random.default_rng(0), np.random.default_rng(0)
+    lazy = []
+    while len(lazy) < steps:  # how the teacher run used to draw its batches while training
+        for batch in TrainData(examples).steps(2, lazy_rng):
+            lazy.append(batch)
+            if len(lazy) == steps:
+                break
+    ctx = SimpleNamespace(run_cfg=SimpleNamespace(train=SimpleNamespace(batch_size=2)), rng=rng)
+    drawn = Context.draw_batches(ctx, TrainData(examples), steps)
+    assert [[e.prompt_ids for e in b] for b in drawn] == [[e.prompt_ids for e in b] for b in lazy]
+    assert rng.random() == lazy_rng.random()  # the rng is left where it was: later draws are unchanged
+
+
+def test_snapshots_in_bf16_under_scratch_dir_and_teacher_lr(micro_world, tmp_path):
+    ctx, method, trainer = build(micro_world, "tms", ["tms.checkpoints=2", "tms.teacher_steps=2", "train.lr=1e-4",
+                                                      "tms.teacher_lr=5e-3", f"tms.scratch_dir={tmp_path / 'snaps'}"])
+    dtypes, save = [], ctx.save_checkpoint
+
+    def spy_save(name, *args):
+        path = save(name, *args)
+        with safe_open(str(path / "model.safetensors"), "pt") as f:
+            dtypes.append({f.get_tensor(k).dtype for k in f.keys()})
+        assert path.parent.parent == tmp_path / "snaps"
+        return path
+    ctx.save_checkpoint = spy_save
+    method.data(ctx, 0)
+    assert dtypes == [{torch.bfloat16}] * 2
+    # the teacher trains at its own peak (2 steps: warm-up step 1 reaches it, the decay starts from it at step 2);
+    # the student is reset to the run's
+    assert [st["teacher/lr"] for _, st in ctx.logged if "teacher/lr" in st] == [5e-3, 5e-3]
+    assert trainer.sched.base_lrs == [1e-4]
+    ctx.close()
+    assert list((tmp_path / "snaps").iterdir()) == []
