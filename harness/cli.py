@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import textwrap
 
+from harness.cliargs import (Setting, add_settings, as_bool, as_int, as_int_list, as_methods, as_str, spellings,
+                             take_settings)
 from harness.errors import HarnessError, TrainingDiverged
 
 EPILOG = """\
@@ -16,9 +17,30 @@ examples:
   harness run --method sft train.lr=3e-4 world.teacher_style=mild
   harness run --method sft --preset my.yaml sft.kl_beta=0.05
   harness sweep --methods all                    Optuna sweep over learning rates, every method
+  harness sweep --world micro trials=2           flags and key=value are two spellings of one setting
   harness report                                 Pareto plots and tables rebuilt from MLflow
-  harness ui                                     browse runs at http://127.0.0.1:5000
+  harness ui                                     the newest sweep's runs in MLflow (http://127.0.0.1:5000)
 """
+
+
+def _single_seed(v) -> int:
+    """`harness run` trains one seed."""
+    seeds = as_int_list(v)
+    if len(seeds) != 1:
+        raise ValueError("takes one seed here (`harness sweep seeds=0,1,2` runs several)")
+    return seeds[0]
+
+
+RUN_SETTINGS = [Setting("world", ("world",), as_str), Setting("method", ("method",), as_str),
+                Setting("preset", ("preset",), as_str), Setting("experiment", ("experiment",), as_str),
+                Setting("seed", ("seed", "seeds"), _single_seed), Setting("quiet", ("quiet",), as_bool)]
+SWEEP_SETTINGS = [Setting("world", ("world",), as_str), Setting("methods", ("methods", "method"), as_methods),
+                  Setting("name", ("name", "experiment"), as_str), Setting("trials", ("trials",), as_int),
+                  Setting("seeds", ("seeds", "seed"), as_int_list), Setting("storage", ("storage",), as_str),
+                  Setting("workers", ("workers",), as_int), Setting("spec", ("spec",), as_str),
+                  Setting("preset", ("preset",), as_str), Setting("quiet", ("quiet",), as_bool)]
+UI_SETTINGS = [Setting("experiment", ("experiment", "name"), as_str), Setting("port", ("port",), as_int),
+               Setting("no_browser", ("no_browser",), as_bool)]
 
 
 def _fmt(desc: str, epilog: str = "") -> dict:
@@ -45,11 +67,28 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_overrides(args: argparse.Namespace) -> dict:
+    """The run's key=value settings as a nested dict, with --experiment and --seed folded in."""
+    from harness.config import deep_merge, parse_overrides
+    rest = take_settings(args, RUN_SETTINGS, args.overrides)
+    over = parse_overrides(rest)
+    for dest, (section, key) in {"experiment": ("tracking", "experiment"), "seed": ("train", "seed")}.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        already = over.get(section, {}).get(key) if isinstance(over.get(section), dict) else None
+        if already is not None and already != value:
+            raise HarnessError(f"`{section}.{key}={already}` and `{dest}={value}` disagree; give the setting once")
+        over = deep_merge(over, {section: {key: value}})
+    return over
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Resolve the config and train one run."""
     from harness.config import config_help, resolve_config
     from methods.base import get_method
 
+    over = _run_overrides(args)
     if args.help_config:
         from harness.config import RunConfig
         rows = config_help(RunConfig)
@@ -58,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for key, default, doc in rows:
             print(f"  {key:32s} {default:14s} {doc}")
         return 0
-    cfg, mcfg = resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=args.overrides)
+    cfg, mcfg = resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)
     from harness.run import run
     final = run(cfg, mcfg, progress=not args.quiet)
     keys = ["target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
@@ -68,28 +107,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_inputs(args: argparse.Namespace) -> tuple[str | None, list[str], dict]:
+    """(spec file, spec key=value tokens, explicit spec fields) from a sweep's flags and key=value settings."""
+    from harness.config import RunConfig, deep_merge, load_yaml_mapping, parse_overrides
+    from methods.base import method_names
+
+    rest = take_settings(args, SWEEP_SETTINGS, args.overrides)
+    # A run setting (train.max_steps=20, world.target=rev, sft.kl_beta=0.05) means what it means for
+    # `harness run`: it applies to every trial, i.e. it goes into the spec's `overrides`.
+    run_sections = set(RunConfig.model_fields) | set(method_names())
+    spec_tokens, run_tokens = [], []
+    for tok in rest:
+        key = tok.partition("=")[0]
+        head = key.split(".", 1)[0]
+        (run_tokens if "." in key and head in run_sections else spec_tokens).append(tok)
+    fields = {k: getattr(args, k) for k in ("world", "name", "methods", "trials", "seeds", "storage")}
+    run_over = load_yaml_mapping(args.preset, "preset file") if args.preset else {}
+    run_over = deep_merge(run_over, parse_overrides(run_tokens))
+    if run_over:
+        fields["overrides"] = run_over  # merged over the spec's own `overrides` by load_spec
+    return args.spec, spec_tokens, fields
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run or resume a sweep."""
     from sweeps.driver import run_sweep
     from sweeps.spec import load_spec
 
-    methods = None
-    if args.methods is not None:
-        methods = "all" if args.methods == "all" else [m for m in args.methods.split(",") if m]
-    seeds = None
-    if args.seeds is not None:
-        try:
-            seeds = [int(x) for x in args.seeds.split(",") if x]
-        except ValueError:
-            raise HarnessError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
-    spec = load_spec(args.spec, args.overrides, methods=methods, trials=args.trials, storage=args.storage,
-                     seeds=seeds)
+    spec_path, tokens, fields = _sweep_inputs(args)
+    spec = load_spec(spec_path, tokens, **fields)
     try:
-        fronts = run_sweep(spec, workers=args.workers, progress=not args.quiet)
+        fronts = run_sweep(spec, workers=args.workers or 1, progress=not args.quiet, spec_path=spec_path)
     except RuntimeError as e:
         print(f"harness: {e}", file=sys.stderr)
         return 1
-    print(f"sweep {spec.name!r} finished; Pareto sets are on each method's parent run. Next: harness ui")
+    print(f"sweep {spec.name!r} finished; Pareto sets are on each method's parent run. Next: harness report, "
+          "then harness ui")
     for m, front in fronts.items():
         pts = ", ".join(f"lr={f['params'].get('train.lr', float('nan')):.1e}: gain {f['target_gain']:+.1f} "
                         f"drop {f['nontarget_drop']:+.1f}" for f in front)
@@ -98,13 +151,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """Start the MLflow UI on 127.0.0.1 against the harness's tracking store."""
-    from harness.store import tracking_uri
-    uri = tracking_uri()
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}")
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(args.port)])
-    return 0
+    """Serve the MLflow UI on 127.0.0.1 and print (or open) the newest sweep's runs table."""
+    from harness.ui import serve
+    take_settings(args, UI_SETTINGS, args.overrides, strict=True)
+    return serve(args.experiment, port=args.port or 5000, open_browser=not args.no_browser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,12 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
           harness run --world micro --method sft train.max_steps=20
           harness run --method sft world.target=rev world.teacher_style=mild train.lr=3e-4
           harness run --method sft --help-config       every setting, its default and meaning""")))
-    s.add_argument("--method", default=None, help="method registry key (default: sft; see `harness list`)")
-    s.add_argument("--world", default=None, help="world preset: toy (default) or micro")
-    s.add_argument("--preset", default=None, help="YAML file of settings (sections world/train/eval/tracking/<method>)")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_settings(s, RUN_SETTINGS, {
+        "world": "world preset: toy (default) or micro", "method": "method registry key (default: sft; see `harness "
+        "list`)", "preset": "YAML file of settings (sections world/train/eval/tracking/<method>)",
+        "experiment": "MLflow experiment (= tracking.experiment; default: harness)",
+        "seed": "fine-tuning seed (= train.seed)", "quiet": "no progress bars"}, {"preset": "FILE"})
     s.add_argument("--help-config", action="store_true", help="list every setting with its default and exit")
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. train.lr=1e-4 sft.kl_beta=0.05")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help=(
+        f"settings, e.g. train.lr=1e-4 sft.kl_beta=0.05; also {spellings(RUN_SETTINGS)} (same as the flags)"))
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("sweep", help="Optuna sweep over learning rates for many methods", **_fmt(
@@ -144,32 +196,62 @@ def build_parser() -> argparse.ArgumentParser:
         examples:
           harness sweep --methods all                      the main job on the toy world
           harness sweep --methods sft,grpo --trials 6 --workers 2
-          harness sweep world=micro trials=2 name=smoke
+          harness sweep --world micro --trials 2 --name smoke   (= world=micro trials=2 name=smoke)
+          harness sweep world=micro train.max_steps=20     run settings apply to every trial
           harness sweep --storage postgresql://u:pw@db/optuna --workers 4   (many machines: same command)""")))
-    s.add_argument("--methods", default=None, help="all, or a comma-separated list (default: the spec's)")
-    s.add_argument("--spec", default=None, help="sweep spec YAML (default: sweeps/default.yaml)")
-    s.add_argument("--trials", type=int, default=None, help="trials per method")
-    s.add_argument("--workers", type=int, default=1, help="worker processes on this machine (torch threads split)")
-    s.add_argument("--storage", default=None, help="Optuna storage URL (default: journal file optuna-<name>.log)")
-    s.add_argument("--seeds", default=None, help="comma-separated fine-tuning seeds run by every trial")
-    s.add_argument("--quiet", action="store_true", help="no per-run progress bars")
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="spec fields, e.g. world=micro trials=2")
+    add_settings(s, SWEEP_SETTINGS, {
+        "world": "world preset (default: the spec's, toy)",
+        "methods": "all, or a comma-separated list of methods and variants (default: the spec's)",
+        "name": "sweep name = MLflow experiment = Optuna study prefix (default: the spec's)",
+        "trials": "trials per method", "seeds": "comma-separated fine-tuning seeds run by every trial",
+        "storage": "Optuna storage URL (default: journal file optuna-<name>.log)",
+        "workers": "worker processes on this machine (torch threads split; default 1)",
+        "spec": "sweep spec YAML (default: sweeps/default.yaml)",
+        "preset": "YAML file of run settings for every trial (as `harness run --preset`)",
+        "quiet": "no live display: one line per finished run and a summary line now and then"},
+        {"spec": "FILE", "preset": "FILE", "methods": "LIST", "seeds": "LIST", "storage": "URL"})
+    s.add_argument("overrides", nargs="*", metavar="key=value", help=(
+        "spec fields (world=micro trials=2 objective=..., see sweeps/default.yaml) or run settings for every "
+        f"trial (train.max_steps=20); also {spellings(SWEEP_SETTINGS)} (same as the flags)"))
     s.set_defaults(fn=cmd_sweep)
 
     from reports.cli import add_report_parser
     add_report_parser(sub)
 
     s = sub.add_parser("ui", help="browse runs in the MLflow UI (127.0.0.1)", **_fmt(
-        "Start the MLflow UI bound to 127.0.0.1 on the harness's store (MLFLOW_TRACKING_URI or ./mlflow.db)."))
-    s.add_argument("--port", type=int, default=5000)
+        "Serve the MLflow UI on 127.0.0.1 for the harness's store (MLFLOW_TRACKING_URI or ./mlflow.db) and print "
+        "the URL of the newest sweep's runs table (parent run per method, trials nested); opens it where a "
+        "browser is available. Reads the store only: it never creates one.",
+        textwrap.dedent("""\
+        examples:
+          harness ui
+          harness ui --experiment default --port 5001 --no-browser""")))
+    add_settings(s, UI_SETTINGS, {"experiment": "sweep (MLflow experiment) to show (default: the newest sweep)",
+                                  "port": "port on 127.0.0.1 (default 5000)",
+                                  "no_browser": "only print the URL"})
+    s.add_argument("overrides", nargs="*", metavar="key=value", help=f"{spellings(UI_SETTINGS)} (same as the flags)")
     s.set_defaults(fn=cmd_ui)
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; key=value settings may sit before, between or after the flags."""
+    args, extra = build_parser().parse_known_args(argv)  # argparse leaves key=value after a flag over
+    unknown_flags = [x for x in extra if x.startswith("-")]
+    if unknown_flags:
+        raise HarnessError(f"`harness {args.command}` has no option {unknown_flags[0]}; see "
+                           f"`harness {args.command} --help`")
+    if extra:
+        if not hasattr(args, "overrides"):
+            raise HarnessError(f"`harness {args.command}` takes no {extra[0]!r}")
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `harness` command."""
-    args = build_parser().parse_args(argv)
     try:
+        args = parse_args(argv)
         return args.fn(args)
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from harness.cost import Cost
 from harness.data import Example, TrainData
 from harness.modeling import DTYPES, load_model
 from harness.sampler import HFSampler
@@ -29,8 +30,8 @@ class Context:
         sampler.cost = trainer.cost  # one counter per run, so no pass can go uncounted
 
     @property
-    def cost(self):
-        """The run's FLOP counter (harness.cost.Cost): methods report their extra forward passes into it."""
+    def cost(self) -> Cost:
+        """The run's FLOP counter: methods report their extra forward passes (reference, π_old, ...) into it."""
         return self.trainer.cost
 
     @property

@@ -23,7 +23,7 @@ from harness.config import TrainConfig
 from harness.cost import Cost
 from harness.data import Example, TrainData, collate
 from harness.errors import TrainingDiverged
-from harness.logprobs import token_logprobs
+from harness.logprobs import phi as phi_of, token_logprobs
 from methods.base import LossOutput, Method
 
 PHI_THRESHOLDS = (1, 3, 5)
@@ -45,15 +45,18 @@ def lr_lambda(cfg: TrainConfig, horizon: int | None = None) -> Callable[[int], f
     return f
 
 
+def precision_context(device: str, precision: str):
+    """The autocast of the run's precision: every pass of a run (policy, π_old, reference) uses the same one."""
+    return torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
 def forward(model: torch.nn.Module, batch, precision: str = "fp32", entropy_grad: bool = False) -> None:
     """Attach the policy's target log-probs (with gradients) and entropies to `batch`, on response positions.
 
     Entropies carry gradients only with `entropy_grad` (a method whose loss uses them); otherwise they are
     computed without a graph, because the engine logs DDT's φ = log p + H at every step anyway.
     """
-    device = batch.input_ids.device.type
-    autocast = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    with autocast:
+    with precision_context(batch.input_ids.device.type, precision):
         batch.logp, batch.entropy = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.targets,
                                                    batch.response_mask, "grad" if entropy_grad else "detached")
 
@@ -122,7 +125,7 @@ class Trainer:
             for k, v in out.stats.items():
                 stats[k] = stats.get(k, 0.0) + float(v) * len(chunk) / len(examples)
             mask = batch.loss_mask > 0
-            phis.append((batch.logp.detach() + batch.entropy.detach())[mask])
+            phis.append(phi_of(batch.logp, batch.entropy)[mask])
             self.cost.add(kind, int(batch.attention_mask.sum()))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
         if not math.isfinite(grad_norm):

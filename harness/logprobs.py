@@ -137,9 +137,9 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
         lps.append(lp_c)
         ents.append(ent_c)
     shape = targets.shape
-    if not lps:
-        zero = states.new_zeros(shape, dtype=torch.float32)
-        return zero, (None if entropy == "none" else zero.clone())
+    if not lps:  # no response token: zeros still tied to the graph, so a loss built on them can backpropagate
+        zero = states.new_zeros(shape, dtype=torch.float32) + 0.0 * states.sum()
+        return zero, (None if entropy == "none" else zero.detach().clone())
     lp = _scatter(torch.cat(lps), flat, shape)
     return lp, (None if entropy == "none" else _scatter(torch.cat(ents), flat, shape))
 
@@ -175,3 +175,8 @@ def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 def _params(module) -> list[torch.nn.Parameter]:
     return list(module.parameters()) if isinstance(module, torch.nn.Module) else []
+
+
+def phi(logp: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+    """DDT's per-token in-distribution score φ = log p(y_t) + H_t (detached): ≈ 0 on-policy, very negative off it."""
+    return (logp + entropy).detach()

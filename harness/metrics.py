@@ -15,7 +15,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from harness.data import Example, collate
 from harness.logprobs import token_kl, token_logprobs

@@ -16,8 +16,16 @@ from typing import Any, Iterator, Mapping
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
+
+NOTE_TAG = MLFLOW_RUN_NOTE  # the UI shows this tag, on an experiment or a run, as its Markdown description
+# The experiment-type selector of MLflow's UI writes this tag; "custom_model_development" is its
+# "Machine learning" type (runs table, not the GenAI traces overview).
+KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 HOST = socket.gethostname()
 _initialized: set[str] = set()  # URIs whose store this process has already created/migrated
@@ -54,6 +62,57 @@ def _dir_lock(directory: Path | None) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def _where(uri: str) -> str:
+    """Where the harness looked for its store, and why there, for a one-line message."""
+    db = _sqlite_path(uri)
+    place = str(db) if db is not None else redact(uri)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return f"{place} (from MLFLOW_TRACKING_URI)"
+    return f"{place} (MLFLOW_TRACKING_URI is unset, so ./mlflow.db of the working directory)"
+
+
+def redact(uri: str) -> str:
+    """`uri` with any password replaced by ***, for messages and descriptions."""
+    return re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", uri)
+
+
+def open_store(uri: str | None = None) -> MlflowClient:
+    """A client for a store that already exists; never creates or migrates one (for read-only commands)."""
+    uri = uri or tracking_uri()
+    hint = "run `harness sweep` or `harness run` there first, or point MLFLOW_TRACKING_URI at the store"
+    if uri.startswith(("http://", "https://", "databricks")):
+        return MlflowClient(uri)  # a server owns its store: reading through it creates nothing here
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise HarnessError(f"no MLflow store at {_where(uri)}; {hint}")
+    if "://" not in uri or uri.startswith("file:"):
+        root = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+        if not root.is_dir():
+            raise HarnessError(f"no MLflow store at {_where(uri)}; {hint}")
+        return MlflowClient(uri)
+    import sqlalchemy
+    from mlflow.store.db import utils as db_utils
+
+    # MlflowClient would create the tables of an empty database and stamp it; look first, read-only.
+    engine = None
+    try:
+        engine = sqlalchemy.create_engine(uri)
+        complete = db_utils._all_tables_exist(engine)
+        current = db_utils._get_schema_version(engine) if complete else None
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:  # unreachable server, missing driver
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise HarnessError(f"cannot read the MLflow store at {_where(uri)}: {type(e).__name__}: {first}") from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+    if not complete:
+        raise HarnessError(f"{_where(uri)} holds no MLflow store; {hint}")
+    if current != db_utils._get_latest_schema_revision():
+        raise HarnessError(f"the MLflow store at {_where(uri)} was written by another MLflow version (schema "
+                           f"{current}); back it up, then run `mlflow db upgrade {redact(uri)}`")
+    return MlflowClient(uri)
+
+
 def init_store(uri: str | None = None) -> MlflowClient:
     """Create/migrate the tracking DB once, serialised across processes; returns a client for it."""
     uri = uri or tracking_uri()
@@ -79,7 +138,8 @@ def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
             # instead. Names may share a slug: harmless, every run has its own run_id subdirectory.
             artifact_location = str(db.parent / "mlruns" / re.sub(r"[^A-Za-z0-9._-]+", "_", name))
         try:
-            return client.create_experiment(name, artifact_location=artifact_location)
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={KIND_TAG: KIND_TRAINING})
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

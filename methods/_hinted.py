@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from harness.data import Example, collate
 from harness.engine import forward
 from harness.errors import HarnessError
+from harness.logprobs import phi
 from methods.common import correct_examples, masked_mean, sample_and_verify
 
 
@@ -131,7 +132,7 @@ def mean_phi(model: torch.nn.Module, examples: list[Example], pad_id: int, batch
         batch = collate(examples[s:s + batch_size], pad_id, next(model.parameters()).device)
         forward(model, batch)
         m = batch.loss_mask.sum().item()
-        tot += float(masked_mean(batch.logp + batch.entropy, batch.loss_mask)) * m
+        tot += float(masked_mean(phi(batch.logp, batch.entropy), batch.loss_mask)) * m
         n += m
     model.train(was_training)
     return tot / max(n, 1.0)
@@ -179,7 +180,7 @@ def hinted_examples(ctx, cfg) -> list[Example]:
         ctx.sampler.gen_seconds += time.perf_counter() - start
     expert = [ctx.example(it.prompt, it.label, task=it.task, source="expert") for it in items]
     pad = tok.pad_token_id
-    phis = {f"hd/phi_{k}": mean_phi(model, v, pad) for k, v in
+    phis = {f"hd/phi_{k}": mean_phi(model, v, pad, ctx.score_batch_size) for k, v in
             [("own", own), ("hinted", hd), ("data", own + hd), ("expert", expert)] if v}
     ctx.log({"hd/own_correct": float(len(own)), "hd/tried": float(len(failed)), "hd/accepted": float(len(hd)),
              "hd/coverage": (len(own) + len(hd)) / max(1, len(items)), "hd/gen_tokens": float(fed), **phis})

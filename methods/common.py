@@ -41,21 +41,27 @@ def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-
 
 
 @torch.no_grad()
-def reference_logp(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Per-token log-probs [B, T-1] of the batch's targets under another model (no gradient; 0 outside the response)."""
+def reference_logp(model: torch.nn.Module, batch: Batch, precision: str = "fp32") -> torch.Tensor:
+    """Per-token log-probs [B, T-1] of the batch's targets under another model (no gradient; 0 outside the response).
+
+    `precision` is the run's (train.precision), so π_old and reference ratios compare like with like.
+    """
+    from harness.engine import precision_context
     # Chunked over positions and without entropies: the reference pass never holds a [B, T-1, V] tensor.
-    return token_logprobs(model, batch.input_ids, batch.attention_mask, batch.targets, batch.response_mask)[0]
+    with precision_context(batch.input_ids.device.type, precision):
+        return token_logprobs(model, batch.input_ids, batch.attention_mask, batch.targets, batch.response_mask)[0]
 
 
 @torch.no_grad()
-def example_logp(model: torch.nn.Module, examples: list[Example], pad_id: int, batch_size: int = 256) -> list[list[float]]:
+def example_logp(model: torch.nn.Module, examples: list[Example], pad_id: int, batch_size: int = 256,
+                 precision: str = "fp32") -> list[list[float]]:
     """Per-response-token log-probs of each example under `model` (e.g. π_old for clipped ratios)."""
     from harness.data import collate
     out: list[list[float]] = []
     for s in range(0, len(examples), batch_size):
         chunk = examples[s:s + batch_size]
         batch = collate(chunk, pad_id, next(model.parameters()).device)
-        lp = reference_logp(model, batch)
+        lp = reference_logp(model, batch, precision)
         for i, e in enumerate(chunk):
             P, R = len(e.prompt_ids), len(e.response_ids)
             out.append(lp[i, P - 1:P - 1 + R].tolist())

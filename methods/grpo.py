@@ -83,13 +83,13 @@ class GRPO(Method):
         examples = [Example(comp.prompt_ids, comp.response_ids, task=s.item.task, source="self",
                             fields={"adv": float(a)})
                     for s, row in zip(sampled, adv) for comp, a in zip(s.completions, row)]
-        pad = ctx.tokenizer.pad_token_id
+        pad, bs, prec = ctx.tokenizer.pad_token_id, ctx.score_batch_size, ctx.run_cfg.train.precision
         if c.num_iterations > 1:
-            for e, lp in zip(examples, example_logp(ctx.policy, examples, pad)):
+            for e, lp in zip(examples, example_logp(ctx.policy, examples, pad, bs, prec)):
                 e.token_fields["old_logp"] = lp
             ctx.cost.forward("old", examples)
         if c.beta > 0:
-            for e, lp in zip(examples, example_logp(ctx.base, examples, pad)):
+            for e, lp in zip(examples, example_logp(ctx.base, examples, pad, bs, prec)):
                 e.token_fields["ref_logp"] = lp
             ctx.cost.forward("ref", examples)
         comps = [comp for s in sampled for comp in s.completions]

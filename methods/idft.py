@@ -38,6 +38,7 @@ import torch
 from pydantic import Field, model_validator
 
 from harness.data import TrainData
+from harness.logprobs import phi as phi_of
 from methods._hinted import hinted_examples
 from methods._sft_family import ExpertLabelConfig, expert_examples, expert_items
 from methods.base import LossOutput, Method, SweepParam, register
@@ -95,7 +96,7 @@ def idft_token_loss(logp: torch.Tensor, entropy: torch.Tensor, lam: float, beta:
     logp, entropy: [B, T-1] from the engine's forward pass (with gradients; φ and γ are detached here).
     """
     mask = torch.ones_like(logp) if mask is None else mask
-    phi = (logp + entropy).detach()                                           # [B, T-1] centred log-likelihood
+    phi = phi_of(logp, entropy)                                               # [B, T-1] centred log-likelihood
     gamma_raw = torch.exp(-phi / beta).clamp(gmin, gmax)                      # [B, T-1]
     gamma = 1.0 + lam * (gamma_raw - 1.0)                                     # [B, T-1]
     p = logp.exp().clamp(1e-10, 1.0)                                          # [B, T-1] (grad flows inside the clamp)

@@ -49,7 +49,7 @@ class SFT(Method):
     def loss(self, ctx, batch) -> LossOutput:
         out = nll_loss(batch.logp, batch.loss_mask)                         # token_loss [B, T-1]
         if self.cfg.kl_beta > 0:
-            pen = k2(batch.logp, reference_logp(ctx.base, batch))           # [B, T-1]
+            pen = k2(batch.logp, reference_logp(ctx.base, batch, ctx.run_cfg.train.precision))  # [B, T-1]
             ctx.cost.forward("ref", batch.examples)
             out.stats["kl_k2"] = float(masked_mean(pen.detach(), batch.loss_mask))
             out.token_loss = out.token_loss + self.cfg.kl_beta * pen

@@ -129,9 +129,9 @@ class TMS(Method):
         at = checkpoint_steps(steps, c.checkpoints)
         teacher = ctx.draw_batches(TrainData(self._expert), steps)
         per_epoch = math.ceil(len(items) / ctx.run_cfg.train.batch_size)
-        self._plans = [draw_plan(len(items), c.alpha, checkpoint_weights(len(at), c.schedule,
-                                                                        min(1.0, e * per_epoch / ctx.max_steps)), ctx.rng)
-                       for e in range(math.ceil(ctx.max_steps / per_epoch))]
+        progress = [min(1.0, e * per_epoch / ctx.max_steps) for e in range(math.ceil(ctx.max_steps / per_epoch))]
+        self._plans = [draw_plan(len(items), c.alpha, checkpoint_weights(len(at), c.schedule, p), ctx.rng)
+                       for p in progress]
         self._epoch, self._answers, accs = 0, [], []
         folder = ctx.scratch_dir(c.scratch_dir)
 

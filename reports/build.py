@@ -65,7 +65,8 @@ FIGURES = [
         "(chosen on validation), open circles at the learning rate where that task dropped most.")),
     Figure("fig6_compute_front", "Gain and drop against compute", T.compute_front, lambda fr, s: (
         "Target gain (left) and non-target drop (right) at every checkpoint against cumulative training and "
-        "generation compute (6N FLOPs per trained token, 2N per generated token); bold: each method's "
+        "generation compute (6N FLOPs per trained token, 2N per token of every forward-only pass: prompt prefill, "
+        "generated tokens, reference and π_old log-probs, Hinted Decoding's second stream); bold: each method's "
         "best-trade-off learning rate, faint: the others.")),
     Figure("fig7_matched_gain", "Drop at matched gain", T.matched_gain, lambda fr, s: (
         "For each gain level g, each method's eval drop at g by the claims' procedure (each run's first crossing "

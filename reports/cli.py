@@ -3,15 +3,26 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+import time
 from pathlib import Path
+
+from harness.cliargs import Setting, add_settings, as_bool, as_str, spellings, take_settings
+
+REPORT_SETTINGS = [Setting("experiment", ("experiment", "name"), as_str), Setting("out", ("out",), as_str),
+                   Setting("no_log", ("no_log",), as_bool)]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Build the report of one experiment from MLflow and print where it went."""
-    from reports.build import timed_build
+    from harness.store import open_store
+    from reports.build import build_report
 
-    files, seconds = timed_build(args.experiment, Path(args.out) if args.out else None,
-                                 log_artifacts=not args.no_log)
+    take_settings(args, REPORT_SETTINGS, getattr(args, "overrides", []), strict=True)
+    client = open_store()  # a report reads the store: it must never create (or migrate) one
+    t0 = time.perf_counter()
+    files = build_report(args.experiment, Path(args.out) if args.out else None, log_artifacts=not args.no_log,
+                         client=client)
+    seconds = time.perf_counter() - t0
     page = files["report.html"]
     out = page.parent
     print(f"report: {len(files)} files in {out.resolve()} ({seconds:.1f} s)")
@@ -46,12 +57,14 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
         epilog=textwrap.dedent("""\
         examples:
           harness report                                 newest experiment with runs -> reports/out/<experiment>/
-          harness report --experiment default --out /tmp/report
+          harness report --experiment default --out /tmp/report   (= experiment=default out=/tmp/report)
           MLFLOW_TRACKING_URI=sqlite:////data/mlflow.db harness report --no-log"""),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--experiment", default=None,
-                   help="MLflow experiment (= sweep name); default: the most recently updated one with runs")
-    s.add_argument("--out", default=None, help="output directory (default: reports/out/<experiment>/)")
-    s.add_argument("--no-log", action="store_true", help="do not log the files as artifacts of the parent runs")
+    add_settings(s, REPORT_SETTINGS, {
+        "experiment": "MLflow experiment (= sweep name); default: the most recently updated one with runs",
+        "out": "output directory (default: reports/out/<experiment>/)",
+        "no_log": "do not log the files as artifacts of the parent runs"}, {"out": "DIR"})
+    s.add_argument("overrides", nargs="*", metavar="key=value",
+                   help=f"{spellings(REPORT_SETTINGS)} (same as the flags)")
     s.set_defaults(fn=cmd_report)
     return s

@@ -61,6 +61,7 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
         out[name] = _col(df, col)
     out["arm"] = out["arm"].fillna(out["method"])  # runs outside a sweep: their method is their arm
     out["lr"] = pd.to_numeric(_col(df, "params.train.lr"), errors="coerce")
+    out["world_seed"] = pd.to_numeric(_col(df, "params.world.seed"), errors="coerce")
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce").astype("Int64")
     out["trial"] = pd.to_numeric(out["trial"], errors="coerce").astype("Int64")
     metrics = df[[c for c in df.columns if c.startswith("metrics.")]].rename(columns=lambda c: c[len("metrics."):])

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -21,11 +23,13 @@ from optuna.trial import TrialState
 from harness.config import deep_merge, resolve_config
 from harness.errors import HarnessError
 from methods.base import SweepParam
+from sweeps import progress as P
 from sweeps.spec import SweepSpec, arm_method, arm_overrides, arm_seeds
 from sweeps.study import (local_lock, make_sampler, open_storage, prepare_study, recover_stale, search_space,
                           storage_url)
 
 HEARTBEAT_S = 20.0
+log = logging.getLogger(__name__)
 
 
 def _nested(flat: dict[str, Any]) -> dict:
@@ -102,7 +106,9 @@ def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Tria
     for seed in arm_seeds(spec, arm):
         tags = {"kind": "run", "sweep": spec.name, "study": study.study_name, "params_key": pkey,
                 "seed": str(seed), "arm": arm}
+        P.run_started(arm, trial.number, seed, params)
         done = find_run(spec.name, tags)
+        reused = done is not None
         if done is not None:
             metrics = init_store().get_run(done).data.metrics
         else:
@@ -113,6 +119,7 @@ def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Tria
             metrics = run(cfg, mcfg, parent_run_id=parent_id, progress=progress,
                           extra_tags={**tags, "trial": str(trial.number)})
             done = find_run(spec.name, tags)
+        P.run_finished(arm, trial.number, seed, metrics, reused=reused)
         run_ids.append(done)
         gains.append(metrics["target_gain"])
         drops.append(metrics["nontarget_drop"])
@@ -128,7 +135,7 @@ def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Tria
 
 
 def work(spec: SweepSpec, arms: list[str], parents: dict[str, str], threads: int | None = None,
-         progress: bool = True, on_trial=None) -> None:
+         progress: bool = False) -> None:
     """A worker: pop WAITING trials of each arm's study until none is left, and run them."""
     import torch
     if threads:
@@ -152,14 +159,34 @@ def work(spec: SweepSpec, arms: list[str], parents: dict[str, str], threads: int
                 with _Heartbeat(study, trial._trial_id):
                     values = run_trial(spec, arm, study, trial, parents[arm], progress)
                 study.tell(trial, values)
-            except HarnessError:
+            except HarnessError as e:
                 study.tell(trial, state=TrialState.FAIL)
+                P.trial_failed(arm, trial.number, str(e))
                 raise
             except Exception as e:  # the run is FAILED in MLflow with its reason; the sweep goes on
-                trial.set_user_attr("failure_reason", f"{type(e).__name__}: {e}"[:500])
+                reason = f"{type(e).__name__}: {e}"[:500]
+                trial.set_user_attr("failure_reason", reason)
                 study.tell(trial, state=TrialState.FAIL)
-            if on_trial is not None:
-                on_trial()
+                P.trial_failed(arm, trial.number, reason)
+            log_progress(study, parents[arm])
+
+
+def log_progress(study: optuna.Study, parent_id: str) -> None:
+    """Log on the arm's parent run how many trials are done, so MLflow's UI shows the sweep's progress."""
+    from harness.store import init_store
+    trials = study.get_trials(deepcopy=False)
+    n = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING,
+                                                        TrialState.RUNNING)}
+    slots = n[TrialState.COMPLETE] + n[TrialState.WAITING] + n[TrialState.RUNNING]
+    client = init_store()
+    try:
+        step = n[TrialState.COMPLETE] + n[TrialState.FAIL]
+        client.log_metric(parent_id, "trials/complete", n[TrialState.COMPLETE], step=step)
+        client.log_metric(parent_id, "trials/fail", n[TrialState.FAIL], step=step)
+        client.set_tag(parent_id, "progress", f"{n[TrialState.COMPLETE]}/{slots} trials done"
+                       + (f", {n[TrialState.FAIL]} failed" if n[TrialState.FAIL] else ""))
+    except Exception as e:  # progress is a courtesy: a busy store must not fail the sweep
+        log.warning("could not log progress on parent run %s: %s", parent_id, e)
 
 
 def ensure_parent(spec: SweepSpec, arm: str, experiment_id: str) -> str:
@@ -183,6 +210,25 @@ def ensure_parent(spec: SweepSpec, arm: str, experiment_id: str) -> str:
     return rid
 
 
+def describe(spec: SweepSpec, arms: list[str], experiment_id: str, parents: dict[str, str],
+             spec_path: str | None, workers: int, fronts: dict[str, list[dict]] | None = None) -> None:
+    """Write the Markdown descriptions (MLflow's notes) of the sweep's experiment and of every parent run."""
+    from harness.store import KIND_TAG, KIND_TRAINING, NOTE_TAG, init_store
+    from sweeps.describe import experiment_note, parent_note, reproduce_command
+
+    client = init_store()
+    cfgs = {a: resolve_config(world=spec.world, method=arm_method(spec, a), overrides=arm_overrides(spec, a))[0]
+            for a in arms}
+    # An experiment made before the harness tagged its kind still opens on MLflow's model-training view.
+    client.set_experiment_tag(experiment_id, KIND_TAG, KIND_TRAINING)
+    client.set_experiment_tag(experiment_id, NOTE_TAG, experiment_note(
+        spec, arms, cfgs, experiment_id, parents, reproduce_command(spec, spec_path, workers), storage_url(spec)))
+    for a in arms:
+        note = parent_note(spec, a, cfgs[a], search_space(spec, a), experiment_id, parents[a],
+                           reproduce_command(spec, spec_path, workers, arm=a), (fronts or {}).get(a))
+        client.set_tag(parents[a], NOTE_TAG, note)
+
+
 def finish_parent(spec: SweepSpec, study: optuna.Study, parent_id: str) -> list[dict]:
     """Record the method's Pareto set (or best trial) on its parent run and end it FINISHED."""
     from harness.store import init_store
@@ -196,40 +242,24 @@ def finish_parent(spec: SweepSpec, study: optuna.Study, parent_id: str) -> list[
               "runs": t.user_attrs.get("mlflow_run_ids")} for t in best]
     client.log_dict(parent_id, front, "pareto.json")
     client.set_tag(parent_id, "pareto_trials", ",".join(str(f["trial"]) for f in front))
-    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
-              for s in (TrialState.COMPLETE, TrialState.FAIL)}
-    for k, v in counts.items():
-        client.log_metric(parent_id, f"trials/{k}", v)
+    log_progress(study, parent_id)
     client.set_terminated(parent_id, "FINISHED" if done else "FAILED")
     return front
 
 
-def status_lines(spec: SweepSpec, methods: list[str], storage, started: float, workers: int) -> list[str]:
-    """One line per method: trials done/running/failed/waiting and the current front; then time left."""
-    lines, durations, remaining = [], [], 0
-    for m in methods:
-        trials = optuna.load_study(study_name=f"{spec.name}-{m}", storage=storage).get_trials(deepcopy=False)
-        n = {s: sum(t.state == s for t in trials) for s in TrialState}
-        durations += [t.duration.total_seconds() for t in trials if t.state == TrialState.COMPLETE and t.duration]
-        remaining += n[TrialState.WAITING] + n[TrialState.RUNNING]
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        front = sorted((t.user_attrs.get("target_gain", 0.0), t.user_attrs.get("nontarget_drop", 0.0)) for t in done)
-        fr = " ".join(f"({g:+.0f},{d:+.1f})" for g, d in front[-4:])
-        lines.append(f"  {m:14s} done {n[TrialState.COMPLETE]:2d}  running {n[TrialState.RUNNING]}  "
-                     f"failed {n[TrialState.FAIL]}  waiting {n[TrialState.WAITING]:2d}  (gain,drop): {fr}")
-    elapsed = time.time() - started
-    eta = (sum(durations) / len(durations)) * remaining / max(1, workers) if durations else float("nan")
-    lines.append(f"  elapsed {elapsed / 60:.1f} min, about {eta / 60:.1f} min left")
-    return lines
-
-
-def _spawned_worker(spec_json: str, methods: list[str], parents: dict[str, str], threads: int) -> None:
+def _spawned_worker(spec_json: str, methods: list[str], parents: dict[str, str], threads: int, events) -> None:
+    P.set_sink(events.put)
     work(SweepSpec.model_validate_json(spec_json), methods, parents, threads=threads, progress=False)
 
 
-def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True) -> dict[str, list[dict]]:
-    """Run (or resume) a sweep to completion; returns each method's Pareto set. Raises if every trial failed."""
+def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_path: str | None = None,
+              live: bool | None = None, stream=None) -> dict[str, list[dict]]:
+    """Run (or resume) a sweep to completion; returns each method's Pareto set. Raises if every trial failed.
+
+    `progress`: a live display where `stream` (stdout) is a terminal (`live` forces it either way); else,
+    and always without `progress`, one line per finished run and a summary line now and then."""
     import multiprocessing as mp
+    import queue as queue_mod
 
     from harness.run import prepare_world
     from harness.store import ensure_experiment, mark_stale_runs
@@ -243,41 +273,54 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True) -> dict[
         worlds.setdefault(cfg.world.data_key(), cfg)
     exp_id = ensure_experiment(spec.name)
     mark_stale_runs(exp_id)
+    stream = stream or sys.stdout
+    live = progress and (stream.isatty() if live is None else live)
     for cfg in worlds.values():  # pretrain the base and score it once per world variant, before workers start
-        prepare_world(cfg, progress=progress)
+        if not live:
+            print(f"preparing world {cfg.world.name!r} (target {cfg.world.target}): the base model is pretrained "
+                  "on first use, then cached", file=stream, flush=True)
+        prepare_world(cfg, progress=live)
     with local_lock(spec):
         storage = open_storage(storage_url(spec))
         studies = {m: prepare_study(spec, m, storage) for m in methods}
     parents = {m: ensure_parent(spec, m, exp_id) for m in methods}
-    started = time.time()
+    describe(spec, methods, exp_id, parents, spec_path, workers)
 
-    shown = {"lines": None, "at": 0.0}
+    # The display reads the storage from its own thread: give it its own connection.
+    display = P.SweepProgress(spec, methods, open_storage(storage_url(spec)), workers, live=live, stream=stream)
+    with display:
+        if workers <= 1:
+            P.set_sink(display.handle)
+            try:
+                work(spec, methods, parents)
+            finally:
+                P.set_sink(None)
+        else:
+            threads = max(1, (os.cpu_count() or 2) // workers)
+            ctx = mp.get_context("spawn")
+            events = ctx.Queue()
+            procs = [ctx.Process(target=_spawned_worker,
+                                 args=(spec.model_dump_json(), methods[i % len(methods):] + methods[:i % len(methods)],
+                                       parents, threads, events)) for i in range(workers)]
+            for p in procs:
+                p.start()
 
-    def show(force: bool = False) -> None:
-        """Print the status table when a trial changed state (or once a minute)."""
-        lines = status_lines(spec, methods, storage, started, workers)
-        if force or lines[:-1] != shown["lines"] or time.time() - shown["at"] > 60:
-            print("\n".join([f"sweep {spec.name!r} ({workers} worker{'s' if workers > 1 else ''}):"] + lines),
-                  flush=True)
-            shown.update(lines=lines[:-1], at=time.time())
+            def drain(timeout: float) -> None:
+                try:
+                    display.handle(events.get(timeout=timeout))
+                    while True:
+                        display.handle(events.get_nowait())
+                except queue_mod.Empty:
+                    pass
 
-    if workers <= 1:
-        work(spec, methods, parents, progress=progress, on_trial=show)
-    else:
-        threads = max(1, (os.cpu_count() or 2) // workers)
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_spawned_worker,
-                             args=(spec.model_dump_json(), methods[i % len(methods):] + methods[:i % len(methods)],
-                                   parents, threads)) for i in range(workers)]
-        for p in procs:
-            p.start()
-        while any(p.is_alive() for p in procs):
-            time.sleep(5)
-            show()
-        for p in procs:
-            p.join()
-    show(force=True)
+            while any(p.is_alive() for p in procs):
+                drain(1.0)
+                display.tick()
+            for p in procs:
+                p.join()
+            drain(0.2)
     fronts = {m: finish_parent(spec, studies[m], parents[m]) for m in methods}
+    describe(spec, methods, exp_id, parents, spec_path, workers, fronts)
     if not any(fronts.values()):
         raise RuntimeError(f"every trial of sweep {spec.name!r} failed; see failure_reason in the MLflow runs")
     return fronts

@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,20 @@ def directions(spec: SweepSpec) -> list[str]:
             "drop_at_gain_target": ["minimize"]}[spec.objective]
 
 
+def metric_names(spec: SweepSpec) -> list[str]:
+    """Names of the objective values, stored on each study so Optuna's tools (optuna-dashboard) label them."""
+    return {"pareto": ["target_gain", "nontarget_drop"], "gain_at_drop_budget": ["target_gain_at_drop_budget"],
+            "drop_at_gain_target": ["nontarget_drop_at_gain_target"]}[spec.objective]
+
+
 def prepare_study(spec: SweepSpec, method: str, storage) -> optuna.Study:
     """Create or load the method's study and top up its WAITING slots to `spec.trials` (call under the lock)."""
     study = optuna.create_study(study_name=f"{spec.name}-{method}", storage=storage, directions=directions(spec),
                                 sampler=make_sampler(spec), load_if_exists=True)
+    if study.metric_names != metric_names(spec):
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and the way Optuna's tools read names
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names(spec))
     slots = int(study.user_attrs.get("slots", 0))
     if slots < spec.trials:
         space = search_space(spec, method)

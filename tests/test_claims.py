@@ -165,3 +165,23 @@ def test_arm_drop_counts_missing_seeds():
                         "nontarget_drop_lo": [1.0, np.nan], "nontarget_drop_hi": [3.0, np.nan]})
     e = arm_drop(per, "a")
     assert e.values == [2.0] and e.missing == 1 and e.seeds == 2 and not e.ok
+
+
+def test_crossworld_table_one_row_per_world(tmp_path):
+    from reports.crossworld import crossworld_table, write_crossworld
+    worlds = []
+    for name, drops in (("a", [30, 32, 34]), ("b", [1, 2, 0])):
+        fr = _world(drops, [0, 1, 0])
+        fr.experiment = name
+        for df in (fr.runs, fr.ckpts):
+            df["target"], df["world"], df["world_seed"] = "sort", "toy", 0
+        fr.runs["base/label_nll_seq"] = 150.0
+        fr.base = pd.DataFrame({"acc/sort": [31.5]})
+        worlds.append(fr)
+    table = crossworld_table(worlds)
+    assert table["experiment"].tolist() == ["a", "b"]
+    assert table["verdict: sft > grpo"].tolist() == ["reproduced", "not reproduced"]
+    assert table["g"].tolist() == [30.0, 30.0] and table["base accuracy on target (%)"].tolist() == [31.5, 31.5]
+    assert table.loc[0, "sft drop at g"].startswith("16.0 [")   # mean of 30, 32, 34 crossed halfway: 32 / 2
+    files = write_crossworld(worlds, tmp_path)
+    assert "reproduced" in files["crossworld.md"].read_text() and files["crossworld.csv"].exists()

@@ -185,7 +185,8 @@ def test_expert_label_filter_is_one_setting_of_sft_idft_and_tms(make, name):
     assert issubclass(get_method(name).Config, ExpertLabelConfig)
     assert get_method(name).Config.model_fields["filter_labels"].default is True
     for keep_all, n in ((False, 3), (True, 4)):
-        ctx, method, _ = make(name, [f"{name}.filter_labels={not keep_all}", "tms.checkpoints=1", "tms.teacher_steps=1"])
+        ctx, method, _ = make(name, [f"{name}.filter_labels={not keep_all}", "tms.checkpoints=1",
+                                     "tms.teacher_steps=1"])
         items = ctx.world.train_items = ctx.world.train_items[:4]
         verify = ctx.world.verify
         ctx.world.verify = lambda it, r: 0.0 if it is items[0] and r == it.label else verify(it, r)  # noqa: B023
