@@ -160,6 +160,13 @@ class ClaimSpec:
     not_more: tuple[tuple[str, str], ...] = ()          # (A, B): A's drop at g not significantly above B's
     gain_noninferior: tuple[tuple[str, str], ...] = ()  # (A, B): B's gain not COMPARABLE_GAIN below A's
     predictor: str | None = None                         # final-checkpoint column predicting the drop (r > 0)
+    subject: str | None = None                           # the method a sweep variant of gets its own row
+
+    def for_variant(self, variant: str) -> "ClaimSpec":
+        """The same claim with the subject's variant arm (e.g. tms@teacher-lr-3e-4) in its place."""
+        swap = lambda pairs: tuple(tuple(variant if a == self.subject else a for a in p) for p in pairs)  # noqa: E731
+        return ClaimSpec(self.source, f"{self.statement} [variant {variant}]", swap(self.more), swap(self.not_more),
+                         swap(self.gain_noninferior), None, None)
 
     @property
     def arms(self) -> list[str]:
@@ -170,16 +177,18 @@ class ClaimSpec:
 RBD, TMS = "Retaining by Doing (arXiv 2510.18874)", "TMS (arXiv 2602.03073)"
 CLAIMS = (
     ClaimSpec(RBD, "RL (GRPO) reaches comparable or higher target gain with far less non-target drop than SFT on "
-              "off-policy labels", more=(("sft", "grpo"),), gain_noninferior=(("sft", "grpo"),)),
-    ClaimSpec(RBD, "per-epoch on-policy SFT substantially reduces forgetting (vs SFT)", more=(("sft", "onpolicy_sft"),)),
+              "off-policy labels", more=(("sft", "grpo"),), gain_noninferior=(("sft", "grpo"),), subject="grpo"),
+    ClaimSpec(RBD, "per-epoch on-policy SFT substantially reduces forgetting (vs SFT)", more=(("sft", "onpolicy_sft"),),
+              subject="onpolicy_sft"),
     ClaimSpec(RBD, "data sampled only from the initial policy (Self-SFT) is not enough: it forgets more than "
-              "per-epoch on-policy SFT", more=(("self_sft", "onpolicy_sft"),)),
+              "per-epoch on-policy SFT", more=(("self_sft", "onpolicy_sft"),), subject="self_sft"),
     ClaimSpec(TMS, "TMS forgets less than SFT and iterative SFT and lies between SFT and GRPO",
-              more=(("sft", "tms"), ("iterative_sft", "tms")), not_more=(("grpo", "tms"),)),
+              more=(("sft", "tms"), ("iterative_sft", "tms")), not_more=(("grpo", "tms"),), subject="tms"),
     ClaimSpec(TMS, "the rise of PLD from its running minimum tracks forgetting", predictor="pld_rise"),
     ClaimSpec("TRAPO (arXiv 2512.17636)", "TRAPO keeps general ability better than SFT at similar or better target "
-              "gain", more=(("sft", "trapo"),), gain_noninferior=(("sft", "trapo"),)),
-    ClaimSpec("Towards On-Policy SFT (IDFT, arXiv 2602.12222)", "IDFT forgets less than SFT", more=(("sft", "idft"),)),
+              "gain", more=(("sft", "trapo"),), gain_noninferior=(("sft", "trapo"),), subject="trapo"),
+    ClaimSpec("Towards On-Policy SFT (IDFT, arXiv 2602.12222)", "IDFT forgets less than SFT", more=(("sft", "idft"),),
+              subject="idft"),
     ClaimSpec("RL's Razor (arXiv 2509.04259)", "KL to the base on the target task predicts forgetting (R² 0.71 "
               "reported; RbD r ≈ 0.52)", predictor="kl_to_base"),
 )
@@ -249,17 +258,27 @@ def evaluate_claim(spec: ClaimSpec, g: float, drop: dict[str, Estimate], gain: d
 
 
 def claims(fr: Frames) -> tuple[float, list[Claim]]:
-    """(g, one Claim per entry of CLAIMS) from the sweep's method arms."""
+    """(g, one Claim per entry of CLAIMS, then one per sweep variant of a claim's subject) from the sweep's arms.
+
+    g and the predictor fits use the method arms only; a variant arm (e.g. TMS at another teacher learning
+    rate) is tested in its method's place, so a verdict's sensitivity to that setting is shown beside it.
+    """
     ck = fr.ckpts
     g = matched_level(ck)
     if np.isfinite(g) and g <= 0:  # some anchor seed never gained: no positive gain that all of them reach
         g = float("nan")
-    per_seed = drop_at_gain(ck, g)
-    have = sorted(set(ck["arm"]))
+    every = fr.all_ckpts if fr.all_ckpts is not None else ck
+    per_seed = drop_at_gain(every, g)
+    have = sorted(set(every["arm"]))
     drop = {m: arm_drop(per_seed, m) for m in have}
-    gain = {m: best_gain(ck, m) for m in have}
+    gain = {m: best_gain(every, m) for m in have}
     fin = final_checkpoints(trained_checkpoints(ck))
-    return g, [evaluate_claim(spec, g, drop, gain, fin) for spec in CLAIMS]
+    out = []
+    for spec in CLAIMS:
+        out.append(evaluate_claim(spec, g, drop, gain, fin))
+        variants = sorted(set(every.loc[(every["method"] == spec.subject) & (every["arm"] != spec.subject), "arm"]))
+        out += [evaluate_claim(spec.for_variant(v), g, drop, gain, fin) for v in variants]
+    return g, out
 
 
 def claims_frame(fr: Frames) -> tuple[float, pd.DataFrame]:

@@ -185,3 +185,14 @@ def test_crossworld_table_one_row_per_world(tmp_path):
     assert table.loc[0, "sft drop at g"].startswith("16.0 [")   # mean of 30, 32, 34 crossed halfway: 32 / 2
     files = write_crossworld(worlds, tmp_path)
     assert "reproduced" in files["crossworld.md"].read_text() and files["crossworld.csv"].exists()
+
+
+def test_a_variant_of_a_claims_subject_gets_its_own_row():
+    fr = _world([30, 32, 34], [0, 1, 0])
+    extra = [traj("grpo", s, 1e-4, [(50, 60, d, 60, d)], arm="grpo@hot") for s, d in enumerate([31, 33, 35])]
+    fr.all_ckpts = pd.concat([fr.ckpts, *extra], ignore_index=True)
+    g, rows = claims(fr)
+    main = next(c for c in rows if c.statement.startswith("RL (GRPO)") and "variant" not in c.statement)
+    var = next(c for c in rows if c.statement.endswith("[variant grpo@hot]"))
+    assert main.verdict == "reproduced" and var.verdict == "not reproduced" and "grpo@hot" in var.result
+    assert not any("sft@" in c.statement for c in rows)   # only the subject's variants get rows
