@@ -191,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         "One Optuna study per method over its declared search space (learning rate by default), every "
         "(trial, seed) a nested MLflow run under a parent run per method. Re-running the same command resumes: "
         "finished trials are kept, trials of a killed process are retried, nothing is computed twice.\n"
-        "Spec: sweeps/default.yaml < --spec FILE < key=value < flags.",
+        "Spec: sweeps/default.yaml < --spec FILE < key=value settings; a flag is the same setting as its "
+        "key=value (--world micro = world=micro), and both given must agree. In a terminal a live display shows "
+        "progress; in a log (file, CI, nohup), one line per finished run and a summary line every minute.",
         textwrap.dedent("""\
         examples:
           harness sweep --methods all                      the main job on the toy world

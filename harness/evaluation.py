@@ -22,9 +22,11 @@ Loglikelihood tasks (MMLU, ARC) would need `LiveLM.loglikelihood` or HFLM.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -108,14 +110,70 @@ class _StopOnStrings(StoppingCriteria):
 
     transformers' own `stop_strings` raises when a stop string has characters
     outside the vocabulary (the toy vocabulary has no newline), so we check text.
+    Rows already stopped, or already ended by an end token, are not decoded again:
+    generate ignores the criterion for finished rows (`unfinished & ~done`), so
+    skipping them changes no output.
     """
 
-    def __init__(self, tokenizer, stop: list[str], prompt_len: int):
+    def __init__(self, tokenizer, stop: list[str], prompt_len: int, eos_ids: list[int] | None = None):
         self.tokenizer, self.stop, self.prompt_len = tokenizer, stop, prompt_len
+        self.eos = torch.tensor(sorted(set(eos_ids or [])), dtype=torch.long)
+        self.done: torch.Tensor | None = None  # rows whose text already contains a stop string
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:].tolist(), skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
+        suffix = input_ids[:, self.prompt_len:]
+        if self.done is None:
+            self.done = torch.zeros(len(input_ids), dtype=torch.bool)
+        skip = self.done.clone()
+        if len(self.eos) and suffix.shape[1]:
+            skip |= torch.isin(suffix.cpu(), self.eos).any(1)  # ended by an end token: generate has finished it
+        rows = (~skip).nonzero().squeeze(-1).tolist()
+        if rows:
+            texts = self.tokenizer.batch_decode(suffix[rows].tolist(), skip_special_tokens=True)
+            hit = [r for r, t in zip(rows, texts) if any(s in t for s in self.stop)]
+            if hit:
+                self.done[hit] = True
+        return self.done.to(input_ids.device)
+
+
+# tokenizer -> every character a single token decodes to (None where the vocabulary cannot be decoded token by token)
+_TOKEN_CHARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _token_chars(tokenizer, vocab_size: int) -> frozenset[str] | None:
+    key = (vocab_size, len(tokenizer))
+    try:
+        cached = _TOKEN_CHARS.get(tokenizer)
+    except TypeError:  # not weak-referenceable or hashable
+        cached = None
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        n = max(vocab_size, len(tokenizer))
+        chars: frozenset[str] | None = frozenset("".join(
+            tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=True)))
+    except Exception:  # a tokenizer that cannot decode some id alone: assume every stop string can appear
+        chars = None
+    try:
+        _TOKEN_CHARS[tokenizer] = (key, chars)
+    except TypeError:  # not weak-referenceable: recompute next time
+        pass
+    return chars
+
+
+def producible_stops(tokenizer, stop: list[str], vocab_size: int = 0) -> list[str]:
+    """The stop strings that generated text could contain; the others can never fire and need no check.
+
+    A string is dropped only if it has an ASCII character other than a space that no single token decodes
+    to (special tokens skipped). Decoding a sequence only concatenates the tokens' pieces, joins them with
+    spaces, merges byte pieces into non-ASCII characters, or removes characters, so such a character never
+    appears in any decoded text. On toy, the newline stop is dropped: the char vocabulary has no newline.
+    """
+    stops = [s for s in stop if s]
+    chars = _token_chars(tokenizer, vocab_size) if stops else frozenset()
+    if chars is None:
+        return stops
+    return [s for s in stops if all(c in chars or c == " " or not c.isascii() for c in s)]
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:
@@ -147,6 +205,8 @@ def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     pad = tokenizer.pad_token_id
     eos = _eos_ids(model, tokenizer)
     stops = [s for s in stop if s]
+    # Only stop strings the vocabulary can produce need a per-step check (the output is cut at all of them).
+    checked = producible_stops(tokenizer, stops, int(getattr(model.config, "vocab_size", 0) or 0))
     out: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
@@ -158,8 +218,8 @@ def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int
             ids[row, T - L:] = torch.tensor(enc[i])
             attn[row, T - L:] = 1
         kwargs: dict[str, Any] = {}
-        if stops:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnStrings(tokenizer, stops, T)])
+        if checked:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnStrings(tokenizer, checked, T, eos)])
         gen = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
                              max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                              eos_token_id=eos, **kwargs)
@@ -252,6 +312,20 @@ class Evaluator:
         from lm_eval.tasks import TaskManager
         with _quiet_lm_eval():  # each custom_dataset task warns about --metadata when built
             self.task_dict = TaskManager(include_defaults=False).load([s for _, s, _ in specs.values()])
+
+    def rebind(self, world, tokenizer, batch_size: int | None = None) -> Evaluator:
+        """A shallow copy for another run of the same world (equal `data_key`), sharing the built lm-eval tasks.
+
+        The copy generates with `tokenizer` and reports `world`; the shared tasks keep scoring with the world
+        they were built from, whose items and verifiers are the same (the data key covers all of them).
+        """
+        if world.cfg.data_key() != self.world.cfg.data_key():
+            raise ValueError("Evaluator.rebind: the world's data differs from the one the tasks were built for")
+        other = copy.copy(self)
+        other.world, other.tokenizer = world, tokenizer
+        if batch_size is not None:
+            other.batch_size = batch_size
+        return other
 
     def _specs(self) -> dict[tuple[str, str], tuple[str, dict | str, str]]:
         """(split, harness task) -> (lm-eval task name, what TaskManager.load takes, per-example metric key)."""

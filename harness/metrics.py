@@ -11,12 +11,14 @@ should be scored.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from harness.data import Example, collate
+from harness import logprobs
 from harness.logprobs import token_kl, token_logprobs
 
 
@@ -160,15 +162,83 @@ def pld(model: torch.nn.Module, prompts_ids: list[list[int]], responses_ids: lis
     return float(np.mean(sequence_nll(model, prompts_ids, responses_ids, batch_size, pad_id, per_token=True)))
 
 
+# The most float32 elements (B x (T-1) x V over the whole KL set) `kl_to_base(cache_base=True)` keeps of the base's
+# log-probs: 64 MB. The toy KL set (200 samples x ~40 positions x 44 tokens) is ~1.4 MB; a 150k vocabulary never fits.
+KL_CACHE_ELEMENTS = 1 << 24
+
+# base model -> (key of the KL set and of the base's weights, per-batch [B, T-1, V] log-probs); a run's frozen base
+# dies with its run, and its entry with it.
+_BASE_LOGP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_version(model: torch.nn.Module) -> tuple[int, ...] | None:
+    """In-place writes to any parameter or buffer bump its version: a changed base invalidates its cache.
+
+    None where a tensor keeps no version counter (one made under inference mode): then nothing is cached."""
+    try:
+        return tuple(t._version for t in (*model.parameters(), *model.buffers()))
+    except RuntimeError:
+        return None
+
+
+def _vocab(model: torch.nn.Module, b) -> int | None:
+    """The vocabulary size `token_kl` sees for `model` (its output head's width); None for a model it cannot split."""
+    parts = logprobs._split(model, b.input_ids, b.attention_mask)  # checked once per model, then cached
+    return None if parts is None else parts[2]
+
+
+def _one_chunk_logp(model: torch.nn.Module, b) -> torch.Tensor:
+    """`token_kl`'s log-softmax of `model` on a batch that takes its one-chunk path: [B, T-1, V] float32."""
+    states, head, _ = logprobs._states(model, b.input_ids, b.attention_mask)
+    return torch.log_softmax(head(states)[:, :-1].float(), -1)
+
+
+def _base_logp(base: torch.nn.Module, batches: list, key: tuple) -> list[torch.Tensor] | None:
+    """The base's log-probs of every batch from the cache, computed and stored on a miss; None if they do not fit."""
+    hit = _BASE_LOGP.get(base)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    out: list[torch.Tensor] | None = []
+    total = 0
+    for b in batches:
+        vocab = _vocab(base, b)
+        n = b.response_mask.numel() * vocab if vocab is not None else None
+        if n is None or n > logprobs.CHUNK_ELEMENTS or total + n > KL_CACHE_ELEMENTS:
+            out = None  # chunked by token_kl or too large: the base is scored afresh at every call
+            break
+        total += n
+        out.append(_one_chunk_logp(base, b))
+    _BASE_LOGP[base] = (key, out)
+    return out
+
+
 @torch.no_grad()
 def kl_to_base(policy: torch.nn.Module, base: torch.nn.Module, prompts_ids: list[list[int]],
-               responses_ids: list[list[int]], batch_size: int, pad_id: int) -> float:
-    """Mean over samples of sum_t KL(pi_0(.|x,y<t) || pi_theta(.|x,y<t)); exact over the vocabulary, response only."""
+               responses_ids: list[list[int]], batch_size: int, pad_id: int, cache_base: bool = False) -> float:
+    """Mean over samples of sum_t KL(pi_0(.|x,y<t) || pi_theta(.|x,y<t)); exact over the vocabulary, response only.
+
+    `cache_base`: keep the base's log-probs on this KL set (when they fit in KL_CACHE_ELEMENTS and every batch
+    takes `token_kl`'s one-chunk path) and reuse them while `base`, its weights and the set are unchanged: a
+    run's frozen base is scored once instead of at every evaluation. The cached tensors are the very ones
+    `token_kl` computes, fed to the same `_kl`, so the result is identical bit for bit.
+    """
     totals = []
     with eval_mode(policy), eval_mode(base):
-        for b in _response_batches(prompts_ids, responses_ids, batch_size, pad_id, _device(policy)):
-            # Exact over the vocabulary, chunked over response positions (harness.logprobs.token_kl).
-            kl = token_kl(base, policy, b.input_ids, b.attention_mask, b.response_mask)  # [B, T-1]
+        batches = list(_response_batches(prompts_ids, responses_ids, batch_size, pad_id, _device(policy)))
+        cached = None
+        version = _weights_version(base) if cache_base and batches else None
+        if version is not None:
+            key = (batch_size, pad_id, str(_device(policy)), logprobs.CHUNK_ELEMENTS, KL_CACHE_ELEMENTS, version,
+                   tuple(map(tuple, prompts_ids)), tuple(map(tuple, responses_ids)))
+            cached = _base_logp(base, batches, key)
+        for i, b in enumerate(batches):
+            vocab = _vocab(policy, b) if cached is not None else None
+            if vocab is not None and b.response_mask.numel() * vocab <= logprobs.CHUNK_ELEMENTS:
+                # token_kl's one-chunk path with the base's half precomputed (`_kl` leaves its first argument intact).
+                kl = logprobs._kl(cached[i], _one_chunk_logp(policy, b))
+                kl = torch.where(b.response_mask > 0, kl, kl.new_zeros(()))
+            else:
+                # Exact over the vocabulary, chunked over response positions (harness.logprobs.token_kl).
+                kl = token_kl(base, policy, b.input_ids, b.attention_mask, b.response_mask)  # [B, T-1]
             totals.append((kl * b.response_mask).sum(-1).double().cpu().numpy())  # [B]
     return float(np.mean(np.concatenate(totals))) if totals else float("nan")
-

@@ -126,9 +126,11 @@ def experiment_note(spec: SweepSpec, arms: list[str], cfgs: dict[str, Any], expe
     rows = []
     for a in arms:
         cfg = cfgs[a]
-        style = "" if cfg.world.teacher_style == first.world.teacher_style else f", teacher style `{cfg.world.teacher_style}`"
-        rows.append(f"| [`{a}`](#/experiments/{experiment_id}/runs/{parents[a]}{_VIEW}) | `{arm_method(spec, a)}`{style} | "
-                    f"{', '.join(map(str, arm_seeds(spec, a)))} | [report]({report_link(experiment_id, parents[a])}) |")
+        style = cfg.world.teacher_style
+        style = "" if style == first.world.teacher_style else f", teacher style `{style}`"
+        rows.append(f"| [`{a}`](#/experiments/{experiment_id}/runs/{parents[a]}{_VIEW}) | "
+                    f"`{arm_method(spec, a)}`{style} | {', '.join(map(str, arm_seeds(spec, a)))} | "
+                    f"[report]({report_link(experiment_id, parents[a])}) |")
     lines = [
         f"**Sweep `{spec.name}`**: how much each post-training method gains on the target task and forgets on the "
         f"others. World {_world_text(first)}.",
@@ -141,7 +143,8 @@ def experiment_note(spec: SweepSpec, arms: list[str], cfgs: dict[str, Any], expe
         "|---|---|---|---|",
         *rows,
         "",
-        f"**Reproduce or resume** (in `{Path.cwd()}`; runs that already finished are reused, nothing is trained twice):",
+        f"**Reproduce or resume** (in `{Path.cwd()}`; runs that already finished are reused, nothing is "
+        "trained twice):",
         "",
         f"    {command}",
         "",

@@ -274,12 +274,15 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
     exp_id = ensure_experiment(spec.name)
     mark_stale_runs(exp_id)
     stream = stream or sys.stdout
-    live = progress and (stream.isatty() if live is None else live)
+    live = progress and (P.is_terminal(stream) if live is None else live)
     for cfg in worlds.values():  # pretrain the base and score it once per world variant, before workers start
+        t0 = time.time()
         if not live:
             print(f"preparing world {cfg.world.name!r} (target {cfg.world.target}): the base model is pretrained "
                   "on first use, then cached", file=stream, flush=True)
         prepare_world(cfg, progress=live)
+        if not live:
+            print(f"world {cfg.world.name!r} ready ({time.time() - t0:.0f} s)", file=stream, flush=True)
     with local_lock(spec):
         storage = open_storage(storage_url(spec))
         studies = {m: prepare_study(spec, m, storage) for m in methods}

@@ -67,6 +67,11 @@ def trial_failed(arm: str, trial: int, reason: str) -> None:
 
 # ------------------------------------------------------------------ main process: the display
 
+def is_terminal(stream: TextIO) -> bool:
+    """True where a display can redraw in place (a terminal that understands cursor movement)."""
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
 def _fmt_lr(lr: Any) -> str:
     return f"{lr:.1e}" if isinstance(lr, (int, float)) else "-"
 
@@ -94,7 +99,7 @@ class SweepProgress:
                  live: bool | None = None, stream: TextIO | None = None, summary_every_s: float = SUMMARY_EVERY_S):
         self.spec, self.arms, self.storage, self.workers = spec, arms, storage, max(1, workers)
         self.stream = stream or sys.stdout
-        self.live = self.stream.isatty() and os.environ.get("TERM") != "dumb" if live is None else live
+        self.live = is_terminal(self.stream) if live is None else live
         self.summary_every_s = summary_every_s
         self.seeds = {a: len(arm_seeds(spec, a)) for a in arms}
         self.lock = threading.RLock()
@@ -102,7 +107,7 @@ class SweepProgress:
         self.running: dict[tuple[str, int], dict] = {}   # (arm, trial) -> start event
         self.partial: dict[tuple[str, int], int] = {}    # seeds finished so far of trials still running
         self.seconds: dict[str, list[float]] = {a: [] for a in arms}  # per-run seconds trained in this session
-        self.recent: list[str] = []
+        self._out = threading.Lock()  # one line at a time on the stream (never held while rendering)
         self._counts: dict[str, dict] = {}
         self._polled = 0.0
         self._last_summary = time.time()
@@ -144,8 +149,8 @@ class SweepProgress:
         self._counts, self._polled = counts, time.time()
         return counts
 
-    def _totals(self) -> dict[str, Any]:
-        c = self._poll()
+    def _totals(self, fresh: bool = False) -> dict[str, Any]:
+        c = self._poll(force=fresh)
         get = lambda arm, s: c[arm]["n"].get(s, 0)  # noqa: E731
         done = sum(get(a, TrialState.COMPLETE) for a in self.arms)
         slots = sum(c[a]["slots"] for a in self.arms)
@@ -167,10 +172,10 @@ class SweepProgress:
                 "runs_done": runs_done,
                 "runs_total": runs_total, "left_s": left / self.workers}
 
-    def summary_line(self) -> str:
-        """One line: trials and runs done, running, failed, elapsed and the ETA."""
+    def summary_line(self, fresh: bool = False) -> str:
+        """One line: trials and runs done, running, failed, elapsed and the ETA (`fresh`: re-read the storage)."""
         with self.lock:
-            t = self._totals()
+            t = self._totals(fresh)
         elapsed = time.time() - self.started
         if not t["waiting"] and not t["running"]:
             eta = "nothing left"
@@ -200,23 +205,26 @@ class SweepProgress:
             self._polled = 0.0   # a trial may have changed state: re-read on the next look
             t = self._totals()
             line = run_line(ev, t["runs_done"], t["runs_total"])
-            self._write(line)
-            self.recent = (self.recent + [line])[-3:]
+        self._write(line)   # outside the lock: rich's refresh thread holds its own lock while it renders
 
     def _write(self, line: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        if self._live is not None:
-            self._live.console.print(f"[dim]{stamp}[/dim] {line}", markup=True, highlight=False, soft_wrap=True)
+        live = self._live
+        if live is not None:
+            from rich.text import Text
+            live.console.print(Text.assemble((stamp, "dim"), " ", line), highlight=False, soft_wrap=True)
         else:
-            print(f"{stamp} {line}", file=self.stream, flush=True)
+            with self._out:
+                print(f"{stamp} {line}", file=self.stream, flush=True)
 
     def tick(self) -> None:
         """Periodic work: in a log, the summary line once every `summary_every_s`."""
-        if self._live is None and time.time() - self._last_summary >= self.summary_every_s:
-            self._last_summary = time.time()
-            line = self.summary_line()
-            with self.lock:
-                self._write(line)
+        with self.lock:   # the ticker thread and the main loop may both call this
+            due = self._live is None and time.time() - self._last_summary >= self.summary_every_s
+            if due:
+                self._last_summary = time.time()
+        if due:
+            self._write(self.summary_line(fresh=True))
 
     # ---- the live display
     def _render(self):
@@ -267,7 +275,7 @@ class SweepProgress:
         else:
             print(f"{intro}; one line per finished run, a summary every {self.summary_every_s:.0f} s",
                   file=self.stream, flush=True)
-            print(self.summary_line(), file=self.stream, flush=True)
+            print(self.summary_line(fresh=True), file=self.stream, flush=True)
             self._thread = threading.Thread(target=self._ticker, daemon=True)
             self._thread.start()
         return self
@@ -289,4 +297,4 @@ class SweepProgress:
             self._live.stop()
             self._live = None
         else:
-            print(self.summary_line(), file=self.stream, flush=True)
+            print(self.summary_line(fresh=True), file=self.stream, flush=True)

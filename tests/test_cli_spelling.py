@@ -30,7 +30,8 @@ def test_sweep_flags_and_key_value_are_one_setting():
     keys = _spec(["world=micro", "methods=[sft, grpo]", "trials=2", "seeds=[0, 1]", "name=x"])
     mixed = _spec(["world=micro", "--method", "sft,grpo", "trials=2", "--seed", "0,1", "experiment=x"])
     assert flags == keys == mixed
-    assert (flags.world, flags.methods, flags.trials, flags.seeds, flags.name) == ("micro", ["sft", "grpo"], 2, [0, 1], "x")
+    got = (flags.world, flags.methods, flags.trials, flags.seeds, flags.name)
+    assert got == ("micro", ["sft", "grpo"], 2, [0, 1], "x")
     assert _spec(["methods=all"]).methods == "all" and _spec(["seeds=3"]).seeds == [3]
 
 

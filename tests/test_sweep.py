@@ -209,7 +209,8 @@ def test_two_workers_share_one_postgresql_study(sweep_dir, postgres):
 
 def test_a_variant_arm_trains_its_method_with_its_settings(sweep_dir):
     spec = load_spec(None, FAST + ["name=s6", "trials=1", "methods=[sft@mild]",
-                                   "variants={sft@mild: {method: sft, overrides: {world: {teacher_style: mild}}}}"])
+                                   "variants={sft@mild: {method: sft, seeds: [0], "
+                                   "overrides: {world: {teacher_style: mild}}}}"])
     run_sweep(spec, progress=False)
     kids = _children("s6")
     assert len(kids) == 1 and kids.status.iloc[0] == "FINISHED"
