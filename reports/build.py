@@ -159,7 +159,7 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
                           for (_, label), s in zip(F.PREDICTORS, F.predictor_stats(fr).values())])
     g, claims = C.claims_frame(fr)
     dial = C.dial(fr, g)
-    if not dial.empty:
+    if len(dial) >= 2:  # a dial needs the sweep to have run SFT on more than one teacher style
         res, verdict = C.dial_verdict(dial)
         claims.loc[len(claims)] = {"source": "this harness (the off-policy dial)", "claim": C.DIAL_CLAIM,
                                    "result": res, "verdict": verdict}

@@ -19,6 +19,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     take_settings(args, REPORT_SETTINGS, getattr(args, "overrides", []), strict=True)
     client = open_store()  # a report reads the store: it must never create (or migrate) one
+    if args.experiment and "," in args.experiment:
+        return cmd_crossworld(args, client)
     t0 = time.perf_counter()
     files = build_report(args.experiment, Path(args.out) if args.out else None, log_artifacts=not args.no_log,
                          client=client)
@@ -32,6 +34,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.no_log:
         print("  also logged under report/ on every parent run of the experiment (see `harness ui`)")
     print_claims(files)
+    return 0
+
+
+def cmd_crossworld(args: argparse.Namespace, client) -> int:
+    """`--experiment a,b,c`: the table of the core effect across the named sweeps (one row each)."""
+    from reports.build import slug
+    from reports.crossworld import write_crossworld
+    from reports.frame import load
+
+    names = [n.strip() for n in args.experiment.split(",") if n.strip()]
+    frames = [load(n, client) for n in names]
+    out = Path(args.out) if args.out else Path("reports") / "out" / ("crossworld-" + "+".join(map(slug, names)))
+    files = write_crossworld(frames, out)
+    print(f"cross-world table of {len(names)} sweeps: {', '.join(str(p.resolve()) for p in files.values())}")
+    print(files["crossworld.md"].read_text())
     return 0
 
 
@@ -58,10 +75,12 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
         examples:
           harness report                                 newest experiment with runs -> reports/out/<experiment>/
           harness report --experiment default --out /tmp/report   (= experiment=default out=/tmp/report)
+          harness report --experiment default,robust-target-rev,robust-base-seed1   the core effect across worlds
           MLFLOW_TRACKING_URI=sqlite:////data/mlflow.db harness report --no-log"""),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings(s, REPORT_SETTINGS, {
-        "experiment": "MLflow experiment (= sweep name); default: the most recently updated one with runs",
+        "experiment": "MLflow experiment (= sweep name); default: the most recently updated one with runs; "
+                      "several, comma-separated: one table of the core effect across them (crossworld.csv/.md/.html)",
         "out": "output directory (default: reports/out/<experiment>/)",
         "no_log": "do not log the files as artifacts of the parent runs"}, {"out": "DIR"})
     s.add_argument("overrides", nargs="*", metavar="key=value",

@@ -112,7 +112,7 @@ def test_a_log_gets_one_line_per_run_and_summaries(sweep_dir):
     hist = mlflow.MlflowClient().get_metric_history(parent.run_id.iloc[0], "trials/complete")
     assert sorted(m.value for m in hist)[-1] == 2 and {m.step for m in hist} >= {1, 2}
     study = optuna.load_study(study_name="lg-sft", storage=open_storage(str(sweep_dir / "optuna-lg.log")))
-    assert study.metric_names == ["target_gain", "nontarget_drop"]
+    assert study.metric_names == ["val_target_gain", "val_nontarget_drop"]
 
 
 def _read_pty(master: int, proc: subprocess.Popen, timeout: float) -> bytes:

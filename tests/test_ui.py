@@ -138,6 +138,6 @@ def test_printed_url_shows_parents_with_nested_trials_and_the_report_figure(tmp_
             if ui.poll() is None:
                 ui.kill()
     # the server and its helpers are gone with it, and browsing wrote nothing next to the store
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+    from harness.ui import _port_free
+    assert _port_free(port)
     assert sorted(os.listdir(store)) == before
