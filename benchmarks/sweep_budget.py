@@ -26,8 +26,20 @@ def main() -> None:
     ap.add_argument("--fresh-cache", action="store_true", help="pretrain the base into an empty cache first")
     ap.add_argument("--dir", default=None, help="run here and keep the MLflow store (default: a temporary "
                                                 "directory); then e.g. `cd DIR && harness report`")
+    ap.add_argument("--from", dest="existing", default=None,
+                    help="do not run: print the split of the `default` sweep already in DIR/mlflow.db (wall = first "
+                         "run's start to last run's end)")
     ap.add_argument("overrides", nargs="*", help="sweep spec fields, e.g. seeds=[0]")
     args = ap.parse_args()
+    if args.existing:
+        import mlflow
+        mlflow.set_tracking_uri(f"sqlite:///{os.path.abspath(args.existing)}/mlflow.db")
+        runs = mlflow.search_runs(experiment_names=["default"], filter_string="tags.kind = 'run'",
+                                  output_format="pandas")
+        wall = (runs["end_time"].max() - runs["start_time"].min()).total_seconds()
+        _print_split(runs, wall, f"harness sweep --methods all (from {args.existing}; wall = first run start to "
+                                 "last run end)")
+        return
     if args.dir:
         os.makedirs(args.dir, exist_ok=False)
     with (contextlib.nullcontext(os.path.abspath(args.dir)) if args.dir else tempfile.TemporaryDirectory()) as tmp:
@@ -44,8 +56,13 @@ def main() -> None:
         mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
         runs = mlflow.search_runs(experiment_names=["default"], filter_string="tags.kind = 'run'",
                                   output_format="pandas")
-    print(f"harness sweep --methods all --workers {args.workers} {' '.join(args.overrides)}"
-          f"{' (fresh cache: pretraining included)' if args.fresh_cache else ' (base cached)'}")
+    _print_split(runs, wall, f"harness sweep --methods all --workers {args.workers} {' '.join(args.overrides)}"
+                             f"{' (fresh cache: pretraining included)' if args.fresh_cache else ' (base cached)'}")
+
+
+def _print_split(runs, wall: float, title: str) -> None:
+    """Wall time and the per-arm mean seconds per run in training, generation, evaluation and elsewhere."""
+    print(title)
     print(f"wall: {wall / 60:.1f} min ({wall:.0f} s) for {len(runs)} runs")
     print(f"\n{'arm':<14}{'runs':>5}{'train s':>9}{'gen s':>8}{'eval s':>8}{'other s':>9}{'wall s':>8}   per run (mean)")
     for arm, g in runs.groupby("tags.arm", sort=False):

@@ -17,7 +17,8 @@ from reports import claims as C
 from reports.frame import Frames, final_checkpoints, trained_checkpoints
 from reports.stats import correlation
 
-CORE = tuple(c for c in C.CLAIMS if c.more in ((("sft", "grpo"),), (("sft", "onpolicy_sft"),)))
+CORE = {"GRPO: less drop than SFT at comparable gain": next(c for c in C.CLAIMS if c.subject == "grpo"),
+        "on-policy SFT: less drop than SFT": next(c for c in C.CLAIMS if c.subject == "onpolicy_sft")}
 
 
 def world_row(fr: Frames) -> dict:
@@ -38,10 +39,9 @@ def world_row(fr: Frames) -> dict:
     for arm in C.ANCHORS:
         row[f"{arm} drop at g"] = C.arm_drop(per_seed, arm).text() if arm in set(fr.ckpts["arm"]) else "–"
     fin = final_checkpoints(trained_checkpoints(fr.ckpts))
-    row["KL→drop R²"] = correlation(fin["kl_to_base"], fin["nontarget_drop"])["r2"]
-    for spec in CORE:
-        claim = next(c for c in rows if c.statement == spec.statement)
-        row[f"verdict: {spec.more[0][0]} > {spec.more[0][1]}"] = claim.verdict
+    row["KL→drop R²"] = f"{correlation(fin['kl_to_base'], fin['nontarget_drop'])['r2']:.2f}"
+    for label, spec in CORE.items():
+        row[label] = next(c for c in rows if c.statement == spec.statement).verdict
     return row
 
 

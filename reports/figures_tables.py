@@ -102,7 +102,7 @@ def matched_gain(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
         # methods often tie (e.g. all at zero drop): dodge along x so every method's marker stays visible
         dodge = (i - (n - 1) / 2) * step * 0.09
         ax.plot(grid + dodge, table[m], color=styles[m]["color"], marker=styles[m]["marker"], ms=3.2, lw=0.9)
-    ax.set_xlabel("target gain at least g (accuracy points)")
+    ax.set_xlabel("matched gain g (accuracy points, crossed on validation)")
     ax.set_xticks(grid)
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.grid(axis="x", visible=False)
@@ -168,7 +168,7 @@ def dial_figure(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
                         textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("base NLL of the SFT labels (nats/sequence, log)")
-    ax.set_ylabel(f"SFT drop at gain ≥ {g:.0f}\n(accuracy points)" if np.isfinite(g) else "SFT drop at matched gain")
+    ax.set_ylabel(f"SFT drop at matched gain g = {g:.0f}\n(accuracy points)" if np.isfinite(g) else "SFT drop at matched gain")
     ax.axhline(0, color="0.6", lw=0.6, zorder=0)
     ck = fr.all_ckpts if fr.all_ckpts is not None else fr.ckpts
     ck = ck[ck["method"] == "sft"]
@@ -181,10 +181,10 @@ def dial_figure(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
                 lw=0.9, color=greys(i / max(1, len(order) - 1) * 0.85), label=style)
     if np.isfinite(g):
         bx.axvline(g, color="0.5", ls=":", lw=0.8)
-    bx.set_xlabel("target gain at least g (accuracy points)")
+    bx.set_xlabel("matched gain g (accuracy points, crossed on validation)")
     bx.set_ylabel("SFT drop at matched gain\n(accuracy points, mean over seeds)")
     bx.axhline(0, color="0.6", lw=0.6, zorder=0)
     if order:
-        bx.legend(title="teacher style", loc="upper left")
+        bx.legend(title="teacher style", loc="center right")
     fig.tight_layout(w_pad=2.0)
     return fig

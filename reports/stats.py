@@ -47,7 +47,7 @@ def _welch(a, b, shift: float = 0.0) -> tuple[float, float]:
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = np.sqrt(va + vb)
     if se == 0:  # both arms constant over seeds: the sign of the difference is all there is
-        return (np.inf if diff > 0 else -np.inf), (0.0 if diff > 0 else 1.0)
+        return float(np.sign(diff) * np.inf) if diff else 0.0, (0.0 if diff > 0 else 1.0)
     df = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) if va else 0.0) + (vb ** 2 / (len(b) - 1) if vb else 0.0))
     t = diff / se
     return float(t), float(stats.t.sf(t, df))

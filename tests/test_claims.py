@@ -180,7 +180,7 @@ def test_crossworld_table_one_row_per_world(tmp_path):
         worlds.append(fr)
     table = crossworld_table(worlds)
     assert table["experiment"].tolist() == ["a", "b"]
-    assert table["verdict: sft > grpo"].tolist() == ["reproduced", "not reproduced"]
+    assert table["GRPO: less drop than SFT at comparable gain"].tolist() == ["reproduced", "not reproduced"]
     assert table["g"].tolist() == [30.0, 30.0] and table["base accuracy on target (%)"].tolist() == [31.5, 31.5]
     assert table.loc[0, "sft drop at g"].startswith("16.0 [")   # mean of 30, 32, 34 crossed halfway: 32 / 2
     files = write_crossworld(worlds, tmp_path)
