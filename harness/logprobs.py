@@ -34,7 +34,8 @@ _SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
-def _eval(model: torch.nn.Module) -> Iterator[None]:
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, then restore each one's own mode (a frozen part may differ)."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -59,7 +60,7 @@ def _split(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
             n = int(attention_mask[0].sum().clamp(min=1, max=8))
             ids, attn = input_ids[:1, :n], attention_mask[:1, :n]
             # Eval mode: no dropout, so the check consumes no random numbers and cannot shift a seeded run.
-            with torch.no_grad(), _eval(model):
+            with torch.no_grad(), eval_mode(model):
                 full = model(input_ids=ids, attention_mask=attn).logits.float()
                 mine = head(_last_hidden(decoder(input_ids=ids, attention_mask=attn, use_cache=False))).float()
             if mine.shape == full.shape and torch.allclose(mine, full, rtol=1e-4, atol=1e-4):

@@ -10,7 +10,6 @@ should be scored.
 """
 from __future__ import annotations
 
-import contextlib
 import weakref
 from typing import Iterator
 
@@ -19,7 +18,7 @@ import torch
 
 from harness.data import Example, collate
 from harness import logprobs
-from harness.logprobs import token_kl, token_logprobs
+from harness.logprobs import eval_mode, token_kl, token_logprobs  # noqa: F401 (eval_mode is re-exported)
 
 
 def paired_diff(base: dict[str, np.ndarray], policy: dict[str, np.ndarray], task: str) -> np.ndarray:
@@ -95,18 +94,6 @@ def bootstrap_cis(base: dict[str, np.ndarray], policy: dict[str, np.ndarray], ta
 def pld_rise(history: list[float]) -> float:
     """TMS's rise of PLD from its running minimum: pld_t − min_{s≤t} pld_s (history ends at t, starts at θ₀)."""
     return float(history[-1] - min(history))
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode, then restore each one's own mode (a frozen part may differ)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _device(model: torch.nn.Module) -> torch.device:
