@@ -81,7 +81,10 @@ def load_spec(path: str | Path | None = None, cli: list[str] | None = None, **fi
         err = e.errors()[0]
         key = ".".join(map(str, err["loc"]))
         if err["type"] == "extra_forbidden":
-            raise unknown("sweep spec field", key, SweepSpec.model_fields, f"Fix {path}.") from None
+            top = str(err["loc"][0])
+            cli_keys = {item.split("=", 1)[0].split(".")[0] for item in cli or []} | set(fields)
+            where = "the command line" if top in cli_keys else str(path)
+            raise unknown("sweep spec field", key, SweepSpec.model_fields, f"Fix {where}.") from None
         raise HarnessError(f"sweep spec field {key!r}: {err['msg']} (got {err.get('input')!r})") from None
     return spec
 
