@@ -23,7 +23,7 @@ from harness.engine import Trainer
 from harness.evaluation import Evaluator
 from harness.modeling import load_model
 from harness.sampler import HFSampler
-from harness.store import find_run, tracking_uri
+from harness.store import ensure_experiment, find_run, store_lock, tracking_uri
 from harness.tracking import RunTracker, flatten
 from methods.base import MethodConfig, get_method
 
@@ -100,7 +100,11 @@ def ensure_base_run(cfg: RunConfig, world, base: BaseScores) -> None:
     known = (_store_identity(), cfg.tracking.experiment, tuple(sorted(tags.items())))
     if known in _BASE_RUNS:
         return
-    if find_run(cfg.tracking.experiment, tags) is None:
+    ensure_experiment(cfg.tracking.experiment)  # takes the store's lock itself when creating: not inside ours
+    with store_lock():  # sweep workers start together: without it each finds no base run and logs its own
+        if find_run(cfg.tracking.experiment, tags) is not None:
+            _BASE_RUNS.add((_store_identity(), *known[1:]))
+            return
         with RunTracker(cfg.tracking.experiment, f"base-{world.cfg.name}-{world.target}",
                         params=flatten({"world": world.cfg.model_dump()}), tags=tags) as tr:
             tr.log_metrics({**{f"acc/{t}": a for t, a in base.acc["eval"].items()},

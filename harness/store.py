@@ -62,6 +62,12 @@ def _dir_lock(directory: Path | None) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def store_lock():
+    """An exclusive lock across this machine's processes on the local sqlite store (a no-op for a server)."""
+    db = _sqlite_path(tracking_uri())
+    return _dir_lock(db.parent if db else None)
+
+
 def _where(uri: str) -> str:
     """Where the harness looked for its store, and why there, for a one-line message."""
     db = _sqlite_path(uri)
