@@ -126,7 +126,7 @@ class WorldConfig(_Strict):
 # Presets: a world name maps to overrides of the whole run config (world, train, eval).
 WORLD_PRESETS: dict[str, dict] = {
     # 100 steps of 16 sequences (RL: 4 prompts x 8 samples): every method saturates or forgets within them on
-    # toy, and a 3-seed sweep of all eight methods fits the 12-minute budget (README; benchmarks/run_costs.py).
+    # toy (README "Budget"; harness/bench/run_costs.py prints where a run's time goes).
     "toy": {"train": {"max_steps": 100, "batch_size": 16, "micro_batch_size": 16},
             "grpo": {"prompts_per_step": 4}, "trapo": {"prompts_per_step": 4}},
     "micro": {

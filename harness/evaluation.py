@@ -12,7 +12,7 @@ on a model object it also calls `model.eval()`/`tie_weights()` and never
 restores the mode. LiveLM's greedy loop is `greedy_generate`, which
 `plain_evaluate` calls directly, so the two paths differ only by lm-eval's
 machinery (requests, filters, process_results, sample logging): that
-difference is the overhead `benchmarks/eval_overhead.py` measures.
+difference is the overhead `harness/bench/eval_overhead.py` measures.
 
 Real lm-eval tasks plug in at `Evaluator._specs`: a world that lists lm-eval
 task names would map each harness task to (the task name, its per-example

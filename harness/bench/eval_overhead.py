@@ -1,6 +1,6 @@
 """Time lm-eval evaluation against a plain batched `generate` loop on the same model, side by side.
 
-    python -m benchmarks.eval_overhead [--world micro|toy] [--repeats 3]
+    python -m harness.bench.eval_overhead [--world micro|toy] [--repeats 3]
 
 Both paths share the greedy generation routine (harness.evaluation.greedy_generate),
 so the ratio is the cost of lm-eval's machinery: request building, filters,

@@ -1,4 +1,4 @@
-"""Sampler overhead, side by side in one process: `python -m benchmarks.sampler_overhead [--world toy]`.
+"""Sampler overhead, side by side in one process: `python -m harness.bench.sampler_overhead [--world toy]`.
 
 Times the harness's `HFSampler.generate` (length grouping, end-token trimming,
 decoding, cost accounting) against a raw `model.generate` call on the same

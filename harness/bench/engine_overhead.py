@@ -1,4 +1,4 @@
-"""Engine overhead, measured side by side in one process: `python -m benchmarks.engine_overhead [--world toy]`.
+"""Engine overhead, measured side by side in one process: `python -m harness.bench.engine_overhead [--world toy]`.
 
 Prints (1) training throughput of the harness's `Trainer.update` (SFT loss, φ
 statistics, masks, token-level reduction) against a bare PyTorch loop (HF

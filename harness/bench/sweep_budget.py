@@ -1,4 +1,4 @@
-"""The main job's budget: `python -m benchmarks.sweep_budget [--workers 2] [--fresh-cache] [spec key=value ...]`.
+"""The main job's budget: `python -m harness.bench.sweep_budget [--workers 2] [--fresh-cache] [spec key=value ...]`.
 
 Runs `harness sweep --methods all` (the default spec: toy world, 4 learning rates per method, the default
 seeds, the dial variants) in a throw-away directory with its own MLflow store and Optuna journal, then

@@ -1,4 +1,4 @@
-"""Where a run's time goes, per method: `python -m benchmarks.run_costs [--world toy] [--methods all] [key=value ...]`.
+"""Where a run's time goes, per method: `python -m harness.bench.run_costs [--world toy] [--methods all] [key=value ...]`.
 
 Runs each method once (the sweep's default settings plus any overrides) into a
 throw-away MLflow store and prints, per method, the seconds spent training
