@@ -14,8 +14,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports.frame import Frames, best_lr, final_checkpoints, trained_checkpoints  # noqa: E402
-from reports.pareto import front_order  # noqa: E402
+from reports.frame import Frames, best_lr, final_checkpoints, trained_checkpoints, validated_front  # noqa: E402
 
 COLUMN, PAGE = 3.5, 7.0  # inches: one and two columns
 # Colour-blind-safe (Okabe-Ito first, then tab10's extras), markers as a second channel.
@@ -97,7 +96,7 @@ def _gain_drop(ax, ck: pd.DataFrame, styles: dict[str, dict], methods: list[str]
         ax.errorbar(fin["target_gain"], fin["nontarget_drop"], xerr=_err(fin, "target_gain"),
                     yerr=_err(fin, "nontarget_drop"), fmt=st["marker"], color=st["color"], ms=4, mec="white",
                     mew=0.4, elinewidth=0.6, zorder=4)
-        front = trained.iloc[front_order(trained["target_gain"], trained["nontarget_drop"])]
+        front = validated_front(trained)
         ax.step(front["target_gain"], front["nontarget_drop"], where="pre", color=st["color"], lw=1.1, alpha=0.85,
                 zorder=3)
         fronts.append(front)

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 
 from reports.figures import COLUMN, PAGE, at_lr, gain_and_drop_axes, legend_below, ordered, plt
-from reports.frame import Frames, best_lr, final_checkpoints, trained_checkpoints
-from reports.pareto import front_order, gain_grid
+from reports.frame import Frames, best_lr, final_checkpoints, trained_checkpoints, validated_front
+from reports.pareto import gain_grid
 
 
 def task_columns(runs: pd.DataFrame) -> list[str]:
@@ -129,7 +129,7 @@ def front_table(fr: Frames, styles: dict[str, dict]) -> pd.DataFrame:
     parts = []
     for m in ordered(styles, ck):
         sub = ck[ck["method"] == m]
-        front = sub.iloc[front_order(sub["target_gain"], sub["nontarget_drop"])]
+        front = validated_front(sub)
         front = front.sort_values(["cost/flops", "step"], kind="stable", na_position="last")
         parts.append(front.drop_duplicates(["target_gain", "nontarget_drop"]).sort_values("target_gain",
                                                                                          kind="stable"))

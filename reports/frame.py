@@ -185,3 +185,15 @@ def best_lr(final: pd.DataFrame) -> dict[str, float]:
     agg["net"] = agg["val/target_gain"] - agg["val/nontarget_drop"]
     agg = agg.sort_values(["method", "net", "val/nontarget_drop", "lr"], ascending=[True, False, True, True])
     return agg.groupby("method", sort=False)["lr"].first().to_dict()
+
+
+def validated_front(ck: pd.DataFrame) -> pd.DataFrame:
+    """Checkpoints on the Pareto front of their *validation* (gain, drop), in eval-gain order.
+
+    Membership is a selection, so it reads validation; the rows carry eval numbers for display, which the
+    choice never saw (a front picked on eval would flatter every method by its luckiest checkpoints).
+    """
+    from reports.pareto import pareto_mask
+
+    rows = ck.iloc[np.flatnonzero(pareto_mask(ck["val/target_gain"], ck["val/nontarget_drop"]))]
+    return rows.sort_values("target_gain", kind="stable")
