@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import torch
 
 from harness.data import Batch, Example
-from harness.engine import forward
 from harness.logprobs import token_logprobs
 from harness.sampler import Completion
 

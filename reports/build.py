@@ -17,6 +17,7 @@ from typing import Callable
 import pandas as pd
 
 from reports import claims as C
+from reports import dial as D
 from reports import figures as F
 from reports import figures_tables as T
 from reports.frame import Frames, final_checkpoints, load
@@ -169,10 +170,10 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
                            "slope": s["slope"], "intercept": s["intercept"], "n": int(s["n"])}
                           for (_, label), s in zip(F.PREDICTORS, F.predictor_stats(fr).values())])
     g, claims = C.claims_frame(fr)
-    dial = C.dial(fr, g)
+    dial = D.dial(fr, g)
     if len(dial) >= 2:  # a dial needs the sweep to have run SFT on more than one teacher style
-        res, verdict = C.dial_verdict(dial)
-        claims.loc[len(claims)] = {"source": "this harness (the off-policy dial)", "claim": C.DIAL_CLAIM,
+        res, verdict = D.dial_verdict(dial)
+        claims.loc[len(claims)] = {"source": "this harness (the off-policy dial)", "claim": D.DIAL_CLAIM,
                                    "result": res, "verdict": verdict}
     tables = {"claims.csv": claims, "dial.csv": dial.drop(columns="values", errors="ignore"),
               "matched_gain.csv": matched, "front.csv": front,
@@ -247,8 +248,8 @@ def _pages(fr: Frames, styles: dict, sections, overview, matched, stats, front, 
                    T.markdown_table(matched), ""]
             h += [_html_table(matched)]
         if stem.startswith("fig8") and not dial.empty:
-            res, v = C.dial_verdict(dial)
-            verdict = f"{C.DIAL_CLAIM}? {v}: {res}."
+            res, v = D.dial_verdict(dial)
+            verdict = f"{D.DIAL_CLAIM}? {v}: {res}."
             md += [T.markdown_table(_dial_rows(dial), 2), "", verdict, ""]
             h += [_html_table(_dial_rows(dial), 2), f"<p>{html.escape(verdict)}</p>"]
     md += [f"## {len(sections) + 1}. Best trade-off points per method", "",

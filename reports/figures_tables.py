@@ -154,7 +154,8 @@ def markdown_table(df: pd.DataFrame, digits: int = 1) -> str:
 
 def dial_figure(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     """The off-policy dial: SFT's drop at matched gain against the base's NLL of each teacher style's labels."""
-    from reports.claims import dial, matched_level
+    from reports.claims import matched_level
+    from reports.dial import dial
     g = matched_level(fr.ckpts)
     table = dial(fr, g)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(PAGE, 2.6))

@@ -9,8 +9,9 @@ import pytest
 from scipy import stats as sps
 
 from reports import stats as S
-from reports.claims import (CLAIMS, MIN_SEEDS, arm_drop, best_gain, claims, crossing, dial, dial_verdict,
-                            drop_at_gain, estimate, matched_level, predictor_test)
+from reports.claims import (CLAIMS, MIN_SEEDS, arm_drop, best_gain, claims, crossing, drop_at_gain, estimate,
+                            matched_level, predictor_test)
+from reports.dial import dial, dial_verdict
 from reports.frame import Frames
 
 

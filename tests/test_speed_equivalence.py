@@ -16,9 +16,10 @@ import torch
 from transformers import StoppingCriteria
 
 from benchmarks.world import World, WorldConfig
-from harness import evaluation, logprobs, metrics
+from harness import greedy, logprobs, metrics
 from harness.baseline import label_set
-from harness.evaluation import Evaluator, greedy_generate, producible_stops
+from harness.evaluation import Evaluator
+from harness.greedy import greedy_generate, producible_stops
 
 
 class _FullDecodeStop(StoppingCriteria):
@@ -52,8 +53,8 @@ def test_stop_check_shortcuts_give_identical_generations(micro_world, monkeypatc
     world, model, tok = micro_world
     prompts = _prompts(world)
     fast = greedy_generate(model, tok, prompts, max_new_tokens=12, batch_size=batch_size, stop=stop)
-    monkeypatch.setattr(evaluation, "_StopOnStrings", _FullDecodeStop)
-    monkeypatch.setattr(evaluation, "producible_stops", lambda tok, stops, vocab_size=0: [s for s in stops if s])
+    monkeypatch.setattr(greedy, "_StopOnStrings", _FullDecodeStop)
+    monkeypatch.setattr(greedy, "producible_stops", lambda tok, stops, vocab_size=0: [s for s in stops if s])
     slow = greedy_generate(model, tok, prompts, max_new_tokens=12, batch_size=batch_size, stop=stop)
     assert fast == slow
 
@@ -67,7 +68,7 @@ def test_stop_check_flags_the_same_unfinished_rows(micro_world):
     steps = [[tok.encode(c, add_special_tokens=False)[0] for c in "5x1y"],
              [eos, tok.encode("5", add_special_tokens=False)[0], tok.pad_token_id, tok.pad_token_id],
              [tok.pad_token_id] * 4]
-    new = evaluation._StopOnStrings(tok, ["5", "1"], prompt_len=2, eos_ids=[eos])
+    new = greedy._StopOnStrings(tok, ["5", "1"], prompt_len=2, eos_ids=[eos])
     old = _FullDecodeStop(tok, ["5", "1"], prompt_len=2)
     finished = torch.zeros(4, dtype=torch.bool)
     for step in steps:
@@ -206,8 +207,8 @@ def test_a_run_with_warm_caches_logs_what_a_cold_one_does(micro_world, tmp_path,
                 mp.setattr(run_mod, "_EVALUATORS", {})
                 mp.setattr(run_mod, "_BASE_RUNS", set())
                 mp.setattr(metrics, "kl_to_base", lambda *a, cache_base=False, **k: kl_to_base(*a, **k))
-                mp.setattr(evaluation, "_StopOnStrings", _FullDecodeStop)
-                mp.setattr(evaluation, "producible_stops", lambda tok, stops, vocab_size=0: [s for s in stops if s])
+                mp.setattr(greedy, "_StopOnStrings", _FullDecodeStop)
+                mp.setattr(greedy, "producible_stops", lambda tok, stops, vocab_size=0: [s for s in stops if s])
             cfg, m = resolve_config(world="micro", method=method, overrides=over)
             if not cold:
                 run_mod.prepare_world(cfg, progress=False)  # warm: the evaluator and base run are cached

@@ -1,0 +1,149 @@
+"""Greedy decoding for evaluation: batched `generate` sorted longest first, cut at stop strings.
+
+Split out of harness/evaluation.py, whose lm-eval wrapper (`LiveLM`) and plain loop both call
+`greedy_generate`, so the two paths differ only by lm-eval's machinery.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from harness.errors import HarnessError
+
+STOP = ["\n"]
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+    """End tokens: the model's generation config (may list several, e.g. Qwen) plus the tokenizer's eos."""
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if gen_eos is None else ([gen_eos] if isinstance(gen_eos, int) else list(gen_eos))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Per-row stop once the decoded response contains a stop string.
+
+    transformers' own `stop_strings` raises when a stop string has characters
+    outside the vocabulary (the toy vocabulary has no newline), so we check text.
+    Rows already stopped, or already ended by an end token, are not decoded again:
+    generate ignores the criterion for finished rows (`unfinished & ~done`), so
+    skipping them changes no output.
+    """
+
+    def __init__(self, tokenizer, stop: list[str], prompt_len: int, eos_ids: list[int] | None = None):
+        self.tokenizer, self.stop, self.prompt_len = tokenizer, stop, prompt_len
+        self.eos = torch.tensor(sorted(set(eos_ids or [])), dtype=torch.long)
+        self.done: torch.Tensor | None = None  # rows whose text already contains a stop string
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_) -> torch.Tensor:
+        suffix = input_ids[:, self.prompt_len:]
+        if self.done is None:
+            self.done = torch.zeros(len(input_ids), dtype=torch.bool)
+        skip = self.done.clone()
+        if len(self.eos) and suffix.shape[1]:
+            skip |= torch.isin(suffix.cpu(), self.eos).any(1)  # ended by an end token: generate has finished it
+        rows = (~skip).nonzero().squeeze(-1).tolist()
+        if rows:
+            texts = self.tokenizer.batch_decode(suffix[rows].tolist(), skip_special_tokens=True)
+            hit = [r for r, t in zip(rows, texts) if any(s in t for s in self.stop)]
+            if hit:
+                self.done[hit] = True
+        return self.done.to(input_ids.device)
+
+
+# tokenizer -> every character a single token decodes to (None where the vocabulary cannot be decoded token by token)
+_TOKEN_CHARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _token_chars(tokenizer, vocab_size: int) -> frozenset[str] | None:
+    key = (vocab_size, len(tokenizer))
+    try:
+        cached = _TOKEN_CHARS.get(tokenizer)
+    except TypeError:  # not weak-referenceable or hashable
+        cached = None
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        n = max(vocab_size, len(tokenizer))
+        chars: frozenset[str] | None = frozenset("".join(
+            tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=True)))
+    except Exception:  # a tokenizer that cannot decode some id alone: assume every stop string can appear
+        chars = None
+    try:
+        _TOKEN_CHARS[tokenizer] = (key, chars)
+    except TypeError:  # not weak-referenceable: recompute next time
+        pass
+    return chars
+
+
+def producible_stops(tokenizer, stop: list[str], vocab_size: int = 0) -> list[str]:
+    """The stop strings that generated text could contain; the others can never fire and need no check.
+
+    A string is dropped only if it has an ASCII character other than a space that no single token decodes
+    to (special tokens skipped). Decoding a sequence only concatenates the tokens' pieces, joins them with
+    spaces, merges byte pieces into non-ASCII characters, or removes characters, so such a character never
+    appears in any decoded text. On toy, the newline stop is dropped: the char vocabulary has no newline.
+    """
+    stops = [s for s in stop if s]
+    chars = _token_chars(tokenizer, vocab_size) if stops else frozenset()
+    if chars is None:
+        return stops
+    return [s for s in stops if all(c in chars or c == " " or not c.isascii() for c in s)]
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """Text before the first occurrence of any stop string (lm-eval's postprocessing)."""
+    for s in stop:
+        if s:
+            text = text.split(s)[0]
+    return text
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+                    stop: list[str] = STOP, add_special_tokens: bool = False) -> list[str]:
+    """Greedy continuations of `prompts`, left-padded in batches sorted longest first, cut at `stop`.
+
+    No BOS by default: the toy base is trained on raw prompt characters. The
+    longest-first order (lm-eval's) means identical inputs give identical
+    batches, hence bit-identical outputs, whichever path calls this.
+    """
+    if not prompts:
+        return []
+    enc = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max(map(len, enc))
+    if limit is not None and longest + max_new_tokens > limit:
+        raise HarnessError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
+                           f"model's {limit} positions; lower world.max_new_tokens or use a longer-context model")
+    order = sorted(range(len(prompts)), key=lambda i: (-len(enc[i]), prompts[i]))
+    pad = tokenizer.pad_token_id
+    eos = _eos_ids(model, tokenizer)
+    stops = [s for s in stop if s]
+    # Only stop strings the vocabulary can produce need a per-step check (the output is cut at all of them).
+    checked = producible_stops(tokenizer, stops, int(getattr(model.config, "vocab_size", 0) or 0))
+    out: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        T = len(enc[idx[0]])
+        ids = torch.full((len(idx), T), pad, dtype=torch.long)
+        attn = torch.zeros((len(idx), T), dtype=torch.long)
+        for row, i in enumerate(idx):
+            L = len(enc[i])
+            ids[row, T - L:] = torch.tensor(enc[i])
+            attn[row, T - L:] = 1
+        kwargs: dict[str, Any] = {}
+        if checked:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnStrings(tokenizer, checked, T, eos)])
+        gen = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                             eos_token_id=eos, **kwargs)
+        for row, i in enumerate(idx):
+            text = tokenizer.decode(gen[row, T:].tolist(), skip_special_tokens=True)
+            out[i] = cut_at_stop(text, stops)
+    return out
