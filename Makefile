@@ -3,8 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch must be installed first: an unpinned torch pulls gigabytes of CUDA wheels.
 TORCH ?= torch==2.13.0
+# The transformers release vLLM 0.33 pins (>=5.16.1,<5.21): the second test leg runs the suite on it.
+TF_PINNED ?= transformers==5.20.2
 
-.PHONY: setup run test clean
+.PHONY: setup run test test-latest test-pinned clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -18,8 +20,15 @@ run: setup
 	$(VENV)/bin/harness sweep --methods all --workers 2
 	$(VENV)/bin/harness report --experiment default
 
-test: setup
+# Both legs: the latest transformers, then the one vLLM 0.33 pins (installed over it in .tf-pinned, first on the path).
+test: test-latest test-pinned
+
+test-latest: setup
 	$(VENV)/bin/pytest -q
 
+test-pinned: setup
+	$(PY) -m pip install -q --no-deps --upgrade --target .tf-pinned "$(TF_PINNED)"
+	PYTHONPATH=$(CURDIR)/.tf-pinned HARNESS_EXPECT_TRANSFORMERS=$(subst transformers==,,$(TF_PINNED)) $(VENV)/bin/pytest -q
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .tf-pinned

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -41,6 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks.tasks import FAMILIES, TaskFamily, draw_payloads
 from harness.errors import HarnessError, unknown
+from harness.world import EvalTask, Item, World, cache_root
+
+from harness.greedy import STOP  # toy responses are one line
 
 
 class _Strict(BaseModel):
@@ -80,8 +81,10 @@ class PretrainConfig(_Strict):
 
 
 class WorldConfig(_Strict):
-    """A world: which tasks, which target, which teacher, which base."""
+    """The toy world: which tasks, which target, which teacher, which base."""
 
+    kind: Literal["toy"] = "toy"
+    """World kind: `toy` (this embedded world) or `real` (a Hugging Face model on lm-eval tasks)."""
     name: str = "toy"
     """World preset name (`harness list` shows them)."""
     tasks: list[str] = Field(default_factory=lambda: ["sort", "rev", "add", "max", "shift"])
@@ -112,6 +115,17 @@ class WorldConfig(_Strict):
     model: ModelShape = Field(default_factory=ModelShape)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
+    @property
+    def target_task(self) -> str:
+        """Name of the target task."""
+        return self.target
+
+    def summary(self) -> str:
+        """One line: the world's seed, target, retention tasks and teacher."""
+        keep = ", ".join(f"`{t}`" for t in self.tasks if t != self.target)
+        return (f"`{self.name}` (world seed {self.seed}): target `{self.target}`, retention {keep}, "
+                f"teacher style `{self.teacher_style}`")
+
     def base_key(self) -> str:
         """Hash of everything that determines the pretrained base."""
         data = self.model_dump(include={"tasks", "target", "seed", "model", "pretrain", "base_model"})
@@ -119,7 +133,7 @@ class WorldConfig(_Strict):
 
     def data_key(self) -> str:
         """Hash of everything that determines the base's scores (base + data + eval settings)."""
-        data = self.model_dump(exclude={"name"})
+        data = self.model_dump(exclude={"name", "kind"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -142,17 +156,6 @@ WORLD_PRESETS: dict[str, dict] = {
 }
 
 
-@dataclass(frozen=True)
-class Item:
-    """One problem: its prompt, gold answer (base format), expert label (teacher style) and verifier key."""
-
-    task: str
-    prompt: str
-    answer: str
-    label: str
-    key: str
-
-
 class Task:
     """A task of a world: split items and the verifier shared by rewards and evaluation."""
 
@@ -172,8 +175,8 @@ class Task:
         return self.family.verify(item.key, response)
 
 
-class World:
-    """A resolved world: tasks, splits, and the base model's location (built on first use)."""
+class ToyWorld(World):
+    """The resolved toy world: tasks, splits, verifiers, and the base model (pretrained on first use)."""
 
     def __init__(self, cfg: WorldConfig):
         for t in cfg.tasks:
@@ -187,14 +190,32 @@ class World:
         if empty:
             raise HarnessError(f"empty evaluation split ({', '.join(empty)}); set it > 0")
         self.cfg = cfg
-        self.tasks = {t: Task(FAMILIES[t], cfg) for t in cfg.tasks}
+        self.families = {t: Task(FAMILIES[t], cfg) for t in cfg.tasks}
         self.target = cfg.target
         self.nontarget = [t for t in cfg.tasks if t != cfg.target]
+
+    @property
+    def tasks(self) -> list[str]:
+        """Every task, in the config's order."""
+        return list(self.cfg.tasks)
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Generation cap (a damaged model may never emit its end token)."""
+        return self.cfg.max_new_tokens
+
+    def data_key(self) -> str:
+        """Hash of the world config (base, data, evaluation settings)."""
+        return self.cfg.data_key()
+
+    def tags(self) -> dict[str, str]:
+        """World, target and the teacher's label style."""
+        return {**super().tags(), "teacher_style": self.cfg.teacher_style}
 
     @cached_property
     def train_items(self) -> list[Item]:
         """Target-task training problems with their expert labels."""
-        return self.tasks[self.target].items("train", self.cfg.n_train)
+        return self.families[self.target].items("train", self.cfg.n_train)
 
     def split_sizes(self, split: str) -> tuple[int, int]:
         """(target, per-retention-task) number of prompts of an evaluation split ("val" or "eval")."""
@@ -204,42 +225,40 @@ class World:
         return (c.n_eval if c.n_val is None else c.n_val,
                 c.n_eval_nontarget if c.n_val_nontarget is None else c.n_val_nontarget)
 
-    def _split_items(self, split: str) -> dict[str, list[Item]]:
+    def split_items(self, split: str) -> dict[str, list[Item]]:
+        """The first items of a split's hash bucket, per task."""
         n_target, n_other = self.split_sizes(split)
-        out = {t: task.items(split, n_target if t == self.target else n_other) for t, task in self.tasks.items()}
+        out = {t: task.items(split, n_target if t == self.target else n_other) for t, task in self.families.items()}
         for t, items in out.items():
             if not items:
                 raise HarnessError(f"task {t!r} has an empty {split} split; set world.n_{split} > 0")
         return out
 
     @cached_property
-    def eval_items(self) -> dict[str, list[Item]]:
-        """Fixed greedy evaluation sets, one per task: every reported number is read here."""
-        return self._split_items("eval")
-
-    @cached_property
-    def val_items(self) -> dict[str, list[Item]]:
-        """Fixed greedy validation sets, one per task, disjoint from eval: every selection is made here."""
-        return self._split_items("val")
-
-    def eval_splits(self) -> dict[str, dict[str, list[Item]]]:
-        """Both evaluation splits: {"val": ..., "eval": ...}."""
-        return {"val": self.val_items, "eval": self.eval_items}
-
-    @cached_property
     def heldout_items(self) -> list[Item]:
         """Held-out target problems: PLD labels and KL-to-base prompts."""
-        return self.tasks[self.target].items("heldout", self.cfg.n_heldout)
+        return self.families[self.target].items("heldout", self.cfg.n_heldout)
 
     def verify(self, item: Item, response: str) -> float:
         """Reward of a response to an item (the same function evaluation uses)."""
-        return self.tasks[item.task].verify(item, response)
+        return self.families[item.task].verify(item, response)
+
+    def eval_tasks(self) -> list[EvalTask]:
+        """Inline lm-eval tasks, one per (split, task), scored by `verify` through `process_results`."""
+        gen_kwargs = {"until": list(STOP), "max_gen_toks": self.cfg.max_new_tokens, "do_sample": False}
+        out = []
+        splits = self.eval_splits()
+        for t in self.tasks:
+            names = {sp: f"{TASK_PREFIX}{t}" if sp == "eval" else f"{TASK_PREFIX}{sp}_{t}" for sp in splits}
+            configs = {names[sp]: _toy_task_config(self, names[sp], splits[sp][t], gen_kwargs) for sp in splits}
+            out.append(EvalTask(task=t, lm_names=names, lm_tasks=configs, metric="acc",
+                                docs={sp: None for sp in splits}))
+        return out
 
     @property
     def cache_dir(self) -> Path:
-        """Folder holding this world's base model and base scores."""
-        root = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "forgetting-harness"))
-        return root / "worlds" / f"{self.cfg.name}-{self.cfg.base_key()}"
+        """Folder holding this world's base model and base scores (keyed by what determines the base)."""
+        return cache_root() / "worlds" / f"{self.cfg.name}-{self.cfg.base_key()}"
 
     def base_path(self, progress: bool = True) -> str:
         """Path (or hub id) of the base model, pretraining the toy base on first use."""
@@ -247,3 +266,32 @@ class World:
             return self.cfg.base_model
         from benchmarks.pretrain import ensure_base
         return str(ensure_base(self, self.cache_dir / "base", progress=progress))
+
+
+TASK_PREFIX = "harness_"  # lm-eval task names are global; keep ours from colliding with built-ins
+
+
+def _toy_task_config(world: ToyWorld, name: str, items: list[Item], gen_kwargs: dict) -> dict:
+    """An inline lm-eval task config (lm-eval task `name`) over one split of a toy task, scored by `world.verify`.
+
+    A `custom_dataset` of {prompt, answer, idx} rows, `doc_to_text` a bare field name (a jinja template is
+    recompiled per document, ~2 ms each), and a `process_results` that calls `world.verify` -- the very
+    function training rewards use, so evaluation and reward cannot drift apart.
+    """
+    import datasets
+
+    rows = [{"prompt": it.prompt, "answer": it.answer, "idx": i} for i, it in enumerate(items)]
+
+    def dataset(**_metadata) -> dict:  # lm-eval calls it as fn(**metadata, **dataset_kwargs)
+        return {"test": datasets.Dataset.from_list(rows)}
+
+    def process_results(doc: dict, results: list[str]) -> dict[str, float]:
+        return {"acc": world.verify(items[doc["idx"]], results[0])}
+
+    return {
+        "task": name, "custom_dataset": dataset, "test_split": "test",
+        "output_type": "generate_until", "doc_to_text": "prompt", "doc_to_target": "answer",
+        "process_results": process_results, "generation_kwargs": dict(gen_kwargs),
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0},
+    }

@@ -53,10 +53,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     from benchmarks.world import WORLD_PRESETS, WorldConfig
     from methods.base import get_method, method_names
 
+    from benchmarks.real import RealWorldConfig, preset_files
+    from harness.config import load_yaml_mapping
+
     print("worlds:")
     for name, preset in WORLD_PRESETS.items():
         w = WorldConfig(name=name, **preset.get("world", {}))
         print(f"  {name:8s} target={w.target}, tasks={','.join(w.tasks)}, teacher_style={w.teacher_style}")
+    print("\nreal-world presets (benchmarks/presets; `harness run --world NAME --dry-run` checks one):")
+    for name, path in preset_files().items():
+        w = RealWorldConfig(**{**load_yaml_mapping(path, "world preset").get("world", {}), "name": name})
+        print(f"  {name:28s} {w.base_model}: target={w.target_task}, retention={','.join(r.task for r in w.retention)}")
     print("\ntasks (any can be the target: world.target=<task>):")
     for name, fam in FAMILIES.items():
         print(f"  {name:8s} {fam.description}   e.g. {fam.prompt('12345' if name != 'count' else 'aabcadae')}")
@@ -98,13 +105,51 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {key:32s} {default:14s} {doc}")
         return 0
     cfg, mcfg = resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)
+    if args.dry_run:
+        return dry_run(cfg)
     from harness.run import run
     final = run(cfg, mcfg, progress=not args.quiet)
     keys = ["target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
             "nontarget_drop_hi", "pld_drift", "kl_to_base", "cost/wall_s"]
-    print(f"{cfg.method} on {cfg.world.name}/{cfg.world.target}: "
+    print(f"{cfg.method} on {cfg.world.name}/{cfg.world.target_task}: "
           + ", ".join(f"{k}={final[k]:.2f}" for k in keys if k in final))
     return 0
+
+
+def dry_run(cfg) -> int:
+    """Print the resolved plan and what it needs on disk; load the world offline. 0 if it can run, else 2."""
+    from benchmarks.staging import requirements
+    from harness.world import build_world
+
+    print(f"world  {cfg.world.summary()}")
+    print(f"method {cfg.method}: {cfg.train.max_steps} steps of {cfg.train.batch_size} sequences, lr {cfg.train.lr:g}, "
+          f"precision {cfg.train.precision}, device {cfg.train.device}, eval every {cfg.train.eval_every} steps")
+    if cfg.world.kind == "real" and cfg.world.source:
+        print(f"source {cfg.world.source}")
+    reqs = requirements(cfg.world)
+    print("needs:")
+    for r in reqs:
+        print(r.line())
+    if any(r.present is False for r in reqs):
+        print("not ready: run `harness fetch` with this world on a machine with network, or fix the paths above")
+        return 2
+    world = build_world(cfg.world)  # loads the lm-eval tasks and draws the splits, offline
+    sizes = {sp: {t: len(v) for t, v in world.eval_splits()[sp].items()} for sp in ("val", "eval")}
+    print(f"ready: {len(world.train_items)} training items, {len(world.heldout_items)} held-out, "
+          f"validation {sizes['val']}, eval {sizes['eval']}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Stage a world's model, datasets and nltk data into the local caches (needs network)."""
+    from benchmarks.staging import fetch
+    from harness.config import resolve_config
+
+    cfg, _ = resolve_config(world=args.world, preset=args.preset, overrides=list(args.overrides))
+    reqs = fetch(cfg.world)
+    for r in reqs:
+        print(r.line())
+    return 0 if all(r.present is not False for r in reqs) else 2
 
 
 def _sweep_inputs(args: argparse.Namespace) -> tuple[str | None, list[str], dict]:
@@ -183,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment": "MLflow experiment (= tracking.experiment; default: harness)",
         "seed": "fine-tuning seed (= train.seed)", "quiet": "no progress bars"}, {"preset": "FILE"})
     s.add_argument("--help-config", action="store_true", help="list every setting with its default and exit")
+    s.add_argument("--dry-run", action="store_true", help=(
+        "print the resolved plan and the files it needs (present or not), load the world offline, and exit"))
     s.add_argument("overrides", nargs="*", metavar="key=value", help=(
         f"settings, e.g. train.lr=1e-4 sft.kl_beta=0.05; also {spellings(RUN_SETTINGS)} (same as the flags)"))
     s.set_defaults(fn=cmd_run)
@@ -216,6 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
         "spec fields (world=micro trials=2 objective=..., see sweeps/default.yaml) or run settings for every "
         f"trial (train.max_steps=20); also {spellings(SWEEP_SETTINGS)} (same as the flags)"))
     s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("fetch", help="stage a real world's model and data for offline runs", **_fmt(
+        "Download what a real-world preset needs into the local caches: the base model at its revision (Hugging "
+        "Face hub cache), the lm-eval datasets not given as local files (datasets cache) and nltk's punkt_tab for "
+        "IFEval. Run it on a machine with network; afterwards `harness run --world NAME` needs none.",
+        textwrap.dedent("""\
+        examples:
+          harness fetch --world rbd-qwen2.5-1.5b-ifeval
+          harness fetch --world tms-qwen2.5-1.5b-math world.revision=<commit>""")))
+    s.add_argument("--world", required=True, help="real-world preset (see `harness list`)")
+    s.add_argument("--preset", metavar="FILE", help="YAML file of settings layered over the world preset")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. world.revision=<commit>")
+    s.set_defaults(fn=cmd_fetch)
 
     from reports.cli import add_report_parser
     add_report_parser(sub)

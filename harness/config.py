@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
+from benchmarks.real import RealWorldConfig, preset_files
 from benchmarks.world import WORLD_PRESETS, WorldConfig
 from harness.errors import HarnessError, unknown
+
+
+def _world_kind(value: Any) -> str:
+    """The `kind` of a world config or mapping; a mapping without one is the toy world."""
+    return value.get("kind", "toy") if isinstance(value, dict) else getattr(value, "kind", "toy")
+
+
+WORLD_KINDS: dict[str, type[BaseModel]] = {"toy": WorldConfig, "real": RealWorldConfig}
+AnyWorldConfig = Annotated[Union[Annotated[WorldConfig, Tag("toy")], Annotated[RealWorldConfig, Tag("real")]],
+                           Discriminator(_world_kind)]
 
 
 class _Strict(BaseModel):
@@ -97,7 +108,8 @@ class RunConfig(_Strict):
 
     method: str = "sft"
     """Registry key of the method (`harness list`)."""
-    world: WorldConfig = Field(default_factory=WorldConfig)
+    world: AnyWorldConfig = Field(default_factory=WorldConfig)
+    """The world: `kind: toy` (default, the embedded world) or `kind: real` (a preset file under benchmarks/presets)."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -172,8 +184,12 @@ def _looks_numeric(s: str) -> bool:
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the (sub-)model reached by following `loc`."""
-    for part in loc:
+    """Field names of the (sub-)model reached by following `loc` (a world's loc carries its kind as a tag)."""
+    kind = str(loc[1]) if len(loc) > 1 and loc[0] == "world" and str(loc[1]) in WORLD_KINDS else "toy"
+    for part in _key_path(loc):
+        if model is RunConfig and part == "world":
+            model = WORLD_KINDS[kind]
+            continue
         f = model.model_fields.get(str(part))
         ann = f.annotation if f is not None else None
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
@@ -182,13 +198,21 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def _key_path(loc: tuple) -> tuple:
+    """A validation error's location without the union tag pydantic inserts after `world`."""
+    return tuple(p for i, p in enumerate(loc) if not (i == 1 and loc[0] == "world" and str(p) in WORLD_KINDS))
+
+
 def _format_validation(e: ValidationError, prefix: str, model: type[BaseModel]) -> HarnessError:
     err = e.errors()[0]
-    loc = tuple(err["loc"])
+    raw = tuple(err["loc"])
+    loc = _key_path(raw)
     key = prefix + ".".join(map(str, loc))
     if err["type"] == "extra_forbidden":
         parent = prefix + "".join(f"{p}." for p in loc[:-1])
-        return unknown("config key", key, [parent + f for f in _fields_at(model, loc[:-1])])
+        return unknown("config key", key, [parent + f for f in _fields_at(model, raw[:-1])])
+    if err["type"] == "union_tag_invalid":
+        return unknown("world kind", str(err.get("input", {}).get("kind")), WORLD_KINDS, "Set world.kind.")
     return HarnessError(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})")
 
 
@@ -208,9 +232,11 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
     for layer in layers:
         merged = deep_merge(merged, layer)
     world_name = world or merged.get("world", {}).get("name", "toy")
-    if world_name not in WORLD_PRESETS:
-        raise unknown("world", world_name, WORLD_PRESETS, "See `harness list`.")
-    merged = deep_merge(deep_merge(WORLD_PRESETS[world_name], {"world": {"name": world_name}}), merged)
+    presets = world_presets()
+    if world_name in presets:
+        merged = deep_merge(deep_merge(presets[world_name], {"world": {"name": world_name}}), merged)
+    elif world is not None or _world_kind(merged.get("world", {})) != "real":  # a preset file may define a real world
+        raise unknown("world", world_name, presets, "See `harness list`.")
     method_name = merged.get("method", "sft")
     cls = get_method(method_name)
     # `<method>.<field>` sections: the selected method's is validated; other methods' are ignored so one
@@ -228,9 +254,18 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
     except ValidationError as e:
         raise _format_validation(e, f"{method_name}.", cls.Config) from None
     cfg.method_args = mcfg.model_dump()
-    from benchmarks.world import World
-    World(cfg.world)  # validates task and target names before anything is computed
+    if cfg.world.kind == "toy":  # validates task and target names before anything is computed (a real world
+        from harness.world import build_world  # loads its tasks and data: `harness run --dry-run` checks it)
+        build_world(cfg.world)
     return cfg, mcfg
+
+
+def world_presets() -> dict[str, dict]:
+    """Every world preset: the toy ones, then the real ones shipped as YAML under benchmarks/presets."""
+    out = dict(WORLD_PRESETS)
+    for name, path in preset_files().items():
+        out[name] = load_yaml_mapping(path, "world preset")
+    return out
 
 
 def config_help(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:

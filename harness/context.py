@@ -57,7 +57,8 @@ class Context:
     @cached_property
     def base(self) -> torch.nn.Module:
         """A frozen copy of the base model in `train.frozen_dtype`, loaded on first use."""
-        model, _ = load_model(self.base_path, dtype=self.run_cfg.train.frozen_dtype, device=self.run_cfg.train.device)
+        model, _ = load_model(self.base_path, dtype=self.run_cfg.train.frozen_dtype, device=self.run_cfg.train.device,
+                              **self.world.load_kwargs())
         model.eval().requires_grad_(False)
         return model
 
@@ -74,7 +75,8 @@ class Context:
         if self.run_cfg.train.frozen_dtype == "float32":
             state = self.base.state_dict()
         else:  # the frozen copy was rounded to a lower precision: the policy restarts from the exact weights
-            state = load_model(self.base_path, device=self.run_cfg.train.device)[0].state_dict()
+            state = load_model(self.base_path, device=self.run_cfg.train.device,
+                               **self.world.load_kwargs())[0].state_dict()
         with torch.no_grad():
             for name, p in self.policy.state_dict().items():
                 p.copy_(state[name])

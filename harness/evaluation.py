@@ -1,23 +1,19 @@
-"""Greedy evaluation of a live (in-memory) model through lm-eval, scored by the world's own verifiers.
+"""Greedy evaluation of a live (in-memory) model through lm-eval, on the tasks a world declares.
 
-The toy tasks are lm-eval tasks built once from inline dict configs: a
-`custom_dataset` of {prompt, answer, idx} rows, `doc_to_text` a bare field
-name (a jinja template is recompiled per document, ~2 ms each), and a
-`process_results` that calls `world.verify` -- the very function training
-rewards use, so evaluation and reward cannot drift apart.
+A world lists its tasks as `harness.world.EvalTask`s: the toy world as inline
+lm-eval configs scored by its own verifier, a real world as lm-eval's own task
+definitions (generate_until and multiple-choice loglikelihood) with the doc ids
+of each split. Every task of both splits goes through one `evaluate` call, so
+prompts share generation batches; per-example correctness is read from
+lm-eval's logged samples (one declared filter and metric per task), which is
+what the paired bootstrap needs.
 
 The model is wrapped in a thin `lm_eval.api.model.LM` (`LiveLM`), not in
 `HFLM`: HFLM imports `accelerate` at module level (only in our `gpu` extra), and
 on a model object it also calls `model.eval()`/`tie_weights()` and never
 restores the mode. LiveLM's greedy loop is `greedy_generate`, which
 `plain_evaluate` calls directly, so the two paths differ only by lm-eval's
-machinery (requests, filters, process_results, sample logging): that
-difference is the overhead `harness/bench/eval_overhead.py` measures.
-
-Real lm-eval tasks plug in at `Evaluator._specs`: a world that lists lm-eval
-task names would map each harness task to (the task name, its per-example
-metric key) instead of (an inline dict, "acc"); collection by doc_id is shared.
-Loglikelihood tasks (MMLU, ARC) would need `LiveLM.loglikelihood` or HFLM.
+machinery: that difference is what `harness/bench/eval_overhead.py` measures.
 """
 from __future__ import annotations
 
@@ -39,7 +35,6 @@ from harness.metrics import eval_mode
 # lm-eval logs INFO lines on every evaluate() call; a training loop evaluates often.
 logging.getLogger("lm_eval").setLevel(logging.WARNING)
 
-TASK_PREFIX = "harness_"  # lm-eval task names are global; keep ours from colliding with built-ins
 
 
 @dataclass
@@ -94,12 +89,24 @@ def _quiet_lm_eval(level: int = logging.ERROR) -> Iterator[None]:
 
 
 class LiveLM(LM):
-    """A minimal lm-eval LM over an in-memory transformers model: greedy `generate_until` only."""
+    """A minimal lm-eval LM over an in-memory transformers model: greedy `generate_until` and `loglikelihood`."""
 
-    def __init__(self, model, tokenizer, batch_size: int, add_special_tokens: bool = False):
+    def __init__(self, model, tokenizer, batch_size: int, add_special_tokens: bool = False,
+                 score_batch_size: int | None = None):
         super().__init__()
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.add_special_tokens = add_special_tokens
+        self.score_batch_size = score_batch_size or batch_size
+
+    @property
+    def tokenizer_name(self) -> str:
+        """Identifies the chat template in lm-eval's request cache keys."""
+        return str(getattr(self.tokenizer, "name_or_path", "live")).replace("/", "__")
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The tokenizer's own chat template, as text (lm-eval then treats it as the context)."""
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy responses, one per request, grouped by identical generation kwargs."""
@@ -125,32 +132,56 @@ class LiveLM(LM):
                 out[i] = r
         return out
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        raise NotImplementedError("LiveLM serves generate_until tasks only; loglikelihood tasks need HFLM")
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Context and continuation ids, split the way lm-eval's HFLM splits them.
+
+        Trailing spaces of the context move to the continuation, and the pair is tokenized as one text, so a
+        word's leading space stays in its token as it would in running text.
+        """
+        n = len(context) - len(context.rstrip())
+        if n:
+            context, continuation = context[:-n], context[-n:] + continuation
+        enc = lambda text: self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)  # noqa: E731
+        whole, ctx = enc(context + continuation), enc(context)
+        if not ctx:  # nothing to condition on: predict from the end token, as HFLM does
+            return [self.tokenizer.eos_token_id], whole
+        return ctx, whole[len(ctx):]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """(log p(continuation | context), is greedy) per request, scored in `score_batch_size` batches."""
+        from harness.metrics import continuation_loglikelihood
+        pairs = [self._encode_pair(*r.args) for r in requests]
+        return continuation_loglikelihood(self.model, [c for c, _ in pairs], [x for _, x in pairs],
+                                          self.score_batch_size, self.tokenizer.pad_token_id)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        raise NotImplementedError("LiveLM serves generate_until tasks only; loglikelihood tasks need HFLM")
+        raise NotImplementedError("LiveLM serves generate_until and loglikelihood tasks; perplexity tasks need HFLM")
 
 
-def _toy_task_config(world, name: str, items: list, gen_kwargs: dict) -> dict:
-    """An inline lm-eval task config (lm-eval task `name`) over one split of a toy task, scored by `world.verify`."""
-    import datasets
+def _load_tasks(specs: list) -> dict:
+    """{lm-eval task name: Task} for every split of every spec, building config dicts and names once."""
+    from lm_eval.tasks import TaskManager
+    ready, to_load = {}, []
+    for spec in specs:
+        for name in set(spec.lm_names.values()):
+            task = spec.lm_tasks[name]
+            if isinstance(task, (dict, str)):
+                to_load.append(task)
+            else:
+                ready[name] = task
+    if to_load:
+        with _quiet_lm_eval():  # each custom_dataset task warns about --metadata when built
+            ready.update(TaskManager(include_defaults=False).load(to_load))
+    return ready
 
-    rows = [{"prompt": it.prompt, "answer": it.answer, "idx": i} for i, it in enumerate(items)]
 
-    def dataset(**_metadata) -> dict:  # lm-eval calls it as fn(**metadata, **dataset_kwargs)
-        return {"test": datasets.Dataset.from_list(rows)}
-
-    def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-        return {"acc": world.verify(items[doc["idx"]], results[0])}
-
-    return {
-        "task": name, "custom_dataset": dataset, "test_split": "test",
-        "output_type": "generate_until", "doc_to_text": "prompt", "doc_to_target": "answer",
-        "process_results": process_results, "generation_kwargs": dict(gen_kwargs),
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0},
-    }
+def _response(sample: dict) -> str:
+    """The scored response of a logged sample: generated text, or the chosen option's index for multiple choice."""
+    resp = sample["filtered_resps"][0] if sample["filtered_resps"] else ""
+    if isinstance(resp, (list, tuple)):  # loglikelihood: one (logprob, is_greedy) per option
+        lls = [r[0] if isinstance(r, (list, tuple)) else r for r in sample["filtered_resps"]]
+        return str(int(np.argmax(lls)))
+    return str(resp)
 
 
 class Evaluator:
@@ -160,75 +191,78 @@ class Evaluator:
     """
 
     def __init__(self, world, tokenizer, batch_size: int = 256, add_special_tokens: bool = False,
-                 splits: tuple[str, ...] = ("val", "eval")):
+                 splits: tuple[str, ...] = ("val", "eval"), score_batch_size: int | None = None):
         self.world, self.tokenizer, self.batch_size = world, tokenizer, batch_size
-        self.add_special_tokens = add_special_tokens
-        all_splits = world.eval_splits()  # World raises on an empty split
+        self.add_special_tokens, self.score_batch_size = add_special_tokens, score_batch_size
+        all_splits = world.eval_splits()  # a world raises on an empty split
         self.items = {sp: {t: list(all_splits[sp][t]) for t in world.tasks} for sp in splits}
         for sp, tasks in self.items.items():
             for t, items in tasks.items():
                 if not items:
                     raise HarnessError(f"task {t!r} has an empty {sp} split; set world.n_{sp} > 0")
-        self.gen_kwargs = {"until": list(STOP), "max_gen_toks": world.cfg.max_new_tokens, "do_sample": False}
-        specs = self._specs()
-        self.lm_name = {key: name for key, (name, _, _) in specs.items()}
-        self.metric = {key: metric for key, (_, _, metric) in specs.items()}
-        from lm_eval.tasks import TaskManager
-        with _quiet_lm_eval():  # each custom_dataset task warns about --metadata when built
-            self.task_dict = TaskManager(include_defaults=False).load([s for _, s, _ in specs.values()])
+        self.specs = {spec.task: spec for spec in world.eval_tasks()}
+        self.options = world.eval_options()
+        self.task_dict = _load_tasks(list(self.specs.values()))
+        # lm-eval scores only these doc ids of a task that holds both splits (real worlds); absent: every doc.
+        self.samples: dict[str, list[int]] = {}
+        for spec in self.specs.values():
+            for sp in splits:
+                ids = spec.docs.get(sp)
+                if ids is not None:
+                    self.samples.setdefault(spec.lm_names[sp], [])
+                    self.samples[spec.lm_names[sp]] = sorted(set(self.samples[spec.lm_names[sp]]) | set(ids))
 
-    def rebind(self, world, tokenizer, batch_size: int | None = None) -> Evaluator:
+    def rebind(self, world, tokenizer, batch_size: int | None = None,
+               score_batch_size: int | None = None) -> Evaluator:
         """A shallow copy for another run of the same world (equal `data_key`), sharing the built lm-eval tasks.
 
         The copy generates with `tokenizer` and reports `world`; the shared tasks keep scoring with the world
         they were built from, whose items and verifiers are the same (the data key covers all of them).
         """
-        if world.cfg.data_key() != self.world.cfg.data_key():
+        if world.data_key() != self.world.data_key():
             raise ValueError("Evaluator.rebind: the world's data differs from the one the tasks were built for")
         other = copy.copy(self)
         other.world, other.tokenizer = world, tokenizer
         if batch_size is not None:
             other.batch_size = batch_size
+        if score_batch_size is not None:
+            other.score_batch_size = score_batch_size
         return other
-
-    def _specs(self) -> dict[tuple[str, str], tuple[str, dict | str, str]]:
-        """(split, harness task) -> (lm-eval task name, what TaskManager.load takes, per-example metric key)."""
-        out = {}
-        for split, tasks in self.items.items():
-            for t, items in tasks.items():
-                name = f"{TASK_PREFIX}{t}" if split == "eval" else f"{TASK_PREFIX}{split}_{t}"
-                out[(split, t)] = (name, _toy_task_config(self.world, name, items, self.gen_kwargs), "acc")
-        return out
 
     def evaluate(self, model) -> EvalResult:
         """Evaluate through lm-eval's `evaluate` (not simple_evaluate, which reseeds global RNGs)."""
         from lm_eval import evaluator
         start = time.perf_counter()
-        lm = LiveLM(model, self.tokenizer, self.batch_size, self.add_special_tokens)
+        lm = LiveLM(model, self.tokenizer, self.batch_size, self.add_special_tokens, self.score_batch_size)
         with eval_mode(model), _quiet_lm_eval(logging.WARNING):
-            out = evaluator.evaluate(lm=lm, task_dict=self.task_dict, bootstrap_iters=0, log_samples=True)
+            out = evaluator.evaluate(lm=lm, task_dict=self.task_dict, bootstrap_iters=0, log_samples=True,
+                                     samples=self.samples or None, **self.options)
         splits = {}
         for split, tasks in self.items.items():
             correct, responses = {}, {}
             for t, items in tasks.items():
-                samples = sorted(out["samples"][self.lm_name[(split, t)]], key=lambda s: s["doc_id"])
-                if [s["doc_id"] for s in samples] != list(range(len(items))):
+                spec = self.specs[t]
+                by_doc = {s["doc_id"]: s for s in out["samples"][spec.lm_names[split]]
+                          if spec.filter is None or s.get("filter") == spec.filter}
+                ids = spec.docs.get(split)
+                ids = list(range(len(items))) if ids is None else ids
+                if len(ids) != len(items) or any(i not in by_doc for i in ids):
                     raise RuntimeError(f"lm-eval returned doc ids that do not cover the {split} split of task "
                                        f"{t!r} ({len(items)} items)")
-                correct[t] = np.array([float(s[self.metric[(split, t)]]) for s in samples])
-                responses[t] = [s["filtered_resps"][0] for s in samples]
+                correct[t] = np.array([float(by_doc[i][spec.metric]) for i in ids])
+                responses[t] = [_response(by_doc[i]) for i in ids]
             splits[split] = self._scores(correct, responses)
         return EvalResult(splits, time.perf_counter() - start)
 
     def plain_evaluate(self, model) -> EvalResult:
-        """The same greedy evaluation as a plain batched `generate` loop, without lm-eval."""
+        """The same greedy evaluation as a plain batched `generate` loop, without lm-eval (one-line answers)."""
         start = time.perf_counter()
         keys = [(sp, t) for sp, tasks in self.items.items() for t in tasks]
         prompts = [it.prompt for sp, t in keys for it in self.items[sp][t]]
         with eval_mode(model):
             # One call over all splits and tasks, like lm-eval's single generate_until over every request.
-            flat = greedy_generate(model, self.tokenizer, prompts, max_new_tokens=self.gen_kwargs["max_gen_toks"],
-                                   batch_size=self.batch_size, stop=self.gen_kwargs["until"],
+            flat = greedy_generate(model, self.tokenizer, prompts, max_new_tokens=self.world.max_new_tokens,
+                                   batch_size=self.batch_size, stop=list(STOP),
                                    add_special_tokens=self.add_special_tokens)
         collected: dict[str, tuple[dict, dict]] = {sp: ({}, {}) for sp in self.items}
         pos = 0

@@ -39,6 +39,10 @@ class _StopOnStrings(StoppingCriteria):
         self.tokenizer, self.stop, self.prompt_len = tokenizer, stop, prompt_len
         self.eos = torch.tensor(sorted(set(eos_ids or [])), dtype=torch.long)
         self.done: torch.Tensor | None = None  # rows whose text already contains a stop string
+        # A stop string that first appears at this step ends in the newest token, so it lies in the last
+        # len(s) characters, i.e. in at most len(s) tokens (a token decodes to at least one character);
+        # doubled, plus slack, for byte tokens that only form a character together.
+        self.window = 2 * max(map(len, stop), default=1) + 4
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_) -> torch.Tensor:
         suffix = input_ids[:, self.prompt_len:]
@@ -49,7 +53,8 @@ class _StopOnStrings(StoppingCriteria):
             skip |= torch.isin(suffix.cpu(), self.eos).any(1)  # ended by an end token: generate has finished it
         rows = (~skip).nonzero().squeeze(-1).tolist()
         if rows:
-            texts = self.tokenizer.batch_decode(suffix[rows].tolist(), skip_special_tokens=True)
+            tail = suffix[rows, -self.window:]  # decoding whole suffixes costs O(length) per step
+            texts = self.tokenizer.batch_decode(tail.tolist(), skip_special_tokens=True)
             hit = [r for r, t in zip(rows, texts) if any(s in t for s in self.stop)]
             if hit:
                 self.done[hit] = True

@@ -145,6 +145,30 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     return lp, (None if entropy == "none" else _scatter(torch.cat(ents), flat, shape))
 
 
+@torch.no_grad()
+def token_greedy(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 targets: torch.Tensor, mask: torch.Tensor,
+                 chunk_elements: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of `targets` [B, T-1] and whether each target is the argmax token [B, T-1], where `mask` > 0.
+
+    What lm-eval's loglikelihood requests return (summed log-prob, is_greedy); chunked like `token_logprobs`.
+    """
+    chunk_elements = chunk_elements or CHUNK_ELEMENTS
+    states, head, vocab = _states(model, input_ids, attention_mask)
+    flat, rows, cols = _positions(mask)
+    h, t = states[rows, cols], targets[rows, cols]                           # [N, D], [N]
+    size = max(1, chunk_elements // vocab)
+    lps, hits = [], []
+    for s in range(0, len(flat), size):
+        logp = torch.log_softmax(head(h[s:s + size]).float(), dim=-1)       # [C, V]
+        lps.append(logp.gather(-1, t[s:s + size].unsqueeze(-1)).squeeze(-1))
+        hits.append((logp.argmax(-1) == t[s:s + size]).float())
+    if not lps:
+        zero = torch.zeros(mask.shape, device=mask.device)
+        return zero, zero.clone()
+    return _scatter(torch.cat(lps), flat, mask.shape), _scatter(torch.cat(hits), flat, mask.shape)
+
+
 def token_kl(p_model: torch.nn.Module, q_model: torch.nn.Module, input_ids: torch.Tensor,
              attention_mask: torch.Tensor, mask: torch.Tensor, chunk_elements: int | None = None) -> torch.Tensor:
     """KL(p(.|x_<=t) || q(.|x_<=t)) [B, T-1], exact over the vocabulary, where `mask` > 0 (zero elsewhere); no gradient."""

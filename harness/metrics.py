@@ -18,7 +18,7 @@ import torch
 
 from harness.data import Example, collate
 from harness import logprobs
-from harness.logprobs import eval_mode, token_kl, token_logprobs  # noqa: F401 (eval_mode is re-exported)
+from harness.logprobs import eval_mode, token_greedy, token_kl, token_logprobs  # noqa: F401 (eval_mode is re-exported)
 
 
 def paired_diff(base: dict[str, np.ndarray], policy: dict[str, np.ndarray], task: str) -> np.ndarray:
@@ -141,6 +141,20 @@ def sequence_nll(model: torch.nn.Module, prompts_ids: list[list[int]], responses
                 nll = nll / b.response_mask.sum(-1)
             out.append(nll.double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+@torch.no_grad()
+def continuation_loglikelihood(model: torch.nn.Module, prompts_ids: list[list[int]], continuations_ids: list[list[int]],
+                               batch_size: int, pad_id: int) -> list[tuple[float, bool]]:
+    """(summed log-prob of the continuation, whether greedy decoding would produce it) per pair: lm-eval's loglikelihood."""
+    out: list[tuple[float, bool]] = []
+    with eval_mode(model):
+        for b in _response_batches(prompts_ids, continuations_ids, batch_size, pad_id, _device(model)):
+            logp, hit = token_greedy(model, b.input_ids, b.attention_mask, b.targets, b.response_mask)  # [B, T-1]
+            total = (logp * b.response_mask).sum(-1)                                                # [B]
+            greedy = (hit * b.response_mask).sum(-1) == b.response_mask.sum(-1)                      # [B]
+            out += [(float(x), bool(g)) for x, g in zip(total.double().cpu(), greedy.cpu())]
+    return out
 
 
 def pld(model: torch.nn.Module, prompts_ids: list[list[int]], responses_ids: list[list[int]],

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.world import World
 from harness import metrics
 from harness.baseline import BaseScores, label_set, load_or_compute
 from harness.config import RunConfig
@@ -22,6 +21,7 @@ from harness.context import Context
 from harness.engine import Trainer
 from harness.evaluation import Evaluator
 from harness.modeling import load_model
+from harness.world import build_world
 from harness.sampler import HFSampler
 from harness.store import ensure_experiment, find_run, store_lock, tracking_uri
 from harness.tracking import RunTracker, flatten
@@ -96,7 +96,7 @@ def _store_identity() -> tuple:
 
 def ensure_base_run(cfg: RunConfig, world, base: BaseScores) -> None:
     """Log the base model's scores once per (world, checkpoint) as its own MLflow run."""
-    tags = {"kind": "base", "world": world.cfg.name, "data_key": world.cfg.data_key(), "base_checkpoint": base.checkpoint}
+    tags = {"kind": "base", "world": world.name, "data_key": world.data_key(), "base_checkpoint": base.checkpoint}
     known = (_store_identity(), cfg.tracking.experiment, tuple(sorted(tags.items())))
     if known in _BASE_RUNS:
         return
@@ -105,7 +105,7 @@ def ensure_base_run(cfg: RunConfig, world, base: BaseScores) -> None:
         if find_run(cfg.tracking.experiment, tags) is not None:
             _BASE_RUNS.add((_store_identity(), *known[1:]))
             return
-        with RunTracker(cfg.tracking.experiment, f"base-{world.cfg.name}-{world.target}",
+        with RunTracker(cfg.tracking.experiment, f"base-{world.name}-{world.target}",
                         params=flatten({"world": world.cfg.model_dump()}), tags=tags) as tr:
             tr.log_metrics({**{f"acc/{t}": a for t, a in base.acc["eval"].items()},
                             **{f"{VAL}acc/{t}": a for t, a in base.acc["val"].items()}, "pld": base.pld,
@@ -121,15 +121,15 @@ _EVALUATORS: dict[str, Evaluator] = {}
 _MAX_EVALUATORS = 4
 
 
-def _evaluator(world, tok, batch_size: int) -> Evaluator:
-    key = world.cfg.data_key()
+def _evaluator(world, tok, batch_size: int, score_batch_size: int) -> Evaluator:
+    key = world.data_key()
     built = _EVALUATORS.get(key)
     if built is None:
-        built = Evaluator(world, tok, batch_size)
+        built = Evaluator(world, tok, batch_size, score_batch_size=score_batch_size)
         while len(_EVALUATORS) >= _MAX_EVALUATORS:
             _EVALUATORS.pop(next(iter(_EVALUATORS)))
         _EVALUATORS[key] = built
-    return built.rebind(world, tok, batch_size)
+    return built.rebind(world, tok, batch_size, score_batch_size)
 
 
 def _freeze_heap() -> None:
@@ -147,10 +147,10 @@ def _freeze_heap() -> None:
 def prepare_world(cfg: RunConfig, progress: bool = True):
     """World, base path, a fresh policy, tokenizer, evaluator and the (cached) base scores."""
     _freeze_heap()
-    world = World(cfg.world)
+    world = build_world(cfg.world)
     base_path = world.base_path(progress=progress)
-    policy, tok = load_model(base_path, device=cfg.train.device)
-    evaluator = _evaluator(world, tok, cfg.eval.batch_size)
+    policy, tok = load_model(base_path, device=cfg.train.device, **world.load_kwargs())
+    evaluator = _evaluator(world, tok, cfg.eval.batch_size, cfg.score_batch_size)
     base, _ = load_or_compute(world, policy, tok, evaluator, base_path, cfg.eval.batch_size, cfg.score_batch_size)
     ensure_base_run(cfg, world, base)
     return world, base_path, policy, tok, evaluator, base
@@ -167,9 +167,9 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
     method_cls = get_method(cfg.method)
     world, base_path, policy, tok, evaluator, base = prepare_world(cfg, progress)
 
-    name = cfg.tracking.run_name or f"{cfg.method}-{world.cfg.name}-{world.target}-s{cfg.train.seed}"
-    tags = {"method": cfg.method, "world": world.cfg.name, "target": world.target, "seed": str(cfg.train.seed),
-            "teacher_style": world.cfg.teacher_style, "base_checkpoint": base.checkpoint, "kind": "run",
+    name = cfg.tracking.run_name or f"{cfg.method}-{world.name}-{world.target}-s{cfg.train.seed}"
+    tags = {"method": cfg.method, **world.tags(), "seed": str(cfg.train.seed),
+            "base_checkpoint": base.checkpoint, "kind": "run",
             "git_commit": _git_commit(), "python": platform.python_version(), **_versions(), **(extra_tags or {})}
     resolved = cfg.model_dump(mode="json")
     final: dict[str, float] = {}
@@ -211,7 +211,9 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
             correct = {sp: r.correct for sp, r in res.splits.items()}
             last_eval = eval_metrics(world, base, correct, pld_history, kl, cfg.eval.bootstrap_iters, cfg.train.seed)
             last_eval["eval_responses"] = res.responses  # kept for the final artifact, not logged as a metric
-            tr.log_metrics({k: v for k, v in last_eval.items() if k != "eval_responses"} | cost(), step)
+            last_eval["eval_correct"] = res.correct
+            tr.log_metrics({k: v for k, v in last_eval.items() if k not in ("eval_responses", "eval_correct")} | cost(),
+                           step)
 
         zero = eval_metrics(world, base, {sp: base.correct_arrays(sp) for sp in base.correct}, [base.pld], 0.0, 0,
                             cfg.train.seed)
@@ -222,6 +224,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
             bar.close()
             ctx.close()  # scratch checkpoints go even when the run fails
         responses = last_eval.pop("eval_responses", {})
+        final_correct = last_eval.pop("eval_correct", {})
         final = {k: v for k, v in last_eval.items()} | cost() | {"steps": float(trainer.step)}
         final.update({"base/label_nll_token": base.label_nll_token, "base/label_nll_seq": base.label_nll_seq,
                       "base/own_nll_token": base.own_nll_token, "base/own_nll_seq": base.own_nll_seq})
@@ -229,9 +232,10 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
         rows = []
         for t, items in world.eval_items.items():
             for i, it in enumerate(items):
-                resp = responses.get(t, [""] * len(items))[i]
-                rows.append({"task": t, "idx": i, "prompt": it.prompt, "answer": it.answer, "response": resp,
-                             "correct": world.verify(it, resp), "base_correct": base.correct["eval"][t][i]})
+                rows.append({"task": t, "idx": i, "prompt": it.prompt, "answer": it.answer,
+                             "response": responses.get(t, [""] * len(items))[i],
+                             "correct": float(final_correct.get(t, [np.nan] * len(items))[i]),
+                             "base_correct": base.correct["eval"][t][i]})
         tr.log_table(rows, "eval/examples.csv")
         tr.log_text(json.dumps(final, indent=2), "final_metrics.json")
     return final

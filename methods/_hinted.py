@@ -164,7 +164,7 @@ def hinted_examples(ctx, cfg) -> list[Example]:
                                    f"know; use only characters that occur in prompts and labels")
             resp, finished, n = hinted_decode(
                 model, hinted, plain, beta=cfg.hd_beta, temperature=cfg.hd_temperature, top_p=cfg.hd_top_p,
-                max_new_tokens=ctx.world.cfg.max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                max_new_tokens=ctx.world.max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
                 switch_ids=switch, gen=gen)
             fed += n
             made = sum(map(len, resp))

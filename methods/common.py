@@ -88,7 +88,7 @@ def sample_and_verify(ctx, items: list, n: int, temperature: float, top_p: float
     prefixes = prefixes or [""] * len(items)
     prompts = [ctx.encode(it.prompt) + ctx.encode(px) for it, px in zip(items, prefixes)]
     outs = sampler.generate(prompts, n=n, temperature=temperature, top_p=top_p,
-                            max_new_tokens=ctx.world.cfg.max_new_tokens)
+                            max_new_tokens=ctx.world.max_new_tokens)
     if sampler is not ctx.sampler:  # its tokens went to the run's counter; its seconds must join the run's too
         ctx.sampler.gen_seconds += sampler.gen_seconds
     return [Sampled(it, comps, [ctx.world.verify(it, px + c.text) * float(c.finished) for c in comps])

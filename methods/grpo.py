@@ -113,5 +113,5 @@ class GRPO(Method):
             kl = KL_ESTIMATORS[c.kl_estimator](logp, ref)                    # [B, T-1]
             tok = tok + c.beta * kl
             stats["kl"] = masked_mean(kl.detach(), mask)
-        tok = tok * token_scale(c.loss_type, mask, ctx.world.cfg.max_new_tokens)  # [B, T-1]
+        tok = tok * token_scale(c.loss_type, mask, ctx.world.max_new_tokens)  # [B, T-1]
         return LossOutput(tok, {k: float(v) for k, v in stats.items()})

@@ -150,4 +150,4 @@ class TRAPO(Method):
         p = logp.detach().exp()
         stats = {"entropy": masked_mean(batch.entropy.detach(), mask), "expert_p": masked_mean(p, sft * mask),
                  "trust_frac": masked_mean((p >= c.alpha).float(), sft * mask)}
-        return LossOutput(tok / ctx.world.cfg.max_new_tokens, {k: float(v) for k, v in stats.items()})
+        return LossOutput(tok / ctx.world.max_new_tokens, {k: float(v) for k, v in stats.items()})

@@ -104,10 +104,7 @@ def _objective_text(spec: SweepSpec) -> str:
 
 
 def _world_text(cfg) -> str:
-    w = cfg.world
-    keep = [t for t in w.tasks if t != w.target]
-    return (f"`{w.name}` (world seed {w.seed}): target `{w.target}`, retention {', '.join(f'`{t}`' for t in keep)}, "
-            f"teacher style `{w.teacher_style}`; {cfg.train.max_steps} steps per run")
+    return f"{cfg.world.summary()}; {cfg.train.max_steps} steps per run"
 
 
 def _where_text() -> str:
@@ -126,8 +123,8 @@ def experiment_note(spec: SweepSpec, arms: list[str], cfgs: dict[str, Any], expe
     rows = []
     for a in arms:
         cfg = cfgs[a]
-        style = cfg.world.teacher_style
-        style = "" if style == first.world.teacher_style else f", teacher style `{style}`"
+        style = getattr(cfg.world, "teacher_style", "")
+        style = "" if style == getattr(first.world, "teacher_style", "") else f", teacher style `{style}`"
         rows.append(f"| [`{a}`](#/experiments/{experiment_id}/runs/{parents[a]}{_VIEW}) | "
                     f"`{arm_method(spec, a)}`{style} | {', '.join(map(str, arm_seeds(spec, a)))} | "
                     f"[report]({report_link(experiment_id, parents[a])}) |")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 
-from benchmarks.world import World
+from harness.world import build_world
 from harness.config import resolve_config
 from harness.context import Context
 from harness.engine import Trainer
@@ -18,7 +18,7 @@ def build(micro_world, method: str, overrides: list[str] | tuple = ()):
     policy = copy.deepcopy(model)
     trainer = Trainer(policy, tok.pad_token_id, cfg.train)
     logged: list = []
-    ctx = Context(run_cfg=cfg, method_cfg=mcfg, world=World(cfg.world), policy=policy, tokenizer=tok,
+    ctx = Context(run_cfg=cfg, method_cfg=mcfg, world=build_world(cfg.world), policy=policy, tokenizer=tok,
                   base_path=world.base_path(progress=False), trainer=trainer, sampler=HFSampler(policy, tok),
                   log=lambda stats, step: logged.append((step, stats)))
     ctx.logged = logged

@@ -22,7 +22,7 @@ from method_harness import build, train
 
 torch.set_num_threads(1)
 LN2 = math.log(2)
-CTX8 = SimpleNamespace(world=SimpleNamespace(cfg=SimpleNamespace(max_new_tokens=8)))  # L_max = 8
+CTX8 = SimpleNamespace(world=SimpleNamespace(max_new_tokens=8))  # L_max = 8
 
 
 # ---------------------------------------------------------------- GRPO pieces

@@ -58,7 +58,7 @@ class FakeSampler:
 def fake_ctx(script):
     items = [SimpleNamespace(prompt=f"p{i}", task="sort", key=str(i)) for i in range(len(script))]
     logged = []
-    world = SimpleNamespace(train_items=items, cfg=SimpleNamespace(max_new_tokens=8),
+    world = SimpleNamespace(train_items=items, max_new_tokens=8,
                             verify=lambda it, r: float(r == "ok"))
     return SimpleNamespace(world=world, sampler=FakeSampler(script), encode=lambda s: [ord(c) for c in s],
                            log=logged.append, logged=logged)

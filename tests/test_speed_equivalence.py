@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import StoppingCriteria
 
-from benchmarks.world import World, WorldConfig
+from benchmarks.world import ToyWorld, WorldConfig
 from harness import greedy, logprobs, metrics
 from harness.baseline import label_set
 from harness.evaluation import Evaluator
@@ -153,7 +153,7 @@ def _same(a, b):
 def test_rebound_evaluator_scores_like_a_fresh_one(micro_world):
     world, model, tok = micro_world
     built = Evaluator(world, tok, 16)
-    same_data = World(WorldConfig(**world.cfg.model_dump()))  # another World object of the same data
+    same_data = ToyWorld(WorldConfig(**world.cfg.model_dump()))  # another World object of the same data
     from harness.modeling import load_model
     _, tok2 = load_model(world.base_path(progress=False))
     reused = built.rebind(same_data, tok2, 16)
@@ -161,7 +161,7 @@ def test_rebound_evaluator_scores_like_a_fresh_one(micro_world):
     policy = _perturbed(model, 3, scale=0.05)
     for m in (model, policy):
         _same(reused.evaluate(m), Evaluator(same_data, tok2, 16).evaluate(m))
-    other = World(WorldConfig(**{**world.cfg.model_dump(), "n_eval": world.cfg.n_eval - 1}))
+    other = ToyWorld(WorldConfig(**{**world.cfg.model_dump(), "n_eval": world.cfg.n_eval - 1}))
     with pytest.raises(ValueError):
         built.rebind(other, tok)
 

@@ -28,17 +28,17 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
     torch.set_num_threads(args.threads)
-    from benchmarks.world import World, WorldConfig
+    from benchmarks.world import ToyWorld, WorldConfig
     from harness.evaluation import Evaluator
     from harness.modeling import load_model
 
-    world = World(WorldConfig(name=args.world, **WORLD_PRESETS[args.world].get("world", {})))
+    world = ToyWorld(WorldConfig(name=args.world, **WORLD_PRESETS[args.world].get("world", {})))
     model, tok = load_model(world.base_path(progress=True))
     start = time.perf_counter()
     ev = Evaluator(world, tok, batch_size=args.batch_size)
     build = time.perf_counter() - start
     n = sum(len(v) for v in ev.items.values())
-    print(f"world {args.world}: {len(ev.items)} tasks, {n} prompts, max_new_tokens {world.cfg.max_new_tokens}, "
+    print(f"world {args.world}: {len(ev.items)} tasks, {n} prompts, max_new_tokens {world.max_new_tokens}, "
           f"batch {args.batch_size}, {args.threads} thread(s); Evaluator built in {build:.2f} s (once per world)")
 
     lm, plain = ev.evaluate(model), ev.plain_evaluate(model)  # warm-up; also the agreement check

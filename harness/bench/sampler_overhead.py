@@ -34,7 +34,7 @@ def main() -> None:
     prompts = [tok.encode(it.prompt, add_special_tokens=False) for it in items]
     sampler = HFSampler(model, tok, batch_size=args.prompts * args.samples)
     ids = torch.tensor(prompts)  # toy prompts of one task share a length: no padding on either side
-    max_new = world.cfg.max_new_tokens
+    max_new = world.max_new_tokens
 
     def raw() -> None:
         with torch.no_grad():

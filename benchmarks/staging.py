@@ -1,0 +1,101 @@
+"""What a world needs on disk, and `harness fetch`: stage it all on a machine with network.
+
+A GPU machine often has no network. `harness fetch <preset>` runs where there is
+network and fills the local caches: the base model at its revision (Hugging Face
+hub cache), every lm-eval dataset not given as local files (datasets cache), and
+nltk's `punkt_tab` for IFEval. `harness run --world <preset> --dry-run` then
+lists each requirement with whether it is present, offline.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+NLTK_TASKS = ("ifeval",)  # lm-eval tasks whose scoring reads nltk's punkt_tab
+
+
+@dataclass
+class Requirement:
+    """One thing a world reads from disk: what it is, where, and whether it is there (None: known on loading)."""
+
+    what: str
+    where: str
+    present: bool | None
+
+    def line(self) -> str:
+        """A printable row."""
+        mark = {True: "ok     ", False: "MISSING", None: "on load"}[self.present]
+        return f"  {mark}  {self.what}: {self.where}"
+
+
+def _task_sources(cfg) -> list:
+    return [cfg.target, *cfg.retention]
+
+
+def nltk_punkt_present() -> bool:
+    """Whether nltk can find the punkt_tab tokenizer data (IFEval's sentence counts)."""
+    import nltk
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return True
+    except LookupError:
+        return False
+
+
+def requirements(cfg) -> list[Requirement]:
+    """Everything a world config reads from disk, checked without network."""
+    if cfg.kind != "real":
+        from harness.world import build_world
+        world = build_world(cfg)
+        base = world.cache_dir / "base"
+        return [Requirement("toy base model (pretrained on first use, ~1-2 min)", str(base), base.exists())]
+    from benchmarks.real import resolve_model
+    out = []
+    try:
+        where, ok = resolve_model(cfg.base_model, cfg.revision), True
+    except HarnessError:
+        where, ok = f"{cfg.base_model}" + (f"@{cfg.revision}" if cfg.revision else ""), False
+    out.append(Requirement("base model", where, ok))
+    for src in _task_sources(cfg):
+        if src.data_files:
+            for split, f in src.data_files.items():
+                out.append(Requirement(f"{src.task} {split} data", f, Path(f).expanduser().exists()))
+        else:
+            out.append(Requirement(f"{src.task} data", "lm-eval's hub dataset (datasets cache)", None))
+    train_file = getattr(cfg.target, "train_file", None)
+    if train_file:
+        out.append(Requirement(f"{cfg.target.task} training docs", train_file, Path(train_file).expanduser().exists()))
+    if any(s.task in NLTK_TASKS for s in _task_sources(cfg)):
+        out.append(Requirement("nltk punkt_tab (IFEval)", os.environ.get("NLTK_DATA", "nltk's default paths"),
+                               nltk_punkt_present()))
+    return out
+
+
+def fetch(cfg, progress: bool = True) -> list[Requirement]:
+    """Download what a real world needs into the local caches (needs network); returns the requirements after."""
+    if cfg.kind != "real":
+        return requirements(cfg)
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise HarnessError("HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set: `harness fetch` needs the network; unset "
+                           "them on a machine that has it")
+    if not Path(cfg.base_model).expanduser().exists():
+        from huggingface_hub import snapshot_download
+        path = snapshot_download(cfg.base_model, revision=cfg.revision)
+        if progress:
+            print(f"model {cfg.base_model} -> {path}")
+    from benchmarks.lmeval_tasks import load_task
+    from harness.world import cache_root
+    for src in _task_sources(cfg):
+        if not src.data_files:  # building the task downloads its dataset into the datasets cache
+            load_task(src, cache_root() / "lmeval-tasks" / "fetch").eval_docs()
+            if progress:
+                print(f"dataset of {src.task} cached")
+    if any(s.task in NLTK_TASKS for s in _task_sources(cfg)) and not nltk_punkt_present():
+        import nltk
+        target = os.environ.get("NLTK_DATA")
+        if not nltk.download("punkt_tab", download_dir=target, quiet=not progress):
+            raise HarnessError("nltk could not download punkt_tab; check the network, or copy it into $NLTK_DATA")
+    return requirements(cfg)
