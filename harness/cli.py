@@ -145,6 +145,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from benchmarks.staging import fetch
     from harness.config import resolve_config
 
+    if args.world is None and args.preset is None:
+        raise HarnessError("`harness fetch` needs --world NAME (see `harness list`) or --preset FILE with a real world")
     cfg, _ = resolve_config(world=args.world, preset=args.preset, overrides=list(args.overrides))
     reqs = fetch(cfg.world)
     for r in reqs:
@@ -272,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         examples:
           harness fetch --world rbd-qwen2.5-1.5b-ifeval
           harness fetch --world tms-qwen2.5-1.5b-math world.revision=<commit>""")))
-    s.add_argument("--world", required=True, help="real-world preset (see `harness list`)")
+    s.add_argument("--world", help="real-world preset (see `harness list`); or --preset FILE defining the world")
     s.add_argument("--preset", metavar="FILE", help="YAML file of settings layered over the world preset")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. world.revision=<commit>")
     s.set_defaults(fn=cmd_fetch)

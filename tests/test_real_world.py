@@ -240,3 +240,48 @@ def test_shipped_presets_validate(preset, monkeypatch, tmp_path):
         assert cfg.world.kind == "real" and cfg.world.source
     reqs = requirements(cfg.world)
     assert reqs[0].what == "base model" and reqs[0].present is False
+
+
+def test_fetch_refuses_offline_and_lists_local_worlds_as_present(real_env, monkeypatch, capsys):
+    from harness.cli import main
+
+    presets, _ = real_env
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["fetch", "--world", "rbd-qwen2.5-1.5b-ifeval"]) == 2
+    assert "needs the network" in capsys.readouterr().err
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    # a world of local files needs nothing fetched: every requirement is already there
+    assert main(["fetch", "--preset", str(presets["qwen2"])]) == 0
+    out = capsys.readouterr().out
+    assert "ok       base model" in out and "MISSING" not in out and "nltk punkt_tab" in out
+
+
+def test_list_shows_the_real_presets(capsys):
+    from harness.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("rbd-qwen2.5-1.5b-ifeval", "tms-qwen2.5-1.5b-math", "trapo-qwen2.5-math-7b"):
+        assert name in out
+
+
+def test_stop_window_flags_multi_token_stop_strings_like_a_full_decode(real_env):
+    """BPE splits "Question:" over several tokens; looking back a window flags it at the same step as a full decode."""
+    from harness import greedy
+    from harness.modeling import load_model
+
+    presets, _ = real_env
+    world, _ = _world(presets["qwen2"])
+    _, tok = load_model(world.base_path())
+    stops = ["Question:", "\n\n", "<|im_end|>"]
+    texts = ["The total is 42 eggs.\n\nQuestion: next", "First Question: here", "no stop at all in this line",
+             "x" * 40 + " Question:"]
+    ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+    T = max(map(len, ids))
+    rows = torch.tensor([i + [tok.pad_token_id] * (T - len(i)) for i in ids])
+    window = greedy._StopOnStrings(tok, stops, prompt_len=0)
+    for t in range(1, T + 1):
+        got = window(rows[:, :t], None)
+        full = [any(s in tok.decode(r[:t].tolist(), skip_special_tokens=True) for s in stops) for r in rows]
+        assert got.tolist() == full, t
