@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 # The transformers release vLLM 0.33 pins (>=5.16.1,<5.21): the second test leg runs the suite on it.
 TF_PINNED ?= transformers==5.20.2
 
-.PHONY: setup run test test-latest test-pinned clean
+.PHONY: setup setup-gpu run test test-latest test-pinned clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -15,6 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
+
+# GPU machines: a separate venv with the `gpu` extra (vLLM 0.33 pins torch 2.14.0, PyPI's CUDA 13 build, which needs
+# an r580+ driver, and transformers <5.21; it needs Python >= 3.11). No CPU torch is installed first here.
+GPU_VENV ?= .venv-gpu
+setup-gpu:
+	python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "vLLM 0.33 needs Python >= 3.11")'
+	python3 -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install -q -e ".[gpu,dev]"
 
 run: setup
 	$(VENV)/bin/harness sweep --methods all --workers 2
@@ -31,4 +40,4 @@ test-pinned: setup
 	PYTHONPATH=$(CURDIR)/.tf-pinned HARNESS_EXPECT_TRANSFORMERS=$(subst transformers==,,$(TF_PINNED)) $(VENV)/bin/pytest -q
 
 clean:
-	rm -rf $(VENV) .tf-pinned
+	rm -rf $(VENV) $(GPU_VENV) .tf-pinned

@@ -5,7 +5,10 @@ schedule, clipping, gradient accumulation, precision, the step budget, the
 evaluation cadence, logging -- and asks the method only for data and per-token
 losses. Per-token losses are reduced once per optimizer step (sum over the
 step / number of trained tokens, or sequences), so micro-batching never
-changes the result.
+changes the result -- nor does splitting a step over N data-parallel processes
+(`harness.distributed`: each rank trains its strided share of every step against
+the step's global denominator, and the gradients are summed over ranks before
+clipping and AdamW). With one process the loop is exactly the single-process one.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from harness import distributed
 from harness.config import TrainConfig
 from harness.cost import Cost
 from harness.data import Example, TrainData, collate
@@ -85,6 +89,10 @@ class Trainer:
         if cfg.gradient_checkpointing:
             # Non-reentrant: works with inputs that need no grad and with the chunked head's own checkpoints.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if distributed.world_size() > 1:  # as DDP does: every rank starts from rank 0's weights
+            with torch.no_grad():
+                for t in model.state_dict().values():
+                    torch.distributed.broadcast(t, src=0)
         self.reset_optimizer()
 
     def reset_optimizer(self, horizon: int | None = None, lr: float | None = None) -> None:
@@ -103,6 +111,10 @@ class Trainer:
 
         `entropy_grad`: the loss differentiates the entropies (Method.needs_entropy_grad).
         `kind`: the cost counter's kind of its tokens ("teacher" for a phase outside the evaluated trajectory).
+
+        With N processes (`harness.distributed`) every rank is given the whole step, trains `examples[rank::N]`
+        against the whole step's denominator, and the gradients are summed over ranks after the last
+        micro-batch; the returned statistics and the cost counter are the whole step's, on every rank.
         """
         start = time.perf_counter()
         self.model.train()
@@ -111,15 +123,22 @@ class Trainer:
         else:
             denom = len(examples)
         denom = max(float(denom), 1.0)
+        parallel = distributed.world_size() > 1
+        mine = distributed.shard(examples)  # this rank's share: all of them in one process
+        cost_before = dict(self.cost.tokens)
         total, stats, phis = 0.0, {}, []
-        chunks = [examples[i:i + self.cfg.micro_batch_size] for i in range(0, len(examples), self.cfg.micro_batch_size)]
+        diverged = False
+        chunks = [mine[i:i + self.cfg.micro_batch_size] for i in range(0, len(mine), self.cfg.micro_batch_size)]
         for chunk in chunks:
             batch = collate(chunk, self.pad_id, self.cfg.device)
             forward(self.model, batch, self.cfg.precision, entropy_grad)
             out: LossOutput = loss_fn(ctx, batch)
             loss = (out.token_loss * batch.loss_mask).sum() / denom
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"non-finite loss at step {self.step + 1}")
+                if not parallel:
+                    raise TrainingDiverged(f"non-finite loss at step {self.step + 1}")
+                diverged = True  # raised on every rank once they have compared notes, so none is left waiting
+                break
             loss.backward()
             total += loss.item()
             for k, v in out.stats.items():
@@ -127,6 +146,9 @@ class Trainer:
             mask = batch.loss_mask > 0
             phis.append(phi_of(batch.logp, batch.entropy)[mask])
             self.cost.add(kind, int(batch.attention_mask.sum()))
+        if parallel:
+            total, stats, phi_sums = self._merge_ranks(examples, denom, total, stats, phis, cost_before, diverged)
+            distributed.all_reduce_grads(self.model.parameters())
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(f"non-finite gradient norm at step {self.step + 1}")
@@ -135,6 +157,15 @@ class Trainer:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.train_seconds += time.perf_counter() - start
+        if parallel:
+            n_phi = phi_sums[1]
+            stats.update({"loss": total, "grad_norm": grad_norm, "lr": lr,
+                          "trained_tokens": denom if reduction == "token" else n_phi})
+            if n_phi:
+                stats["data_phi"] = phi_sums[0] / n_phi
+                for i, t in enumerate(PHI_THRESHOLDS):
+                    stats[f"data_phi_lt{t}"] = phi_sums[2 + i] / n_phi
+            return stats
         phi = torch.cat(phis) if phis else torch.zeros(0)
         stats.update({"loss": total, "grad_norm": grad_norm, "lr": lr, "trained_tokens": denom if reduction == "token" else float(phi.numel())})
         if phi.numel():
@@ -144,13 +175,56 @@ class Trainer:
                 stats[f"data_phi_lt{t}"] = float((phi < -t).float().mean())
         return stats
 
+    def _merge_ranks(self, examples: list[Example], denom: float, total: float, stats: dict[str, float],
+                     phis: list[torch.Tensor], cost_before: dict[str, int],
+                     diverged: bool) -> tuple[float, dict[str, float], list[float]]:
+        """The whole step's loss, statistics, φ sums [Σφ, n, n(φ<-t)...] and cost, from every rank's share.
+
+        One collective per step. Also checks that every rank was given the same step (else every rank raises).
+        """
+        phi = torch.cat(phis) if phis else torch.zeros(0)
+        mine = {"check": (distributed.fingerprint(examples), denom), "diverged": diverged, "total": total,
+                "stats": stats, "phi": [float(phi.sum()), float(phi.numel())] + [float((phi < -t).sum())
+                                                                                for t in PHI_THRESHOLDS],
+                "cost": {k: v - cost_before.get(k, 0) for k, v in self.cost.tokens.items()}}
+        ranks = distributed.all_gather_object(mine)
+        if any(r["check"] != ranks[0]["check"] for r in ranks):
+            raise RuntimeError(f"ranks were given different examples at step {self.step + 1}: every rank must "
+                               f"compute the same training data (method.data() deterministic given seed and weights)")
+        if any(r["diverged"] for r in ranks):
+            raise TrainingDiverged(f"non-finite loss at step {self.step + 1}")
+        merged: dict[str, float] = {}
+        for r in ranks:
+            for k, v in r["stats"].items():
+                merged[k] = merged.get(k, 0.0) + v
+        for k in self.cost.tokens:
+            self.cost.tokens[k] = cost_before.get(k, 0) + sum(r["cost"][k] for r in ranks)
+        return (sum(r["total"] for r in ranks), merged,
+                [sum(r["phi"][i] for r in ranks) for i in range(len(mine["phi"]))])
+
+    def _evaluate(self, on_eval: Callable[[int], None]) -> None:
+        """`on_eval` on rank 0 only; the other ranks wait, then take rank 0's RNG states (no-ops in one process)."""
+        if distributed.is_main():
+            on_eval(self.step)
+        distributed.barrier()
+        distributed.broadcast_rng_state()
+
     def train(self, method: Method, ctx, on_step: Callable[[int, dict], None],
               on_eval: Callable[[int], None]) -> None:
-        """Ask the method for data until the step budget is spent; evaluate every `eval_every` steps."""
+        """Ask the method for data until the step budget is spent; evaluate every `eval_every` steps.
+
+        With N processes every rank calls `method.data` identically (same seeds, same weights: rollouts are
+        generated redundantly on every rank in this first version), `on_step` gets the whole step's statistics
+        on every rank, and `on_eval` runs on rank 0 only while the others wait.
+        """
         phase = 0
         while self.step < self.cfg.max_steps:
             data: TrainData | None = method.data(ctx, phase)
             phase += 1
+            if distributed.world_size() > 1:
+                distributed.check_same(None if data is None else (distributed.fingerprint(data.examples),
+                                       data.batch_size, data.shuffle, data.passes, data.max_steps),
+                                       f"method.data(phase={phase - 1})")
             if data is None:
                 break
             taken = 0
@@ -160,10 +234,10 @@ class Trainer:
                 self.step += 1
                 on_step(self.step, stats)
                 if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps:
-                    on_eval(self.step)
+                    self._evaluate(on_eval)
                 if self.step >= self.cfg.max_steps:
                     return
             if taken == 0:
                 break  # no usable data (e.g. no verified-correct sample): stop rather than spin
         if self.step and self.step % self.cfg.eval_every != 0:
-            on_eval(self.step)  # the method stopped early: evaluate where it ended
+            self._evaluate(on_eval)  # the method stopped early: evaluate where it ended

@@ -119,7 +119,11 @@ def build_spec(world, checkpoint: Path, backend: str = "hf", out_dir: Path | Non
     specs = world.eval_tasks()
     names, folders, defaults = _task_sources(specs)
     options = dict(world.eval_options())
-    model_args: dict[str, Any] = {"pretrained": str(checkpoint), "tokenizer": _tokenizer_path(world, checkpoint)}
+    # add_bos_token=False: lm-eval's backends otherwise encode with the tokenizer's default special tokens (a Llama
+    # tokenizer prepends <|begin_of_text|> to a prompt without a chat template); the harness tokenizes every prompt
+    # as the exact text, add_special_tokens=False (LiveLM, training, sampling), and a chat template writes its own.
+    model_args: dict[str, Any] = {"pretrained": str(checkpoint), "tokenizer": _tokenizer_path(world, checkpoint),
+                                  "add_bos_token": False}
     if world.load_kwargs().get("trust_remote_code"):
         model_args["trust_remote_code"] = True
     if backend == "hf":

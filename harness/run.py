@@ -1,4 +1,8 @@
-"""One run: load the world and base, train with a method through the engine, evaluate along the way, log to MLflow."""
+"""One run: load the world and base, train with a method through the engine, evaluate along the way, log to MLflow.
+
+Under `accelerate launch`/torchrun (WORLD_SIZE > 1) every process runs `run`: the engine splits each step over the
+ranks (harness.distributed); base scoring, evaluation and MLflow logging happen on rank 0 only.
+"""
 from __future__ import annotations
 
 import gc
@@ -14,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness import metrics
+from harness import distributed, metrics
 from harness.baseline import BaseScores, label_set, load_or_compute
 from harness.config import RunConfig
 from harness.context import Context
@@ -156,25 +160,63 @@ def prepare_world(cfg: RunConfig, progress: bool = True):
     return world, base_path, policy, tok, evaluator, base
 
 
+class _NoTracker:
+    """What ranks other than 0 log through: nothing."""
+
+    def __enter__(self) -> "_NoTracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def _nothing(self, *args, **kwargs) -> None:
+        return None
+
+    log_dict = log_metrics = buffer_metrics = log_table = log_text = _nothing
+
+
+def prepare_policy(cfg: RunConfig):
+    """World, base path, a fresh policy and tokenizer: what a rank other than 0 needs (no evaluator, no scores)."""
+    _freeze_heap()
+    world = build_world(cfg.world)
+    base_path = world.base_path(progress=False)
+    policy, tok = load_model(base_path, device=cfg.train.device, **world.load_kwargs())
+    return world, base_path, policy, tok, None, None
+
+
 def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None, extra_tags: dict | None = None,
         progress: bool = True) -> dict[str, float]:
-    """Train one (world, method, hyper-parameters, seed) and return its final metrics."""
+    """Train one (world, method, hyper-parameters, seed) and return its final metrics ({"steps"} off rank 0)."""
+    distributed.init_from_env(cfg.train.device)
+    main = distributed.is_main()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     method_cls = get_method(cfg.method)
-    world, base_path, policy, tok, evaluator, base = prepare_world(cfg, progress)
+    if main:
+        world, base_path, policy, tok, evaluator, base = prepare_world(cfg, progress)
+    distributed.barrier()  # rank 0 has built the base and scored it; the others load it from the cache
+    if not main:
+        world, base_path, policy, tok, evaluator, base = prepare_policy(cfg)
+        progress = False
+    distributed.broadcast_rng_state()  # whatever rank 0's scoring drew, every rank samples alike from here
 
     name = cfg.tracking.run_name or f"{cfg.method}-{world.name}-{world.target}-s{cfg.train.seed}"
-    tags = {"method": cfg.method, **world.tags(), "seed": str(cfg.train.seed),
-            "base_checkpoint": base.checkpoint, "kind": "run",
-            "git_commit": _git_commit(), "python": platform.python_version(), **_versions(), **(extra_tags or {})}
     resolved = cfg.model_dump(mode="json")
     final: dict[str, float] = {}
-    with RunTracker(cfg.tracking.experiment, name, params=flatten(resolved), tags=tags,
-                    parent_run_id=parent_run_id) as tr:
+    if main:
+        tags = {"method": cfg.method, **world.tags(), "seed": str(cfg.train.seed),
+                "base_checkpoint": base.checkpoint, "kind": "run", "git_commit": _git_commit(),
+                "python": platform.python_version(), **_versions(), **(extra_tags or {})}
+        if distributed.world_size() > 1:
+            tags["world_size"] = str(distributed.world_size())
+        tracker = RunTracker(cfg.tracking.experiment, name, params=flatten(resolved), tags=tags,
+                             parent_run_id=parent_run_id)
+    else:
+        tracker = _NoTracker()
+    with tracker as tr:
         tr.log_dict(resolved, "config.json")
         trainer = Trainer(policy, tok.pad_token_id, cfg.train)
         sampler = HFSampler(policy, tok, cfg.rollout_batch_size)
@@ -186,7 +228,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
         bar = tqdm(total=cfg.train.max_steps, desc=name, disable=not progress, leave=False)
         last_eval: dict = {}
         pld_prompts, pld_labels = label_set(world, tok)
-        pld_history = [base.pld]
+        pld_history = [base.pld] if main else []
 
         def cost() -> dict[str, float]:
             n, counted = sum(p.numel() for p in policy.parameters()), trainer.cost
@@ -200,7 +242,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
             bar.set_postfix(loss=f"{stats['loss']:.3f}", gain=f"{last_eval.get('target_gain', 0):+.1f}",
                             drop=f"{last_eval.get('nontarget_drop', 0):+.1f}")
 
-        def on_eval(step: int) -> None:
+        def on_eval(step: int) -> None:  # rank 0 only (Trainer.train)
             nonlocal eval_seconds, last_eval
             t = time.perf_counter()
             res = evaluator.evaluate(policy)
@@ -215,14 +257,17 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
             tr.log_metrics({k: v for k, v in last_eval.items() if k not in ("eval_responses", "eval_correct")} | cost(),
                            step)
 
-        zero = eval_metrics(world, base, {sp: base.correct_arrays(sp) for sp in base.correct}, [base.pld], 0.0, 0,
-                            cfg.train.seed)
-        tr.log_metrics(zero, 0)
+        if main:
+            zero = eval_metrics(world, base, {sp: base.correct_arrays(sp) for sp in base.correct}, [base.pld], 0.0,
+                                0, cfg.train.seed)
+            tr.log_metrics(zero, 0)
         try:
             trainer.train(method, ctx, on_step, on_eval)
         finally:
             bar.close()
             ctx.close()  # scratch checkpoints go even when the run fails
+        if not main:
+            return {"steps": float(trainer.step)}
         responses = last_eval.pop("eval_responses", {})
         final_correct = last_eval.pop("eval_correct", {})
         final = {k: v for k, v in last_eval.items()} | cost() | {"steps": float(trainer.step)}

@@ -24,6 +24,7 @@ from harness.config import deep_merge, resolve_config
 from harness.errors import HarnessError
 from methods.base import SweepParam
 from sweeps import progress as P
+from sweeps.isolation import run_isolated, worker_devices
 from sweeps.spec import SweepSpec, arm_method, arm_overrides, arm_seeds
 from sweeps.study import (local_lock, make_sampler, open_storage, prepare_study, recover_stale, search_space,
                           storage_url)
@@ -116,9 +117,13 @@ def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Tria
             over = deep_merge(over, {"train": {"seed": seed}, "tracking": {"experiment": spec.name,
                                                                           "run_name": f"{arm}-t{trial.number}-s{seed}"}})
             cfg, mcfg = resolve_config(world=spec.world, method=arm_method(spec, arm), overrides=over)
-            metrics = run(cfg, mcfg, parent_run_id=parent_id, progress=progress,
-                          extra_tags={**tags, "trial": str(trial.number)})
-            done = find_run(spec.name, tags)
+            run_tags = {**tags, "trial": str(trial.number)}
+            if spec.isolated:
+                done = run_isolated(spec, cfg, mcfg, parent_id, run_tags)
+                metrics = init_store().get_run(done).data.metrics
+            else:
+                metrics = run(cfg, mcfg, parent_run_id=parent_id, progress=progress, extra_tags=run_tags)
+                done = find_run(spec.name, tags)
         P.run_finished(arm, trial.number, seed, metrics, reused=reused)
         run_ids.append(done)
         gains.append(metrics["target_gain"])
@@ -247,7 +252,10 @@ def finish_parent(spec: SweepSpec, study: optuna.Study, parent_id: str) -> list[
     return front
 
 
-def _spawned_worker(spec_json: str, methods: list[str], parents: dict[str, str], threads: int, events) -> None:
+def _spawned_worker(spec_json: str, methods: list[str], parents: dict[str, str], threads: int, events,
+                    devices: str | None = None) -> None:
+    if devices is not None:  # before anything initialises CUDA in this fresh process
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
     P.set_sink(events.put)
     work(SweepSpec.model_validate_json(spec_json), methods, parents, threads=threads, progress=False)
 
@@ -293,6 +301,9 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
     display = P.SweepProgress(spec, methods, open_storage(storage_url(spec)), workers, live=live, stream=stream)
     with display:
         if workers <= 1:
+            devices = worker_devices(spec, 0, 1)
+            if devices is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = devices
             P.set_sink(display.handle)
             try:
                 work(spec, methods, parents)
@@ -304,7 +315,8 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
             events = ctx.Queue()
             procs = [ctx.Process(target=_spawned_worker,
                                  args=(spec.model_dump_json(), methods[i % len(methods):] + methods[:i % len(methods)],
-                                       parents, threads, events)) for i in range(workers)]
+                                       parents, threads, events, worker_devices(spec, i, workers)))
+                     for i in range(workers)]
             for p in procs:
                 p.start()
 

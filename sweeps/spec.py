@@ -67,6 +67,22 @@ class SweepSpec(BaseModel):
     """Run-config settings shared by every trial (e.g. {train: {max_steps: 100}})."""
     variants: dict[str, Variant] = Field(default_factory=dict)
     """Extra arms, {name: {method, seeds, overrides}}; `methods: all` includes them, or name them in `methods`."""
+    isolate: bool = False
+    """Run every (trial, seed) in a process of its own, so a CUDA error or a hung collective fails that run's
+    trial, not the worker (GPU sweeps); results are read back from MLflow."""
+    processes_per_run: int = Field(1, ge=1)
+    """Processes per run: > 1 launches each run with `accelerate launch --num_processes N` (multi-GPU DDP) and
+    implies `isolate`."""
+    devices: list[int] | None = None
+    """GPU ids this machine's workers share out: worker i owns an equal slice (its CUDA_VISIBLE_DEVICES); None:
+    every worker sees every device."""
+    run_timeout_h: float | None = Field(None, gt=0)
+    """Kill an isolated run after this many hours (a hung collective): its trial fails, the sweep goes on."""
+
+    @property
+    def isolated(self) -> bool:
+        """Whether runs go to processes of their own."""
+        return self.isolate or self.processes_per_run > 1
 
 
 def load_spec(path: str | Path | None = None, cli: list[str] | None = None, **fields: Any) -> SweepSpec:

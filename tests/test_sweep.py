@@ -218,3 +218,26 @@ def test_a_variant_arm_trains_its_method_with_its_settings(sweep_dir):
         ("sft@mild", "sft", "mild")
     parent = mlflow.search_runs(experiment_names=["s6"], filter_string="tags.kind = 'parent'")
     assert parent["tags.arm"].tolist() == ["sft@mild"] and parent["tags.method"].tolist() == ["sft"]
+
+
+def test_isolated_runs_happen_in_child_processes_and_a_hung_run_fails_only_its_trial(sweep_dir):
+    spec = load_spec(None, FAST + ["name=iso", "trials=1", "isolate=true"], methods=["sft"])
+    assert run_sweep(spec, progress=False)["sft"]
+    kids = _children("iso")
+    assert len(kids) == 1 and set(kids.status) == {"FINISHED"}
+    assert str(os.getpid()) not in set(kids["tags.pid"])  # the run logged from a process of its own
+    hung = load_spec(None, FAST + ["name=iso2", "trials=1", "isolate=true", "run_timeout_h=1e-5"], methods=["sft"])
+    with pytest.raises(RuntimeError, match="every trial"):
+        run_sweep(hung, progress=False)
+    (trial,) = _trials("iso2", "sft", sweep_dir)
+    assert trial.state == TrialState.FAIL and "timed out" in trial.user_attrs["failure_reason"]
+
+
+def test_workers_own_equal_slices_of_the_devices():
+    from sweeps.isolation import worker_devices
+    spec = load_spec(None, ["devices=[0,1,2,3]"])
+    assert [worker_devices(spec, i, 2) for i in range(2)] == ["0,1", "2,3"]
+    assert worker_devices(load_spec(None, []), 0, 2) is None
+    with pytest.raises(HarnessError, match="at least one"):
+        worker_devices(spec, 0, 5)
+    assert load_spec(None, ["processes_per_run=2"]).isolated
