@@ -107,8 +107,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg, mcfg = resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)
     if args.dry_run:
         return dry_run(cfg)
+    from harness import distributed
     from harness.run import run
     final = run(cfg, mcfg, progress=not args.quiet)
+    if not distributed.is_main():  # under `accelerate launch` rank 0 reports for every rank
+        return 0
     keys = ["target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
             "nontarget_drop_hi", "pld_drift", "kl_to_base", "cost/wall_s"]
     print(f"{cfg.method} on {cfg.world.name}/{cfg.world.target_task}: "

@@ -67,6 +67,13 @@ class TrainConfig(_Strict):
     """dtype of frozen model copies: the base (KL to base, reference log-probs, sampling from the base) and the
     checkpoints a method samples from (TMS). bfloat16 halves their memory; the trained policy always loads in
     float32 (AdamW updates need fp32 weights), and `reset_to_base` reloads float32 weights from disk."""
+    sampler: Literal["hf", "vllm"] = "hf"
+    """Generation backend for rollouts and own samples: `hf` (transformers generate) or `vllm` (one in-process
+    engine that receives the policy's weights when they changed; CUDA only, `make setup-gpu`)."""
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
+    """Fraction of the GPU's memory vLLM may take (weights, activations, KV cache) beside the training run."""
+    vllm_sleep: bool = False
+    """Put vLLM to sleep between sampling calls (frees its memory for training; weights are pushed on waking)."""
     rollout_batch_size: int | None = Field(None, ge=1)
     """Sequences per sampler call for training data (rollouts, own samples); None: eval.batch_size."""
     seed: int = 0
@@ -92,6 +99,11 @@ class EvalConfig(_Strict):
     """Paired-bootstrap resamples for 95% CIs (0 disables CIs)."""
     examples_logged: int = Field(20, ge=0)
     """Per-task eval generations written to the run's sample artifact."""
+    record_backend: Literal["none", "hf", "vllm"] = "none"
+    """Evaluation of record (real worlds): the final checkpoint (and those at `record_steps`) scored by lm-eval's own
+    backend in a fresh process, logged as `record/...` beside the in-run numbers; `none` skips it."""
+    record_steps: list[int] = Field(default_factory=list)
+    """Steps, besides the last, whose checkpoints get the evaluation of record."""
 
 
 class TrackingConfig(_Strict):

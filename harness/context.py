@@ -13,14 +13,14 @@ import torch
 from harness.cost import Cost
 from harness.data import Example, TrainData
 from harness.modeling import DTYPES, load_model
-from harness.sampler import HFSampler
+from harness.sampler import HFSampler, Sampler
 
 
 class Context:
     """Everything a method may use; it never touches the optimizer, MLflow or Optuna directly."""
 
     def __init__(self, *, run_cfg, method_cfg, world, policy, tokenizer, base_path: str, trainer,
-                 sampler: HFSampler, log: Callable[[dict, int], None]):
+                 sampler: Sampler, log: Callable[[dict, int], None]):
         self.run_cfg, self.cfg, self.world = run_cfg, method_cfg, world
         self.policy, self.tokenizer, self.base_path = policy, tokenizer, base_path
         self.trainer, self.sampler, self._log = trainer, sampler, log
@@ -102,6 +102,13 @@ class Context:
         model = type(self.policy).from_pretrained(path, dtype=DTYPES[self.run_cfg.train.frozen_dtype])
         model = model.to(self.run_cfg.train.device)
         return model.eval().requires_grad_(False)
+
+    def sampler_for(self, path: Path | str, load: Callable[[], torch.nn.Module]) -> Sampler:
+        """A sampler over a saved model (a checkpoint, or the base): the run's vLLM engine loads the folder; with
+        transformers, `load()` gives the frozen model to sample from."""
+        if hasattr(self.sampler, "from_checkpoint"):
+            return self.sampler.from_checkpoint(path)
+        return HFSampler(load(), self.tokenizer, self.sampler.batch_size, self.cost)
 
     def delete_checkpoint(self, path: Path) -> None:
         """Free a checkpoint's disk space as soon as it is no longer needed."""

@@ -34,6 +34,7 @@ from harness.metrics import eval_mode
 
 # lm-eval logs INFO lines on every evaluate() call; a training loop evaluates often.
 logging.getLogger("lm_eval").setLevel(logging.WARNING)
+FEWSHOT_SEED = 1234  # lm_eval.simple_evaluate's default fewshot_random_seed; evaluate() itself never reseeds
 
 
 
@@ -234,6 +235,8 @@ class Evaluator:
         from lm_eval import evaluator
         start = time.perf_counter()
         lm = LiveLM(model, self.tokenizer, self.batch_size, self.add_special_tokens, self.score_batch_size)
+        for task in self.task_dict.values():  # every call draws the same few-shot exemplars (simple_evaluate's seed)
+            getattr(task, "set_fewshot_seed", lambda seed: None)(FEWSHOT_SEED)
         with eval_mode(model), _quiet_lm_eval(logging.WARNING):
             out = evaluator.evaluate(lm=lm, task_dict=self.task_dict, bootstrap_iters=0, log_samples=True,
                                      samples=self.samples or None, **self.options)

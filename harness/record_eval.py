@@ -112,12 +112,12 @@ def build_spec(world, checkpoint: Path, backend: str = "hf", out_dir: Path | Non
     """The subprocess's instructions: lm-eval model and model_args, tasks, include folders, doc ids, chat options."""
     if backend not in BACKENDS:
         raise HarnessError(f"unknown evaluation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    specs = world.eval_tasks()
+    names, folders, defaults = _task_sources(specs)
     checkpoint = Path(checkpoint).expanduser().resolve()
     if not (checkpoint / "config.json").is_file():
         raise HarnessError(f"checkpoint {str(checkpoint)!r} has no config.json; pass a folder written by "
                            f"save_pretrained")
-    specs = world.eval_tasks()
-    names, folders, defaults = _task_sources(specs)
     options = dict(world.eval_options())
     # add_bos_token=False: lm-eval's backends otherwise encode with the tokenizer's default special tokens (a Llama
     # tokenizer prepends <|begin_of_text|> to a prompt without a chat template); the harness tokenizes every prompt
@@ -231,7 +231,7 @@ def _value(v) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Subprocess entry: run lm-eval as SPEC.json says and write each logged sample's doc id, filter, metrics, response."""
+    """Subprocess entry: run lm-eval as SPEC.json says; write each logged sample's doc id, filter, metrics, response."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m harness.record_eval SPEC.json", file=sys.stderr)

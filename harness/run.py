@@ -26,7 +26,7 @@ from harness.engine import Trainer
 from harness.evaluation import Evaluator
 from harness.modeling import load_model
 from harness.world import build_world
-from harness.sampler import HFSampler
+from harness.sampler import build_sampler
 from harness.store import ensure_experiment, find_run, store_lock, tracking_uri
 from harness.tracking import RunTracker, flatten
 from methods.base import MethodConfig, get_method
@@ -96,6 +96,22 @@ def _store_identity() -> tuple:
         except OSError:
             return uri, None
     return (uri,)
+
+
+def record_metrics(res, in_run: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """The evaluation of record's accuracies (`record/acc/<task>`, `record/val/acc/<task>`) and the fraction of
+    examples on which it agrees with the in-run evaluation of the same checkpoint (`record/agreement`)."""
+    out, same, total = {}, 0, 0
+    for sp, scores in res.splits.items():
+        prefix = "record/" if sp == "eval" else f"record/{sp}/"
+        for t, acc in scores.acc.items():
+            out[f"{prefix}acc/{t}"] = acc
+            if t in in_run.get(sp, {}):
+                same += int((scores.correct[t] == in_run[sp][t]).sum())
+                total += len(scores.correct[t])
+    if total:
+        out["record/agreement"] = same / total
+    return out
 
 
 def ensure_base_run(cfg: RunConfig, world, base: BaseScores) -> None:
@@ -219,7 +235,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
     with tracker as tr:
         tr.log_dict(resolved, "config.json")
         trainer = Trainer(policy, tok.pad_token_id, cfg.train)
-        sampler = HFSampler(policy, tok, cfg.rollout_batch_size)
+        sampler = build_sampler(cfg, policy, tok)
         ctx = Context(run_cfg=cfg, method_cfg=mcfg, world=world, policy=policy, tokenizer=tok, base_path=base_path,
                       trainer=trainer, sampler=sampler, log=tr.buffer_metrics)
         method = method_cls(mcfg)
@@ -227,6 +243,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
         t0 = time.perf_counter()
         bar = tqdm(total=cfg.train.max_steps, desc=name, disable=not progress, leave=False)
         last_eval: dict = {}
+        last_correct: dict = {}  # split -> task -> per-example correctness at the last evaluation
         pld_prompts, pld_labels = label_set(world, tok)
         pld_history = [base.pld] if main else []
 
@@ -251,11 +268,24 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
                                     tok.pad_token_id, cache_base=True)  # the frozen base is scored once per run
             eval_seconds += time.perf_counter() - t
             correct = {sp: r.correct for sp, r in res.splits.items()}
+            last_correct.clear()
+            last_correct.update(correct)
             last_eval = eval_metrics(world, base, correct, pld_history, kl, cfg.eval.bootstrap_iters, cfg.train.seed)
             last_eval["eval_responses"] = res.responses  # kept for the final artifact, not logged as a metric
             last_eval["eval_correct"] = res.correct
             tr.log_metrics({k: v for k, v in last_eval.items() if k not in ("eval_responses", "eval_correct")} | cost(),
                            step)
+            if cfg.eval.record_backend != "none" and step in cfg.eval.record_steps:
+                record(step, correct)
+
+        def record(step: int, in_run: dict[str, dict[str, np.ndarray]]) -> None:  # rank 0: the evaluation of record
+            from harness.record_eval import record_eval
+            path = ctx.save_checkpoint(f"record-{step:06d}")
+            try:
+                res = record_eval(world, path, cfg.eval.record_backend, device=cfg.train.device)
+            finally:
+                ctx.delete_checkpoint(path)
+            tr.log_metrics(record_metrics(res, in_run), step)
 
         if main:
             zero = eval_metrics(world, base, {sp: base.correct_arrays(sp) for sp in base.correct}, [base.pld], 0.0,
@@ -266,8 +296,11 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
         finally:
             bar.close()
             ctx.close()  # scratch checkpoints go even when the run fails
+            getattr(sampler, "close", lambda: None)()  # a vLLM engine frees its GPU memory
         if not main:
             return {"steps": float(trainer.step)}
+        if cfg.eval.record_backend != "none" and trainer.step not in cfg.eval.record_steps:
+            record(trainer.step, last_correct)
         responses = last_eval.pop("eval_responses", {})
         final_correct = last_eval.pop("eval_correct", {})
         final = {k: v for k, v in last_eval.items()} | cost() | {"steps": float(trainer.step)}

@@ -92,3 +92,16 @@ class HFSampler:
             self.model.train(was_training)
             self.gen_seconds += time.perf_counter() - start
         return out
+
+
+def build_sampler(cfg, policy: torch.nn.Module, tokenizer) -> Sampler:
+    """The run's sampler over the policy: `train.sampler` picks transformers (`hf`) or an in-process vLLM engine."""
+    if cfg.train.sampler == "vllm":
+        from harness import distributed
+        from harness.vllm_sampler import VLLMSampler
+        # Under several ranks each joins the launcher's process group with an engine of its own (TRL's colocate).
+        extra = {"distributed_executor_backend": "external_launcher"} if distributed.world_size() > 1 else {}
+        return VLLMSampler(policy, tokenizer, gpu_memory_utilization=cfg.train.vllm_gpu_memory_utilization,
+                           enable_sleep_mode=cfg.train.vllm_sleep, seed=cfg.train.seed, dtype="bfloat16",
+                           batch_size=cfg.rollout_batch_size, **extra)
+    return HFSampler(policy, tokenizer, cfg.rollout_batch_size)

@@ -151,7 +151,12 @@ def save_for_engine(model: torch.nn.Module, tokenizer, folder: Path) -> Path:
 
 
 class VLLMSampler:
-    """Samples the policy through one in-process vllm.LLM; a Sampler (harness.sampler) like HFSampler."""
+    """Samples the policy through one in-process vllm.LLM; a Sampler (harness.sampler) like HFSampler.
+
+    `dtype`: the engine's weights (pushes cast the policy's); `rank` ($RANK by default) varies the seeds per
+    process; `engine_kwargs` go to vllm.LLM (enforce_eager, max_num_seqs, max_num_batched_tokens,
+    logprobs_mode="processed_logprobs" for log-probs after temperature, distributed_executor_backend).
+    """
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, gpu_memory_utilization: float = 0.3,
                  max_model_len: int | None = None, seed: int = 0, enable_sleep_mode: bool = False,

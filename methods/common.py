@@ -77,14 +77,17 @@ class Sampled:
 
 
 def sample_and_verify(ctx, items: list, n: int, temperature: float, top_p: float = 1.0,
-                      model: torch.nn.Module | None = None, prefixes: list[str] | None = None) -> list[Sampled]:
-    """Sample `n` completions per item from the policy (or `model`) and score each with the world's verifier.
+                      model: torch.nn.Module | None = None, prefixes: list[str] | None = None,
+                      sampler=None) -> list[Sampled]:
+    """Sample `n` completions per item from the policy (or `sampler`, or `model`) and score each with the verifier.
 
     `prefixes` (optional, one per item) are response prefixes the model continues (TRAPO's expert
-    prefixes); the reward is computed on prefix + continuation.
+    prefixes); the reward is computed on prefix + continuation. `sampler` is another backend's sampler
+    (e.g. vLLM's on a saved checkpoint); `model` a frozen model sampled through transformers.
     """
     from harness.sampler import HFSampler
-    sampler = ctx.sampler if model is None else HFSampler(model, ctx.tokenizer, ctx.sampler.batch_size, ctx.cost)
+    if sampler is None:
+        sampler = ctx.sampler if model is None else HFSampler(model, ctx.tokenizer, ctx.sampler.batch_size, ctx.cost)
     prefixes = prefixes or [""] * len(items)
     prompts = [ctx.encode(it.prompt) + ctx.encode(px) for it, px in zip(items, prefixes)]
     outs = sampler.generate(prompts, n=n, temperature=temperature, top_p=top_p,

@@ -41,6 +41,6 @@ class SelfSFT(SFTFamily):
     def data(self, ctx, phase: int) -> TrainData:
         if not hasattr(self, "_examples"):
             # Before the first update the policy *is* π_0; afterwards only the frozen base copy is.
-            model = None if ctx.step == 0 else ctx.base
-            self._examples = self_examples(ctx, self.cfg, model=model)
+            sampler = None if ctx.step == 0 else ctx.sampler_for(ctx.base_path, lambda: ctx.base)
+            self._examples = self_examples(ctx, self.cfg, sampler=sampler)
         return TrainData(self._examples)

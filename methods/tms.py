@@ -141,9 +141,10 @@ class TMS(Method):
             t = len(self._answers)
             path = ctx.save_checkpoint(f"tms-teacher-{done:06d}", DTYPES[c.snapshot_dtype], folder)
             need = sorted({int(i) for use, pick in self._plans for i in np.flatnonzero(~use & (pick == t))})
-            model = ctx.load_checkpoint(path)
-            sampled = sample_and_verify(ctx, [items[i] for i in need], n=1, temperature=c.temperature, model=model)
-            del model
+            sampler = ctx.sampler_for(path, lambda: ctx.load_checkpoint(path))
+            sampled = sample_and_verify(ctx, [items[i] for i in need], n=1, temperature=c.temperature,
+                                        sampler=sampler)
+            del sampler
             gc.collect()
             ctx.delete_checkpoint(path)
             self._answers.append({i: Example(s.completions[0].prompt_ids, s.completions[0].response_ids,

@@ -7,6 +7,8 @@ and `run_timeout_h` kills a run that hangs. Results are read back from MLflow, w
 """
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -27,14 +29,19 @@ def run_isolated(spec: SweepSpec, cfg, mcfg, parent_id: str, tags: dict[str, str
 
     with tempfile.TemporaryDirectory(prefix="harness-run-") as tmp:
         job = write_job(Path(tmp) / "run.json", cfg, mcfg, parent_id, tags)
+        env = dict(os.environ)
         if spec.processes_per_run > 1:
-            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(spec.processes_per_run),
-                   "-m", "harness.isolated"]
+            # A port of its own: concurrent workers would otherwise all rendezvous on accelerate's 29500.
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+                   "--num_processes", str(spec.processes_per_run), "--main_process_port", str(_free_port()),
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "harness.isolated"]
+            if cfg.train.device == "cpu":
+                env["ACCELERATE_USE_CPU"] = "1"  # gloo processes; `--cpu` alone would start only one
         else:
             cmd = [sys.executable, "-m", "harness.isolated"]
         timeout = spec.run_timeout_h * 3600 if spec.run_timeout_h else None
         try:
-            proc = subprocess.run(cmd + [str(job)], capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd + [str(job)], capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             mark_stale_runs(init_store().get_experiment_by_name(spec.name).experiment_id)
             raise RuntimeError(f"run timed out after {spec.run_timeout_h:g} h (run_timeout_h) and was killed")
@@ -46,6 +53,13 @@ def run_isolated(spec: SweepSpec, cfg, mcfg, parent_id: str, tags: dict[str, str
     if done is None:
         raise RuntimeError("the run process exited cleanly but left no FINISHED run in MLflow")
     return done
+
+
+def _free_port() -> int:
+    """A TCP port nothing listens on now (the launcher's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def worker_devices(spec: SweepSpec, worker: int, workers: int) -> str | None:

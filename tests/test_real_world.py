@@ -285,3 +285,24 @@ def test_stop_window_flags_multi_token_stop_strings_like_a_full_decode(real_env)
         got = window(rows[:, :t], None)
         full = [any(s in tok.decode(r[:t].tolist(), skip_special_tokens=True) for s in stops) for r in rows]
         assert got.tolist() == full, t
+
+
+def test_evaluation_of_record_scores_the_final_checkpoint_in_a_subprocess(real_env):
+    """eval.record_backend=hf: lm-eval's HFLM scores the saved final checkpoint in a fresh process; it agrees with
+    the in-run evaluation example by example (float32 on CPU), and both are logged."""
+    from mlflow import MlflowClient
+
+    from harness.config import resolve_config
+    from harness.run import run
+
+    presets, _ = real_env
+    cfg, mcfg = resolve_config(preset=presets["qwen2"], method="sft",
+                               overrides=["eval.record_backend=hf", "tracking.experiment=record-test"])
+    run(cfg, mcfg, progress=False)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("record-test")
+    (r,) = client.search_runs([exp.experiment_id], "tags.kind = 'run'")
+    m = r.data.metrics
+    assert m["record/agreement"] == 1.0
+    assert {"record/acc/gsm8k", "record/acc/arc_easy", "record/val/acc/ifeval"} <= set(m)
+    assert m["record/acc/arc_easy"] == m["acc/arc_easy"]

@@ -241,3 +241,11 @@ def test_workers_own_equal_slices_of_the_devices():
     with pytest.raises(HarnessError, match="at least one"):
         worker_devices(spec, 0, 5)
     assert load_spec(None, ["processes_per_run=2"]).isolated
+
+
+def test_processes_per_run_launches_each_run_on_two_gloo_ranks(sweep_dir):
+    pytest.importorskip("accelerate")
+    spec = load_spec(None, FAST + ["name=ddp", "trials=1", "processes_per_run=2"], methods=["sft"])
+    assert run_sweep(spec, progress=False)["sft"]
+    kids = _children("ddp")
+    assert len(kids) == 1 and set(kids.status) == {"FINISHED"} and set(kids["tags.world_size"]) == {"2"}

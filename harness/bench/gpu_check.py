@@ -1,0 +1,269 @@
+"""GPU readiness check, offline: `python -m harness.bench.gpu_check [--device cuda|cpu] [--backend hf|vllm|both]
+[--model PATH] [--steps N]`.
+
+(a) a small saved model: --model (a save_pretrained folder), else a tiny Qwen2 built here and taught to
+answer briefly; (b) every method for --steps steps through `harness.run.run` on a real-world preset
+(IFEval target, ARC-Easy retention, local data files written here), bf16 autocast on cuda, fp32 on cpu;
+(d) training tokens/s and model FLOPs utilisation, 6·N·tokens / seconds / the GPU's bf16 peak, through
+the engine's own update; (c) sampler throughput, HF vs vLLM, bf16, on the same random-token prompts at a
+GRPO-sized batch and a bulk batch. Prints one table (check, result, figure, goal) and exits 1 on any
+FAIL. A goal counts where it applies: speed-ups with both backends on cuda, MFU for 0.4-2B parameters.
+Runs log to a private temporary MLflow store and cache, removed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from harness.cost import flops
+from harness.errors import HarnessError
+from harness.tiny import build_tiny_model, teach, write_punkt_tab, write_task_data
+
+# Dense bf16 tensor-core peaks in FLOP/s (vendor data sheets), matched in order against torch's device name.
+PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("A100", 312e12),
+             ("L40S", 362e12), ("L4", 121e12), ("RTX 4090", 165e12)]
+GOALS = {"grpo": 6.0, "bulk": 20.0, "mfu": 0.40}
+MFU_PARAMS = (0.4e9, 2.0e9)  # "a 0.5-1.5B model": Qwen2.5-0.5B has 0.49B parameters, 1.5B has 1.54B
+Row = tuple[str, str, str, str]
+
+
+def peak_flops(device: str) -> tuple[float | None, str]:
+    """(bf16 peak FLOP/s or None, the device's name) for the current device."""
+    if device != "cuda":
+        return None, "cpu"
+    name = torch.cuda.get_device_name()
+    return next((p for key, p in PEAK_BF16 if key in name), None), name
+
+
+def preset(model: str, data: dict, steps: int, device: str) -> dict:
+    """A real-world run config: the given model, local IFEval/ARC-Easy files, tiny sizes, `steps` steps."""
+    sizes = dict(n_train=12, n_heldout=4, n_val=4, n_eval=8, n_val_nontarget=4, n_eval_nontarget=6)
+    return {
+        "world": {"kind": "real", "name": "gpu-check", "base_model": model, "chat_template": True,
+                  "target": {"task": "ifeval", "data_files": data["ifeval"], "metric": "prompt_level_loose_acc",
+                             "max_gen_toks": 10, "train_file": data["sft"], "label_field": "response"},
+                  "retention": [{"task": "arc_easy", "data_files": data["arc_easy"], "metric": "acc"}],
+                  "max_new_tokens": 10, **sizes},
+        "train": {"max_steps": steps, "batch_size": 4, "micro_batch_size": 2, "eval_every": steps, "lr": 1e-4,
+                  "device": device, "precision": "bf16" if device == "cuda" else "fp32",
+                  "threads": None if device == "cuda" else 1},
+        "eval": {"batch_size": 16, "bootstrap_iters": 0, "examples_logged": 2},
+        "grpo": {"prompts_per_step": 2, "group_size": 2}, "trapo": {"prompts_per_step": 2, "break_strings": [" "]},
+        "tms": {"checkpoints": 2, "teacher_steps": 2}, "iterative_sft": {"rounds": 2},
+        "tracking": {"experiment": "gpu-check"},
+    }
+
+
+def train_methods(cfg_dict: dict, steps: int) -> list[Row]:
+    """(b): every registered method through harness.run.run; ok iff it took `steps` steps with finite metrics."""
+    from harness.config import resolve_config
+    from harness.run import run
+    from methods.base import method_names
+    rows = []
+    for m in method_names():
+        start = time.perf_counter()
+        try:
+            cfg, mcfg = resolve_config(method=m, overrides=cfg_dict)
+            final = run(cfg, mcfg, progress=False)
+            finite = all(math.isfinite(final[k]) for k in ("target_gain", "nontarget_drop", "kl_to_base"))
+            ok = final["steps"] == steps and finite
+            figure = f"{final['steps']:.0f} steps in {time.perf_counter() - start:.1f} s"
+        except Exception as e:  # noqa: BLE001 (one method's failure is a row; the others still run)
+            ok, figure = False, f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+        rows.append((f"train {m}", "ok" if ok else "FAIL", figure, f"{steps} steps, finite metrics"))
+    return rows
+
+
+def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, steps: int) -> list[Row]:
+    """(d): engine updates (SFT loss) on random sequences; tokens/s and MFU against the GPU's bf16 peak."""
+    from harness.config import TrainConfig
+    from harness.data import Example
+    from harness.engine import Trainer
+    from harness.modeling import load_model
+    from methods.base import get_method
+    model, tok = load_model(path, device=device)  # fp32 weights under bf16 autocast, as runs train
+    cfg = TrainConfig(batch_size=batch, micro_batch_size=micro, precision="bf16" if device == "cuda" else "fp32",
+                      device=device, max_steps=steps + 1, threads=None if device == "cuda" else 1, lr=1e-6)
+    trainer, sft = Trainer(model, tok.pad_token_id, cfg), get_method("sft")(get_method("sft").Config())
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, min(tok.vocab_size, 32000), (batch, seq_len), generator=gen).tolist()
+    examples = [Example(s[: seq_len // 2], s[seq_len // 2:]) for s in ids]
+    trainer.update(examples, sft.loss, None)  # warm-up: allocator, kernels
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    tokens0, start = trainer.cost.tokens["train"], time.perf_counter()
+    for _ in range(steps):
+        trainer.update(examples, sft.loss, None)
+    sync()
+    seconds, tokens = time.perf_counter() - start, trainer.cost.tokens["train"] - tokens0
+    n = sum(p.numel() for p in model.parameters())
+    del trainer, model
+    peak, name = peak_flops(device)
+    rows: list[Row] = [("train tokens/s", "ok", f"{tokens / seconds:,.0f} tok/s ({n / 1e6:,.1f}M params, "
+                        f"{batch}x{seq_len})", "—")]
+    goal = f"≥ {GOALS['mfu']:.0%} for 0.5-1.5B"
+    if peak is None:
+        return rows + [("MFU", "n/a", f"n/a ({name}: no peak in the table)", goal)]
+    mfu = flops(n, tokens, 0) / seconds / peak
+    applies = MFU_PARAMS[0] <= n <= MFU_PARAMS[1]
+    result = ("ok" if mfu >= GOALS["mfu"] else "FAIL") if applies else "ok"
+    return rows + [("MFU", result, f"{mfu:.1%} of {peak / 1e12:.0f} TFLOP/s ({name})"
+                    + ("" if applies else "; goal not applied to this size"), goal)]
+
+
+def sampler_speed(path: str, device: str, backends: list[str], shapes: dict[str, tuple[int, int]],
+                  prompt_len: int, max_new: int, hf_batch: int) -> list[Row]:
+    """(c): sequences/s of each backend on the same prompts per shape, then the vLLM/HF speed-up per shape."""
+    from harness.modeling import load_model
+    from harness.sampler import HFSampler
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    model, tok = load_model(path, dtype=dtype, device=device)
+    gen = random.Random(0)
+    vocab = min(tok.vocab_size, 32000)
+    most = max(p for p, _ in shapes.values())
+    prompts = [[gen.randrange(vocab) for _ in range(gen.randint(prompt_len // 2, prompt_len))] for _ in range(most)]
+    rows: list[Row] = []
+    speed: dict[tuple[str, str], float] = {}
+    for backend in backends:
+        try:
+            start = time.perf_counter()
+            if backend == "vllm":
+                if device != "cuda":
+                    raise HarnessError("the vLLM backend needs --device cuda")
+                from harness.vllm_sampler import VLLMSampler
+                sampler = VLLMSampler(model, tok, dtype="bfloat16", max_model_len=prompt_len + max_new + 8)
+            else:
+                sampler = HFSampler(model, tok, batch_size=hf_batch)
+            startup = time.perf_counter() - start
+            sampler.generate(prompts[:4], n=2, temperature=1.0, max_new_tokens=max_new)  # warm-up
+            for shape, (p, n) in shapes.items():
+                start = time.perf_counter()
+                sampler.generate(prompts[:p], n=n, temperature=1.0, max_new_tokens=max_new)
+                speed[backend, shape] = p * n / (time.perf_counter() - start)
+                started = f" (engine start {startup:.0f} s)" if backend == "vllm" else ""
+                rows.append((f"sample {backend} {shape} {p}x{n}", "ok", f"{speed[backend, shape]:,.1f} seq/s{started}",
+                             "—"))
+        except Exception as e:  # noqa: BLE001
+            rows.append((f"sample {backend}", "FAIL", f"{type(e).__name__}: {str(e)[:80]}", "—"))
+    for shape, (p, n) in shapes.items():
+        goal = f"≥ {GOALS[shape]:.0f}x HF"
+        if ("hf", shape) not in speed or ("vllm", shape) not in speed:
+            rows.append((f"vllm/hf {shape}", "skip" if "vllm" not in backends else "FAIL", "—", goal))
+            continue
+        ratio = speed["vllm", shape] / speed["hf", shape]
+        applies = device == "cuda"
+        rows.append((f"vllm/hf {shape}", "ok" if ratio >= GOALS[shape] or not applies else "FAIL", f"{ratio:.1f}x",
+                     goal))
+    return rows
+
+
+@contextlib.contextmanager
+def private_env(root: Path) -> Iterator[None]:
+    """HARNESS_CACHE, MLflow store and NLTK data under `root` while the check runs; the caller's values after."""
+    want = {"HARNESS_CACHE": str(root / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+            "NLTK_DATA": str(write_punkt_tab(root / "nltk"))}
+    old = {k: os.environ.get(k) for k in want}
+    os.environ.update(want)
+    import nltk  # lm-eval's IFEval checks punkt_tab at import: point an already-imported nltk at ours too
+    nltk.data.path.insert(0, want["NLTK_DATA"])
+    try:
+        yield
+    finally:
+        nltk.data.path.remove(want["NLTK_DATA"])
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def table(rows: list[Row]) -> str:
+    """The rows as one aligned text table under a header."""
+    head: Row = ("check", "result", "figure", "goal")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line arguments; tiny settings make a CPU smoke run."""
+    cuda = torch.cuda.is_available()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if cuda else "cpu")
+    ap.add_argument("--backend", choices=["hf", "vllm", "both"], default="both")
+    ap.add_argument("--model", help="a save_pretrained folder (default: a tiny Qwen2 built here)")
+    ap.add_argument("--steps", type=int, default=3, help="steps per method, and timed steps of the MFU check")
+    ap.add_argument("--grpo", type=int, nargs=2, default=[32, 5], metavar=("PROMPTS", "SAMPLES"))
+    ap.add_argument("--bulk", type=int, nargs=2, default=[1024, 1], metavar=("PROMPTS", "SAMPLES"))
+    ap.add_argument("--prompt-len", type=int, default=128, help="longest random prompt (shortest: half)")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--hf-batch", type=int, default=512, help="HFSampler sequences per generate (eval.batch_size)")
+    ap.add_argument("--mfu", type=int, nargs=3, default=[32, 8, 1024], metavar=("BATCH", "MICRO", "SEQ_LEN"))
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every check, print the table; 0 if nothing failed, 1 otherwise, 2 for a usage error."""
+    args = parse(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda but torch sees no CUDA GPU; run on a GPU machine or pass --device cpu", file=sys.stderr)
+        return 2
+    if args.model and not (Path(args.model) / "config.json").exists():
+        print(f"--model {args.model!r} is not a save_pretrained folder; pass one (no hub ids: the check is offline)",
+              file=sys.stderr)
+        return 2
+    backends = ["hf", "vllm"] if args.backend == "both" else [args.backend]
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # tiny models run fastest single-threaded (train.threads' measurement)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp, private_env(Path(tmp)):
+        root = Path(tmp)
+        data, tiny = offline_inputs(root)
+        model = args.model or tiny
+        rows: list[Row] = [("model", "ok", model if args.model else "tiny Qwen2 (built here)", "—")]
+        checks: list[tuple[str, Callable[[], list[Row]]]] = [
+            ("train", lambda: train_methods(preset(model, data, args.steps, args.device), args.steps)),
+            ("train speed", lambda: train_speed(model, args.device, *args.mfu, args.steps)),
+            ("sample", lambda: sampler_speed(model, args.device, backends, {"grpo": tuple(args.grpo),
+                                             "bulk": tuple(args.bulk)}, args.prompt_len, args.max_new_tokens,
+                                             args.hf_batch))]
+        for name, check in checks:  # vLLM last: its engine keeps its share of GPU memory until the process ends
+            try:
+                rows += check()
+            except Exception as e:  # noqa: BLE001 (a broken check is a FAIL row, not a traceback)
+                rows.append((name, "FAIL", f"{type(e).__name__}: {str(e)[:100]}", "—"))
+    print(table(rows))
+    failed = [r[0] for r in rows if r[1] == "FAIL"]
+    print(f"\n{len(rows) - len(failed)}/{len(rows)} rows without failure in {time.perf_counter() - start:.0f} s"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+ANSWERS = ["a short plain answer", "HELLO THERE FRIEND", "apple, pear, plum"]  # some pass IFEval's checks
+
+
+def offline_inputs(root: Path) -> tuple[dict, str]:
+    """Local task files (IFEval target with an SFT file, ARC-Easy retention) and a tiny taught Qwen2 (harness.tiny)."""
+    data = write_task_data(root / "data")
+    rows = [json.loads(line) for line in open(data["ifeval"]["train"])]
+    sft = root / "data" / "ifeval_sft.jsonl"
+    sft.write_text("".join(json.dumps({**r, "key": 5000 + i, "response": ANSWERS[i % len(ANSWERS)]}) + "\n"
+                           for i, r in enumerate(rows)))
+    model = teach(build_tiny_model(root / "tiny-qwen2", "qwen2"), [r["prompt"] for r in rows],
+                  [ANSWERS[i % len(ANSWERS)] for i in range(len(rows))])
+    return {**data, "sft": str(sft)}, str(model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

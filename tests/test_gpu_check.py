@@ -1,0 +1,62 @@
+"""`python -m harness.bench.gpu_check --device cpu --backend hf` end to end with tiny settings (its CPU smoke run)."""
+from __future__ import annotations
+
+import pytest
+
+from harness.bench import gpu_check
+from methods.base import method_names
+
+TINY = ["--device", "cpu", "--backend", "hf", "--steps", "1", "--grpo", "4", "2", "--bulk", "8", "1",
+        "--prompt-len", "12", "--max-new-tokens", "3", "--mfu", "2", "2", "16"]
+
+
+def rows_of(out: str) -> dict[str, list[str]]:
+    """check -> [result, figure, goal] from the printed table (columns split on runs of 2+ spaces)."""
+    import re
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("check"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        cells = re.split(r"\s{2,}", line.strip())
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_cpu_hf_smoke_run_passes_and_prints_every_row(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert gpu_check.main(TINY) == 0
+    out = capsys.readouterr().out
+    rows = rows_of(out)
+    assert out.splitlines()[0].split() == ["check", "result", "figure", "goal"]
+    assert len(method_names()) == 8
+    for m in method_names():  # every method took its step through harness.run.run
+        result, figure, goal = rows[f"train {m}"]
+        assert result == "ok" and figure.startswith("1 steps in ") and goal == "1 steps, finite metrics"
+    assert rows["train tokens/s"][0] == "ok" and rows["MFU"][0] == "n/a"
+    assert rows["sample hf grpo 4x2"][0] == "ok" and rows["sample hf bulk 8x1"][0] == "ok"
+    assert rows["vllm/hf grpo"] == ["skip", "—", "≥ 6x HF"] and rows["vllm/hf bulk"] == ["skip", "—", "≥ 20x HF"]
+    assert "FAIL" not in out and "rows without failure" in out
+
+
+def test_goals_and_usage_errors(capsys):
+    assert gpu_check.peak_flops("cpu") == (None, "cpu")
+    assert gpu_check.main(["--device", "cpu", "--model", "/no/such/model"]) == 2
+    assert "is not a save_pretrained folder" in capsys.readouterr().err
+    if not gpu_check.torch.cuda.is_available():
+        assert gpu_check.main(["--device", "cuda"]) == 2
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                        ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA H200", 989e12)])
+def test_peak_table_matches_device_names(monkeypatch, name, peak):
+    monkeypatch.setattr(gpu_check.torch.cuda, "get_device_name", lambda *a: name)
+    assert gpu_check.peak_flops("cuda") == (peak, name)
+
+
+def test_table_aligns_columns():
+    text = gpu_check.table([("a", "ok", "1 seq/s", "—"), ("longer check", "FAIL", "x", "≥ 6x HF")])
+    head, rule, *body = text.splitlines()
+    assert head.index("result") == body[0].index("ok") == body[1].index("FAIL")
