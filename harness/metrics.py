@@ -172,7 +172,7 @@ KL_CACHE_ELEMENTS = 1 << 24
 _BASE_LOGP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _weights_version(model: torch.nn.Module) -> tuple[int, ...] | None:
+def weights_version(model: torch.nn.Module) -> tuple[int, ...] | None:
     """In-place writes to any parameter or buffer bump its version: a changed base invalidates its cache.
 
     None where a tensor keeps no version counter (one made under inference mode): then nothing is cached."""
@@ -227,7 +227,7 @@ def kl_to_base(policy: torch.nn.Module, base: torch.nn.Module, prompts_ids: list
     with eval_mode(policy), eval_mode(base):
         batches = list(_response_batches(prompts_ids, responses_ids, batch_size, pad_id, _device(policy)))
         cached = None
-        version = _weights_version(base) if cache_base and batches else None
+        version = weights_version(base) if cache_base and batches else None
         if version is not None:
             key = (batch_size, pad_id, str(_device(policy)), logprobs.CHUNK_ELEMENTS, KL_CACHE_ELEMENTS, version,
                    tuple(map(tuple, prompts_ids)), tuple(map(tuple, responses_ids)))

@@ -25,7 +25,7 @@ import torch
 
 from harness.cost import Cost
 from harness.errors import HarnessError
-from harness.metrics import _weights_version
+from harness.metrics import weights_version
 from harness.sampler import Completion
 
 # Wrappers rename parameters; vLLM's load_weights wants HF checkpoint names (notes §1.4).
@@ -72,7 +72,7 @@ def checkpoint_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 def weights_key(model: torch.nn.Module) -> tuple | None:
     """Changes whenever a parameter is written in place or replaced; None where no version is kept (push always)."""
-    versions = _weights_version(model)
+    versions = weights_version(model)
     return None if versions is None else (versions, tuple(p.data_ptr() for p in model.parameters()))
 
 
