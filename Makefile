@@ -29,15 +29,17 @@ run: setup
 	$(VENV)/bin/harness sweep --methods all --workers 2
 	$(VENV)/bin/harness report --experiment default
 
-# Both legs: the latest transformers, then the one vLLM 0.33 pins (installed over it in .tf-pinned, first on the path).
-test: test-latest test-pinned
+# Both legs at once (each pytest process is single-threaded; a machine has 2 cores): the latest transformers, and
+# the one vLLM 0.33 pins (installed over it in .tf-pinned, first on the path). Each leg's output is printed whole.
+test: setup
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-latest test-pinned
 
 test-latest: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 test-pinned: setup
 	$(PY) -m pip install -q --no-deps --upgrade --target .tf-pinned "$(TF_PINNED)"
-	PYTHONPATH=$(CURDIR)/.tf-pinned HARNESS_EXPECT_TRANSFORMERS=$(subst transformers==,,$(TF_PINNED)) $(VENV)/bin/pytest -q
+	PYTHONPATH=$(CURDIR)/.tf-pinned HARNESS_EXPECT_TRANSFORMERS=$(subst transformers==,,$(TF_PINNED)) $(VENV)/bin/pytest -q -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) $(GPU_VENV) .tf-pinned

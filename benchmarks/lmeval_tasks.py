@@ -47,6 +47,8 @@ class TaskSource(BaseModel):
     """Overrides generation_kwargs.max_gen_toks (gsm8k's YAML has none; then lm-eval's default 256)."""
     num_fewshot: int = Field(default=0, ge=0)
     """Few-shot examples in each prompt (the task YAML's own num_fewshot is overridden)."""
+    include_path: str | None = None
+    """A folder of your own lm-eval task/group YAMLs (e.g. a task lm-eval lacks), searched before lm-eval's."""
 
 
 class RealTask:
@@ -113,6 +115,14 @@ class RealTask:
         """Raise a one-line HarnessError if an optional package or nltk data this task needs is missing."""
         _preflight(self.yaml_path, self.source.task)
 
+    def doc_refs(self) -> list[tuple[str, int]]:
+        """(lm-eval task name, doc id) of each eval doc, in `eval_docs` order."""
+        return [(self.name, i) for i in range(len(self.task.eval_docs))]
+
+    def lm_tasks(self) -> dict[str, Any]:
+        """The lm-eval Tasks that evaluate this task, by name."""
+        return {self.name: self.task}
+
     def _gold_index(self, doc: dict) -> int:
         gold, choices = self.task.doc_to_target(doc), self.task.doc_to_choice(doc)
         gold = gold[0] if isinstance(gold, list) else gold  # several golds: the first
@@ -130,17 +140,21 @@ class RealTask:
 
 
 def load_task(source: TaskSource, workdir: Path) -> RealTask:
-    """Load an installed lm-eval task under the name harness_real_<task>, on local files if given."""
+    """Load an lm-eval task (or each task of a group) under the name harness_real_<task>, on local files if given."""
     from lm_eval.defaults import DEFAULT_MAX_GEN_TOKS, default_gen_kwargs
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    entry = _find_entry(source.task)
+    entry = find_entry(source.task, source.include_path)
     if entry.kind in (Kind.GROUP, Kind.TAG):
-        members = entry.tags if entry.kind is Kind.TAG else [str(m) for m in (entry.cfg or {}).get("task", [])]
-        raise HarnessError(f"lm-eval {entry.kind.name.lower()} {source.task!r} is a set of tasks and groups are not "
-                           f"supported yet; list one subtask instead, e.g. {sorted(members)[:3]}")
+        if source.data_files is not None:
+            raise HarnessError(f"lm-eval group {source.task!r} reads each subtask's own dataset: drop data_files "
+                               f"(stage them with `harness fetch`), or list a subtask with its files")
+        from benchmarks.lmeval_groups import RealGroup, leaf_tasks
+        leaves = [load_task(source.model_copy(update={"task": t}), workdir)
+                  for t in dict.fromkeys(leaf_tasks(source.task, source.include_path))]
+        return RealGroup(source, leaves)  # the same interface as RealTask
     if entry.kind is not Kind.TASK:
         raise HarnessError(f"lm-eval task {source.task!r} is a Python-class task, not supported yet; pick a YAML task")
     base = load_yaml(entry.yaml_path, resolve_func=False)
@@ -197,13 +211,18 @@ def _data_overrides(source: TaskSource, base: dict, workdir: Path) -> dict[str, 
                                "cache_dir": str(Path(workdir).resolve() / "datasets_cache")}}
 
 
-def _find_entry(name: str) -> Any:
-    """lm-eval's index entry for `name`; a text scan finds most names in 0.4 s instead of indexing for 9 s."""
+def find_entry(name: str, include_path: str | None = None) -> Any:
+    """lm-eval's index entry for `name` (your include_path first); a text scan finds most names in 0.4 s instead
+    of indexing for 9 s."""
     from lm_eval.tasks._index import TaskIndex
     from lm_eval.tasks._yaml_loader import load_yaml
 
     tasks_dir = Path(importlib.import_module("lm_eval.tasks").__file__).parent
-    for path in sorted(tasks_dir.rglob("*.yaml"), key=lambda p: p.as_posix()):  # lm-eval's own order
+    roots = ([Path(include_path).expanduser()] if include_path else []) + [tasks_dir]
+    if include_path and not roots[0].is_dir():
+        raise HarnessError(f"include_path {include_path!r} is not a folder; point it at your lm-eval task YAMLs")
+    own = [p for p in sorted(roots[0].rglob("*.yaml"), key=lambda p: p.as_posix())] if include_path else []
+    for path in own + sorted(tasks_dir.rglob("*.yaml"), key=lambda p: p.as_posix()):  # lm-eval's own order
         text = path.read_text(encoding="utf-8", errors="replace")
         if name in text and any(m.group(1) == name for m in _NAME_LINE.finditer(text)):
             found: dict = {}
@@ -213,7 +232,9 @@ def _find_entry(name: str) -> Any:
                 continue
             if name in found:
                 return found[name]
-    index = _full_index()  # tags and anything the scan misses
+    index = dict(_full_index())  # tags and anything the scan misses
+    if include_path:  # your own tasks' entries (and tags) win over lm-eval's
+        index.update(TaskIndex.build([Path(include_path).expanduser()]))
     if name not in index:
         import difflib
         near = difflib.get_close_matches(name, index, n=6, cutoff=0.0)  # listing all 14k names helps nobody

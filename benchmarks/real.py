@@ -240,10 +240,12 @@ class RealWorld(World):
 
     def eval_tasks(self) -> list[EvalTask]:
         """lm-eval's own task per world task; both splits are doc-id subsets of it, read at its declared metric."""
-        return [EvalTask(task=t, lm_names={"val": rt.name, "eval": rt.name}, lm_tasks={rt.name: rt.task},
-                         metric=rt.metric, filter=rt.filter_name,
-                         docs={sp: self.doc_ids[sp][t] for sp in ("val", "eval")})
-                for t, rt in self.real.items()]
+        out = []
+        for t, rt in self.real.items():
+            refs = rt.doc_refs()
+            out.append(EvalTask(task=t, lm_tasks=rt.lm_tasks(), metric=rt.metric, filter=rt.filter_name,
+                                docs={sp: [refs[i] for i in self.doc_ids[sp][t]] for sp in ("val", "eval")}))
+        return out
 
     def eval_options(self) -> dict:
         """Chat template and system prompt for lm-eval, the same switch as every training prompt."""

@@ -251,8 +251,8 @@ class ToyWorld(World):
         for t in self.tasks:
             names = {sp: f"{TASK_PREFIX}{t}" if sp == "eval" else f"{TASK_PREFIX}{sp}_{t}" for sp in splits}
             configs = {names[sp]: _toy_task_config(self, names[sp], splits[sp][t], gen_kwargs) for sp in splits}
-            out.append(EvalTask(task=t, lm_names=names, lm_tasks=configs, metric="acc",
-                                docs={sp: None for sp in splits}))
+            docs = {sp: [(names[sp], i) for i in range(len(splits[sp][t]))] for sp in splits}
+            out.append(EvalTask(task=t, lm_tasks=configs, metric="acc", docs=docs, restrict=False))
         return out
 
     @property

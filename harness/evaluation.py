@@ -160,12 +160,11 @@ class LiveLM(LM):
 
 
 def _load_tasks(specs: list) -> dict:
-    """{lm-eval task name: Task} for every split of every spec, building config dicts and names once."""
+    """{lm-eval task name: Task} for every spec, building config dicts and names once."""
     from lm_eval.tasks import TaskManager
     ready, to_load = {}, []
     for spec in specs:
-        for name in set(spec.lm_names.values()):
-            task = spec.lm_tasks[name]
+        for name, task in spec.lm_tasks.items():
             if isinstance(task, (dict, str)):
                 to_load.append(task)
             else:
@@ -174,6 +173,36 @@ def _load_tasks(specs: list) -> dict:
         with _quiet_lm_eval():  # each custom_dataset task warns about --metadata when built
             ready.update(TaskManager(include_defaults=False).load(to_load))
     return ready
+
+
+def requested_docs(specs, splits: tuple[str, ...]) -> dict[str, list[int]]:
+    """lm-eval's `samples=` argument: per lm-eval task, the doc ids the splits need (restricted specs only)."""
+    out: dict[str, set[int]] = {}
+    for spec in specs:
+        if spec.restrict:
+            for sp in splits:
+                for name, i in spec.docs[sp]:
+                    out.setdefault(name, set()).add(int(i))
+    return {name: sorted(ids) for name, ids in out.items()}
+
+
+def read_split(spec, split: str, samples: dict[str, list[dict]]) -> tuple[np.ndarray, list[str]]:
+    """Per-example correctness and responses of one split of a task, in item order, from lm-eval's logged samples."""
+    by_doc = {(name, s["doc_id"]): s for name in {n for n, _ in spec.docs[split]} for s in samples.get(name, [])
+              if spec.filter is None or s.get("filter") == spec.filter}
+    missing = [ref for ref in spec.docs[split] if ref not in by_doc]
+    if missing:
+        raise RuntimeError(f"lm-eval returned doc ids that do not cover the {split} split of task {spec.task!r} "
+                           f"({len(missing)} of {len(spec.docs[split])} items missing, e.g. {missing[0]})")
+    rows = [by_doc[ref] for ref in spec.docs[split]]
+    return np.array([_value(r[spec.metric]) for r in rows]), [_response(r) for r in rows]
+
+
+def _value(v) -> float:
+    """A logged per-example metric as a number (a list, e.g. IFEval's inst_level_*, is its mean)."""
+    if isinstance(v, list):
+        return sum(map(float, v)) / max(len(v), 1)
+    return float(v)
 
 
 def _response(sample: dict) -> str:
@@ -205,13 +234,7 @@ class Evaluator:
         self.options = world.eval_options()
         self.task_dict = _load_tasks(list(self.specs.values()))
         # lm-eval scores only these doc ids of a task that holds both splits (real worlds); absent: every doc.
-        self.samples: dict[str, list[int]] = {}
-        for spec in self.specs.values():
-            for sp in splits:
-                ids = spec.docs.get(sp)
-                if ids is not None:
-                    self.samples.setdefault(spec.lm_names[sp], [])
-                    self.samples[spec.lm_names[sp]] = sorted(set(self.samples[spec.lm_names[sp]]) | set(ids))
+        self.samples = requested_docs(self.specs.values(), splits)
 
     def rebind(self, world, tokenizer, batch_size: int | None = None,
                score_batch_size: int | None = None) -> Evaluator:
@@ -243,17 +266,8 @@ class Evaluator:
         splits = {}
         for split, tasks in self.items.items():
             correct, responses = {}, {}
-            for t, items in tasks.items():
-                spec = self.specs[t]
-                by_doc = {s["doc_id"]: s for s in out["samples"][spec.lm_names[split]]
-                          if spec.filter is None or s.get("filter") == spec.filter}
-                ids = spec.docs.get(split)
-                ids = list(range(len(items))) if ids is None else ids
-                if len(ids) != len(items) or any(i not in by_doc for i in ids):
-                    raise RuntimeError(f"lm-eval returned doc ids that do not cover the {split} split of task "
-                                       f"{t!r} ({len(items)} items)")
-                correct[t] = np.array([float(by_doc[i][spec.metric]) for i in ids])
-                responses[t] = [_response(by_doc[i]) for i in ids]
+            for t in tasks:
+                correct[t], responses[t] = read_split(self.specs[t], split, out["samples"])
             splits[split] = self._scores(correct, responses)
         return EvalResult(splits, time.perf_counter() - start)
 

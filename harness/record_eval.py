@@ -30,9 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from harness.errors import HarnessError
+from harness.evaluation import requested_docs
 
 BACKENDS = ("hf", "vllm")
 SPEC_NAME, SAMPLES_NAME, LOG_NAME = "record_spec.json", "record_samples.json", "record_eval.log"
@@ -48,8 +47,7 @@ def _task_sources(specs: list) -> tuple[list[str], list[str], bool]:
     folders: list[str] = []
     defaults = False
     for spec in specs:
-        for name in dict.fromkeys(spec.lm_names.values()):
-            task = spec.lm_tasks[name]
+        for name, task in spec.lm_tasks.items():
             if isinstance(task, str):  # an installed lm-eval task, by name
                 defaults = True
                 names.append(task)
@@ -67,17 +65,6 @@ def _task_sources(specs: list) -> tuple[list[str], list[str], bool]:
             if folder not in folders:
                 folders.append(folder)
     return names, folders, defaults
-
-
-def _samples(specs: list, splits: tuple[str, ...]) -> dict[str, list[int]]:
-    """lm-eval's `samples=`: the union of the splits' doc ids per lm-eval task (as the in-run Evaluator builds it)."""
-    out: dict[str, set[int]] = {}
-    for spec in specs:
-        for sp in splits:
-            ids = spec.docs.get(sp)
-            if ids is not None:
-                out.setdefault(spec.lm_names[sp], set()).update(int(i) for i in ids)
-    return {k: sorted(v) for k, v in out.items()}
 
 
 def _tokenizer_path(world, checkpoint: Path) -> str:
@@ -140,7 +127,7 @@ def build_spec(world, checkpoint: Path, backend: str = "hf", out_dir: Path | Non
     return {
         "model": backend, "model_args": model_args, "device": device, "batch_size": batch_size,
         "tasks": names, "include_path": folders, "include_defaults": defaults,
-        "samples": _samples(specs, splits),
+        "samples": requested_docs(specs, splits),
         "apply_chat_template": options.pop("apply_chat_template", False),
         "system_instruction": options.pop("system_instruction", None),
         "fewshot_as_multiturn": options.pop("fewshot_as_multiturn", False),
@@ -180,7 +167,7 @@ def record_eval(world, checkpoint: Path, backend: str = "hf", out_dir: Path | No
     the responses, read like the in-run Evaluator reads them. Raises a one-line HarnessError when the world's
     tasks cannot be rebuilt in another process (toy world) or the subprocess fails or times out.
     """
-    from harness.evaluation import EvalResult, Evaluator, _response
+    from harness.evaluation import EvalResult, Evaluator, read_split
 
     spec = build_spec(world, checkpoint, backend, out_dir, device, batch_size, extra_model_args, splits)
     out = Path(spec["output"]).parent
@@ -209,25 +196,12 @@ def record_eval(world, checkpoint: Path, backend: str = "hf", out_dir: Path | No
     for split in splits:
         correct, responses = {}, {}
         for spec_t in world.eval_tasks():
-            t, items = spec_t.task, all_splits[split][spec_t.task]
-            by_doc = {s["doc_id"]: s for s in logged.get(spec_t.lm_names[split], [])
-                      if spec_t.filter is None or s.get("filter") == spec_t.filter}
-            ids = spec_t.docs.get(split)
-            ids = list(range(len(items))) if ids is None else ids
-            if len(ids) != len(items) or any(i not in by_doc for i in ids):
-                raise HarnessError(f"the evaluation of record returned doc ids that do not cover the {split} split "
-                                   f"of task {t!r} ({len(items)} items); log: {log}")
-            correct[t] = np.array([_value(by_doc[i][spec_t.metric]) for i in ids])
-            responses[t] = [_response(by_doc[i]) for i in ids]
+            try:
+                correct[spec_t.task], responses[spec_t.task] = read_split(spec_t, split, logged)
+            except RuntimeError as e:
+                raise HarnessError(f"the evaluation of record: {e}; log: {log}") from None
         result[split] = Evaluator._scores(correct, responses)
     return EvalResult(result, seconds)
-
-
-def _value(v) -> float:
-    """A logged per-example metric as a number (a list, e.g. ifeval's inst_level_*, is its mean)."""
-    if isinstance(v, list):
-        return sum(map(float, v)) / max(len(v), 1)
-    return float(v)
 
 
 def main(argv: list[str] | None = None) -> int:

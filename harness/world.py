@@ -41,17 +41,19 @@ class Item:
 class EvalTask:
     """How lm-eval evaluates one task of a world on both splits.
 
-    `lm_task` is what `lm_eval.tasks.TaskManager.load` takes (a task name or an inline dict config) or an
-    already-built lm-eval Task; `docs[split]` lists, in item order, the lm-eval doc ids that form the split
-    (None: the split is its own lm-eval task, `lm_names[split]`, and every doc of it counts).
+    `lm_tasks` maps lm-eval task names to what `lm_eval.tasks.TaskManager.load` takes (an inline dict config)
+    or to built lm-eval Tasks; a group (mmlu) is one world task over many of them. `docs[split]` lists, in item
+    order, the (lm-eval task, doc id) that each item of the split is. With `restrict`, lm-eval scores only those
+    doc ids (`samples=`; real worlds draw both splits from one task's docs); without, each lm-eval task is
+    scored whole (the toy world builds one task per split).
     """
 
     task: str
-    lm_names: dict[str, str]  # split -> lm-eval task name whose samples hold that split
-    lm_tasks: dict[str, Any]  # lm-eval task name -> config dict or Task object
+    lm_tasks: dict[str, Any]
     metric: str  # per-example metric key in lm-eval's logged samples
+    docs: dict[str, list[tuple[str, int]]]
     filter: str | None = None  # filter ensemble whose samples are read (None: the only one)
-    docs: dict[str, list[int] | None] = field(default_factory=dict)
+    restrict: bool = True
 
 
 class World(ABC):

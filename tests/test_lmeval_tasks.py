@@ -201,10 +201,8 @@ def test_ifeval_prompt_and_score_equal_lm_eval(env, monkeypatch):
 def test_unknown_names_say_what_to_do(env):
     with pytest.raises(HarnessError, match=r"unknown lm-eval task 'gsm8kk'\. Did you mean 'gsm8k'\?"):
         _load_name(env, "gsm8kk")
-    with pytest.raises(HarnessError, match=r"group 'mmlu' .*groups are not supported yet; list one subtask"):
-        _load_name(env, "mmlu")
-    with pytest.raises(HarnessError, match=r"tag 'ai2_arc' .*list one subtask"):
-        _load_name(env, "ai2_arc")
+    with pytest.raises(HarnessError, match=r"group 'mmlu' reads each subtask's own dataset: drop data_files"):
+        load_task(TaskSource(task="mmlu", data_files={"test": "x.jsonl"}), env[1])
     with pytest.raises(HarnessError, match=r"unknown lm-eval filter 'flexible'\. Did you mean 'flexible-extract'"):
         _load(env, "gsm8k", filter="flexible")
 
@@ -232,3 +230,13 @@ def test_preflight_names_the_missing_dependency(env, monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "langdetect" else real(name, *a))
     with pytest.raises(HarnessError, match=re.escape('needs langdetect; install it with pip install "lm-eval[ifeval]"')):
         _load(env, "ifeval")
+
+
+def test_groups_and_tags_expand_to_their_tasks_in_order():
+    """mmlu (a group of groups of tags) is its 57 subjects; ai2_arc (a tag) is its two tasks; a task is itself."""
+    from benchmarks.lmeval_groups import leaf_tasks
+
+    mmlu = leaf_tasks("mmlu")
+    assert len(mmlu) == 57 and len(set(mmlu)) == 57 and "mmlu_abstract_algebra" in mmlu
+    assert leaf_tasks("ai2_arc") == ["arc_challenge", "arc_easy"]
+    assert leaf_tasks("gsm8k") == ["gsm8k"]

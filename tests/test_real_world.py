@@ -306,3 +306,50 @@ def test_evaluation_of_record_scores_the_final_checkpoint_in_a_subprocess(real_e
     assert m["record/agreement"] == 1.0
     assert {"record/acc/gsm8k", "record/acc/arc_easy", "record/val/acc/ifeval"} <= set(m)
     assert m["record/acc/arc_easy"] == m["acc/arc_easy"]
+
+
+def _group_folder(root, data) -> str:
+    """A folder with your own lm-eval YAMLs: two ARC-Easy subtasks over local files and a group of them."""
+    from benchmarks.lmeval_tasks import find_entry
+
+    arc = find_entry("arc_easy").yaml_path
+    root.mkdir(exist_ok=True)
+    for name in ("tiny_arc_a", "tiny_arc_b"):
+        (root / f"{name}.yaml").write_text(yaml.safe_dump({
+            "include": str(arc), "task": name, "dataset_path": "json", "dataset_name": None,
+            "dataset_kwargs": {"data_files": data["arc_easy"]}}))
+    (root / "tiny_arc_group.yaml").write_text(yaml.safe_dump({
+        "group": "tiny_arc_group", "task": ["tiny_arc_a", "tiny_arc_b"],
+        "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}], "metadata": {"version": 1}}))
+    return str(root)
+
+
+def test_a_group_is_one_task_scored_per_example_by_its_subtasks(real_env, tmp_path):
+    """An lm-eval group (like mmlu) is one retention task: its subtasks' docs concatenated, each scored by its own
+    subtask; lm-eval evaluates the subtasks, and per-example correctness is read back in the world's item order."""
+    from harness.evaluation import Evaluator
+    from harness.modeling import load_model
+
+    presets, data = real_env
+    folder = _group_folder(tmp_path / "tasks", data)
+    preset = yaml.safe_load(presets["qwen2"].read_text())
+    preset["world"]["retention"] = [{"task": "tiny_arc_group", "include_path": folder, "metric": "acc"}]
+    path = tmp_path / "group.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    world, _ = _world(path)
+    group = world.real["tiny_arc_group"]
+    assert [leaf.source.task for leaf in group.leaves] == ["tiny_arc_a", "tiny_arc_b"]
+    assert len(group.eval_docs()) == 24  # 12 test docs per subtask
+    (spec,) = [s for s in world.eval_tasks() if s.task == "tiny_arc_group"]
+    assert set(spec.lm_tasks) == {"harness_real_tiny_arc_a", "harness_real_tiny_arc_b"}
+    assert {name for name, _ in spec.docs["val"] + spec.docs["eval"]} <= set(spec.lm_tasks)
+    model, tok = load_model(world.base_path())
+    res = Evaluator(world, tok, batch_size=8).evaluate(model)
+    assert res["val"].correct["tiny_arc_group"].shape == (4,) and res["eval"].correct["tiny_arc_group"].shape == (6,)
+    # each item's score is its subtask's: verifying the gold choice's text gives 1 for every item
+    for it in world.eval_items["tiny_arc_group"]:
+        assert world.verify(it, it.answer) == 1.0
+    with pytest.raises(Exception, match="drop data_files"):
+        preset["world"]["retention"][0]["data_files"] = data["arc_easy"]
+        path.write_text(yaml.safe_dump(preset))
+        _world(path)

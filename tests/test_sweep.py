@@ -126,11 +126,12 @@ def test_two_processes_at_once_finish_with_exactly_the_spec(sweep_dir):
 
 
 def test_kill_9_mid_trial_then_rerun_recovers_one_to_one(sweep_dir):
-    proc = subprocess.Popen(_sweep_cmd("s4", 2, 80), cwd=sweep_dir, stdout=subprocess.DEVNULL,
+    # 400 steps: a micro run takes ~1.2 s per 80 steps, and one polled once a second could start and finish unseen
+    proc = subprocess.Popen(_sweep_cmd("s4", 2, 400), cwd=sweep_dir, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline:   # wait until a trial's MLflow run is training
-        time.sleep(1)
+        time.sleep(0.2)
         try:
             kids = _children("s4")
             if len(kids) and (kids.status == "RUNNING").any():
@@ -140,7 +141,7 @@ def test_kill_9_mid_trial_then_rerun_recovers_one_to_one(sweep_dir):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert any(t.state == TrialState.RUNNING for t in _trials("s4", "sft", sweep_dir))
-    done = subprocess.run(_sweep_cmd("s4", 2, 80), cwd=sweep_dir, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_sweep_cmd("s4", 2, 400), cwd=sweep_dir, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     trials = _trials("s4", "sft", sweep_dir)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
