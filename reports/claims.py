@@ -109,6 +109,7 @@ class Estimate:
     values: list[float] = field(default_factory=list)
     seeds: int = 0          # seeds the arm ran
     missing: int = 0        # seeds that never reached g
+    peak: str = ""          # the evidence when seeds never reached g: the arm's highest validation gain anywhere
 
     @property
     def ok(self) -> bool:
@@ -116,7 +117,8 @@ class Estimate:
 
     def why_not(self, arm: str) -> str:
         if self.missing:
-            return f"{arm}: {self.missing} of {self.seeds} seeds never reached g on validation"
+            return f"{arm}: {self.missing} of {self.seeds} seeds never reached g on validation" + \
+                (f" ({self.peak})" if self.peak else "")
         return f"{arm}: {len(self.values)} seed(s); a comparison needs ≥ {MIN_SEEDS}"
 
     def text(self) -> str:
@@ -148,6 +150,17 @@ def best_gain(ckpts: pd.DataFrame, arm: str, by: str = "arm") -> Estimate:
     per_seed = fin.groupby("seed", sort=False).head(1)
     halves = ((per_seed.get("target_gain_hi", np.nan) - per_seed.get("target_gain_lo", np.nan)) / 2).tolist()
     return estimate(per_seed["target_gain"].tolist(), halves)
+
+
+def peak_gain(ckpts: pd.DataFrame, arm: str, seeds: set) -> str:
+    """The evidence why seeds of an arm never reach g: their highest validation gain at any checkpoint and lr."""
+    sub = trained_checkpoints(ckpts)
+    sub = sub[(sub["arm"] == arm) & sub["seed"].isin(seeds) & sub[VAL_GAIN].notna()]
+    if not len(sub):
+        return ""
+    top = sub.loc[sub[VAL_GAIN].idxmax()]
+    return (f"their highest validation gain at any lr and checkpoint is {top[VAL_GAIN]:+.1f} (lr {top['lr']:.1e}, "
+            f"seed {int(top['seed'])}, step {int(top['step'])})")
 
 
 @dataclass(frozen=True)
@@ -271,6 +284,10 @@ def claims(fr: Frames) -> tuple[float, list[Claim]]:
     per_seed = drop_at_gain(every, g)
     have = sorted(set(every["arm"]))
     drop = {m: arm_drop(per_seed, m) for m in have}
+    for m in have:
+        if drop[m].missing:
+            rows = per_seed[(per_seed["arm"] == m) & ~per_seed["crossed"].astype(bool)]
+            drop[m].peak = peak_gain(every, m, set(rows["seed"]))
     gain = {m: best_gain(every, m) for m in have}
     fin = final_checkpoints(trained_checkpoints(ck))
     out = []

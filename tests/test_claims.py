@@ -116,6 +116,8 @@ def test_claim_reproduced_not_reproduced_and_not_tested():
     # a seed that never reaches g: not tested, and the result says which
     g2, c = verdict(_world([30, 32, 34], [0, 1, 0], other="trapo", other_never=True), "TRAPO")
     assert c.verdict == "not tested" and "1 of 3 seeds never reached g" in c.result
+    # with the evidence: the highest validation gain the missing seed had anywhere (10 at lr 1e-4, step 50)
+    assert "highest validation gain at any lr and checkpoint is +10.0 (lr 1.0e-04, seed 0, step 50)" in c.result
     assert verdict(_world([30, 32, 34], [0, 1, 0]), "IDFT")[1].verdict == "not tested"   # idft not in the sweep
     # fewer seeds than a comparison needs
     assert verdict(_world([30, 32], [0, 1], seeds=2), "RL (GRPO)")[1].verdict == "not tested"
