@@ -62,6 +62,12 @@ class Context:
         model.eval().requires_grad_(False)
         return model
 
+    def my_share(self, examples: list[Example]) -> list[Example]:
+        """The examples of a one-step batch this process trains (all of them in one process; `examples[rank::N]`
+        with N ranks): per-example scoring for the loss (reference, π_old log-probs) need only cover these."""
+        from harness import distributed
+        return distributed.shard(examples)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of a text, without special tokens."""
         return self.tokenizer.encode(text, add_special_tokens=False)

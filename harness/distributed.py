@@ -122,9 +122,12 @@ def check_same(value: Any, what: str) -> None:
 
 
 def fingerprint(examples: Iterable) -> str:
-    """A digest of examples' tokens, masks and fields, equal across processes (python's str hash is not)."""
-    rows = [(e.prompt_ids, e.response_ids, e.train_mask, sorted(e.fields.items()), sorted(e.token_fields.items()))
-            for e in examples]
+    """A digest of examples' tokens, masks and fields, equal across processes (python's str hash is not).
+
+    Per-token fields (reference and π_old log-probs) are left out: each rank scores only its own share of a step
+    (`Context.my_share`), so they legitimately differ across ranks.
+    """
+    rows = [(e.prompt_ids, e.response_ids, e.train_mask, sorted(e.fields.items())) for e in examples]
     return hashlib.blake2b(pickle.dumps(rows, protocol=4), digest_size=16).hexdigest()
 
 

@@ -84,12 +84,13 @@ class GRPO(Method):
                             fields={"adv": float(a)})
                     for s, row in zip(sampled, adv) for comp, a in zip(s.completions, row)]
         pad, bs, prec = ctx.tokenizer.pad_token_id, ctx.score_batch_size, ctx.run_cfg.train.precision
+        mine = ctx.my_share(examples)  # one step per pass: with N ranks each scores only the share it trains
         if c.num_iterations > 1:
-            for e, lp in zip(examples, example_logp(ctx.policy, examples, pad, bs, prec)):
+            for e, lp in zip(mine, example_logp(ctx.policy, mine, pad, bs, prec)):
                 e.token_fields["old_logp"] = lp
-            ctx.cost.forward("old", examples)
+            ctx.cost.forward("old", examples)  # the whole step's passes: the run's total on every rank
         if c.beta > 0:
-            for e, lp in zip(examples, example_logp(ctx.base, examples, pad, bs, prec)):
+            for e, lp in zip(mine, example_logp(ctx.base, mine, pad, bs, prec)):
                 e.token_fields["ref_logp"] = lp
             ctx.cost.forward("ref", examples)
         comps = [comp for s in sampled for comp in s.completions]
