@@ -121,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def dry_run(cfg) -> int:
     """Print the resolved plan and what it needs on disk; load the world offline. 0 if it can run, else 2."""
-    from benchmarks.staging import requirements
+    from benchmarks.staging import Requirement, requirements
+    from harness.modeling import check_device
     from harness.world import build_world
 
     print(f"world  {cfg.world.summary()}")
@@ -130,11 +131,16 @@ def dry_run(cfg) -> int:
     if cfg.world.kind == "real" and cfg.world.source:
         print(f"source {cfg.world.source}")
     reqs = requirements(cfg.world)
+    try:
+        check_device(cfg.train.device)
+        reqs.append(Requirement(f"device {cfg.train.device}", "torch sees it", True))
+    except HarnessError as e:
+        reqs.append(Requirement(f"device {cfg.train.device}", str(e).split(";")[0], False))
     print("needs:")
     for r in reqs:
         print(r.line())
     if any(r.present is False for r in reqs):
-        print("not ready: run `harness fetch` with this world on a machine with network, or fix the paths above")
+        print("not ready: fix what is MISSING above (`harness fetch` stages models and data on a machine with network)")
         return 2
     world = build_world(cfg.world)  # loads the lm-eval tasks and draws the splits, offline
     sizes = {sp: {t: len(v) for t, v in world.eval_splits()[sp].items()} for sp in ("val", "eval")}

@@ -29,6 +29,22 @@ def build_char_tokenizer(chars: str) -> PreTrainedTokenizerBase:
                                    eos_token="</s>", unk_token="<unk>")
 
 
+def check_device(device: str) -> None:
+    """One-line HarnessError when `device` cannot run here (CUDA asked of a CPU build, or a GPU index not present)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise HarnessError(f"train.device={device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU found"
+            raise HarnessError(f"train.device={device!r} but torch {torch.__version__} sees no CUDA GPU ({build}); run "
+                               f"on a GPU machine (`make setup-gpu`) or set train.device=cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise HarnessError(f"train.device={device!r} but only {torch.cuda.device_count()} GPU(s) are visible "
+                               f"(CUDA_VISIBLE_DEVICES); pick one of cuda:0..cuda:{torch.cuda.device_count() - 1}")
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name and not _is_hub_id(name)
 

@@ -24,7 +24,7 @@ from harness.config import RunConfig
 from harness.context import Context
 from harness.engine import Trainer
 from harness.evaluation import Evaluator
-from harness.modeling import load_model
+from harness.modeling import check_device, load_model
 from harness.world import build_world
 from harness.sampler import build_sampler
 from harness.store import ensure_experiment, find_run, store_lock, tracking_uri
@@ -203,6 +203,7 @@ def prepare_policy(cfg: RunConfig):
 def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None, extra_tags: dict | None = None,
         progress: bool = True) -> dict[str, float]:
     """Train one (world, method, hyper-parameters, seed) and return its final metrics ({"steps"} off rank 0)."""
+    check_device(cfg.train.device)  # before anything is computed or logged
     distributed.init_from_env(cfg.train.device)
     main = distributed.is_main()
     if cfg.train.threads:

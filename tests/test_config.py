@@ -67,3 +67,17 @@ def test_every_method_default_config_validates():
     for name in method_names():
         cfg, m = resolve_config(world="micro", method=name)
         assert cfg.method_args == m.model_dump()
+
+
+def test_a_device_torch_cannot_use_is_one_line_before_anything_runs():
+    import torch
+
+    from harness.errors import HarnessError
+    from harness.modeling import check_device
+
+    check_device("cpu")
+    with pytest.raises(HarnessError, match="not a torch device"):
+        check_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(HarnessError, match=r"sees no CUDA GPU .*set train.device=cpu"):
+            check_device("cuda")
