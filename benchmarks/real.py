@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from benchmarks.lmeval_tasks import RealTask, TaskSource, load_task
 from harness.errors import HarnessError
 from harness.greedy import cut_at_stop
+from harness.modeling import local_model
 from harness.world import EvalTask, Item, World, cache_root
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -266,24 +267,7 @@ class RealWorld(World):
 
     def base_path(self, progress: bool = True) -> str:
         """The local model folder: the path itself, or the hub id's snapshot in the local HF cache."""
-        return resolve_model(self.cfg.base_model, self.cfg.revision)
-
-
-def resolve_model(name: str, revision: str | None) -> str:
-    """A local folder for a model path or a cached hub id; one-line HarnessError when it is not on disk."""
-    path = Path(name).expanduser()
-    if path.exists():
-        return str(path)
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise HarnessError(f"model folder {name!r} does not exist; set world.base_model to a folder written by "
-                           f"save_pretrained or to a hub id like Qwen/Qwen2.5-1.5B-Instruct")
-    from huggingface_hub import snapshot_download
-    try:
-        return snapshot_download(name, revision=revision, local_files_only=True)
-    except Exception:  # LocalEntryNotFoundError and kin: the id at that revision was never fetched here
-        at = f" at revision {revision}" if revision else ""
-        raise HarnessError(f"model {name!r}{at} is not in the local Hugging Face cache; run `harness fetch "
-                           f"<preset>` on a machine with network, or set world.base_model to a local folder") from None
+        return local_model(self.cfg.base_model, self.cfg.revision)
 
 
 def preset_files() -> dict[str, Path]:

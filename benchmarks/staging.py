@@ -52,10 +52,10 @@ def requirements(cfg) -> list[Requirement]:
         world = build_world(cfg)
         base = world.cache_dir / "base"
         return [Requirement("toy base model (pretrained on first use, ~1-2 min)", str(base), base.exists())]
-    from benchmarks.real import resolve_model
+    from harness.modeling import local_model
     out = []
     try:
-        where, ok = resolve_model(cfg.base_model, cfg.revision), True
+        where, ok = local_model(cfg.base_model, cfg.revision), True
     except HarnessError:
         where, ok = f"{cfg.base_model}" + (f"@{cfg.revision}" if cfg.revision else ""), False
     out.append(Requirement("base model", where, ok))

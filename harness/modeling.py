@@ -1,7 +1,6 @@
 """Model and tokenizer loading for any causal LM (local path or hub id), and the char tokenizer."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -45,13 +44,21 @@ def check_device(device: str) -> None:
                                f"(CUDA_VISIBLE_DEVICES); pick one of cuda:0..cuda:{torch.cuda.device_count() - 1}")
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name and not _is_hub_id(name)
-
-
-def _is_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+def local_model(name: str, revision: str | None = None) -> str:
+    """A local folder for a model path or a cached hub id; one-line HarnessError when it is not on disk."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise HarnessError(f"model folder {name!r} does not exist; set world.base_model to a folder written by "
+                           f"save_pretrained or to a hub id like Qwen/Qwen2.5-1.5B-Instruct")
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(name, revision=revision, local_files_only=True)
+    except Exception:  # LocalEntryNotFoundError and kin: the id at that revision was never fetched here
+        at = f" at revision {revision}" if revision else ""
+        raise HarnessError(f"model {name!r}{at} is not in the local Hugging Face cache; run `harness fetch "
+                           f"<preset>` on a machine with network, or set world.base_model to a local folder") from None
 
 
 def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str = "float32",
@@ -64,11 +71,7 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str
     """
     if dtype not in DTYPES:
         raise HarnessError(f"unknown load dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    path = Path(name_or_path).expanduser()
-    if not path.exists() and (_looks_like_path(name_or_path) or not _is_hub_id(name_or_path)):
-        raise HarnessError(f"model path {name_or_path!r} does not exist; pass an existing folder "
-                           f"written by save_pretrained, or a hub id like 'Qwen/Qwen2.5-0.5B'")
-    src = str(path) if path.exists() else name_or_path
+    src = local_model(name_or_path)  # never a download at run time: `harness fetch` stages hub models
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # "Loading weights" bars on every load drown the harness's own progress
     tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)

@@ -81,3 +81,16 @@ def test_a_device_torch_cannot_use_is_one_line_before_anything_runs():
     if not torch.cuda.is_available():
         with pytest.raises(HarnessError, match=r"sees no CUDA GPU .*set train.device=cpu"):
             check_device("cuda")
+
+
+def test_a_hub_id_not_in_the_cache_is_one_line_and_never_downloads(tmp_path, monkeypatch):
+    import time
+
+    from harness.errors import HarnessError
+    from harness.modeling import load_model
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty hub cache
+    start = time.perf_counter()
+    with pytest.raises(HarnessError, match="not in the local Hugging Face cache; run `harness fetch"):
+        load_model("nobody/no-such-model")
+    assert time.perf_counter() - start < 10  # local lookups only: no network retries
