@@ -50,6 +50,13 @@ def matched_level(ckpts: pd.DataFrame, anchors=ANCHORS, fraction: float = FRACTI
     return fraction * float(ck.groupby(["method", "seed"])[VAL_GAIN].max().min())
 
 
+def never_gained(ckpts: pd.DataFrame, anchors=ANCHORS) -> str:
+    """Why g does not exist: the anchor seeds whose best validation gain at any lr and checkpoint is ≤ 0."""
+    ck = trained_checkpoints(ckpts)
+    best = ck[ck["method"].isin(anchors)].groupby(["method", "seed"])[VAL_GAIN].max()
+    return ", ".join(f"{m} seed {int(sd)} (best {v:+.1f})" for (m, sd), v in best[best <= 0].items())
+
+
 def crossing(steps: np.ndarray, val_gain: np.ndarray, columns: dict[str, np.ndarray], g: float) -> dict | None:
     """Where a trajectory's validation gain first reaches g (linear between checkpoints), and `columns` there.
 
@@ -236,7 +243,7 @@ def predictor_test(fin: pd.DataFrame, key: str) -> tuple[str, str]:
 
 
 def evaluate_claim(spec: ClaimSpec, g: float, drop: dict[str, Estimate], gain: dict[str, Estimate],
-                   fin: pd.DataFrame) -> Claim:
+                   fin: pd.DataFrame, why_no_g: str = "") -> Claim:
     """Run a ClaimSpec's tests; every test must pass for "reproduced"."""
     if spec.predictor is not None:
         res, verdict = predictor_test(fin, spec.predictor)
@@ -245,8 +252,9 @@ def evaluate_claim(spec: ClaimSpec, g: float, drop: dict[str, Estimate], gain: d
     if absent:
         return Claim(spec.source, spec.statement, f"{', '.join(absent)} not in this sweep", "not tested")
     if not np.isfinite(g):
+        why = f" ({why_no_g})" if why_no_g else ""
         return Claim(spec.source, spec.statement, "no positive matched gain: some seed of an anchor method never "
-                     "gained on validation", "not tested")
+                     f"gained on validation{why}", "not tested")
     shown = "; ".join(f"{a} {drop[a].text()}" for a in spec.arms)
     lacking = [drop[a].why_not(a) for a in spec.arms if not drop[a].ok]
     if lacking:
@@ -291,10 +299,11 @@ def claims(fr: Frames) -> tuple[float, list[Claim]]:
     gain = {m: best_gain(every, m) for m in have}
     fin = final_checkpoints(trained_checkpoints(ck))
     out = []
+    why = never_gained(ck) if not np.isfinite(g) else ""
     for spec in CLAIMS:
-        out.append(evaluate_claim(spec, g, drop, gain, fin))
+        out.append(evaluate_claim(spec, g, drop, gain, fin, why))
         variants = sorted(set(every.loc[(every["method"] == spec.subject) & (every["arm"] != spec.subject), "arm"]))
-        out += [evaluate_claim(spec.for_variant(v), g, drop, gain, fin) for v in variants]
+        out += [evaluate_claim(spec.for_variant(v), g, drop, gain, fin, why) for v in variants]
     return g, out
 
 

@@ -37,11 +37,17 @@ def world_row(fr: Frames) -> dict:
            "base NLL of teacher labels (nats/answer)": runs.get("base/label_nll_seq", pd.Series(np.nan)).mean(),
            "g": g}
     for arm in C.ANCHORS:
-        row[f"{arm} drop at g"] = C.arm_drop(per_seed, arm).text() if arm in set(fr.ckpts["arm"]) else "–"
+        if arm not in set(fr.ckpts["arm"]):
+            row[f"{arm} drop at g"] = "–"
+        elif not np.isfinite(g):  # no matched gain exists: there is nothing to reach
+            row[f"{arm} drop at g"] = "no g"
+        else:
+            row[f"{arm} drop at g"] = C.arm_drop(per_seed, arm).text()
     fin = final_checkpoints(trained_checkpoints(fr.ckpts))
     row["KL→drop R²"] = f"{correlation(fin['kl_to_base'], fin['nontarget_drop'])['r2']:.2f}"
     for label, spec in CORE.items():
         row[label] = next(c for c in rows if c.statement == spec.statement).verdict
+    row["why no g"] = C.never_gained(fr.ckpts) if not np.isfinite(g) else ""
     return row
 
 

@@ -199,3 +199,15 @@ def test_a_variant_of_a_claims_subject_gets_its_own_row():
     var = next(c for c in rows if c.statement.endswith("[variant grpo@hot]"))
     assert main.verdict == "reproduced" and var.verdict == "not reproduced" and "grpo@hot" in var.result
     assert not any("sft@" in c.statement for c in rows)   # only the subject's variants get rows
+
+
+def test_no_matched_gain_names_the_anchor_seeds_that_never_gained():
+    parts = []
+    for s in range(3):
+        top = -5.0 if s == 1 else 60.0   # SFT's seed 1 only lost target accuracy (its best is -5)
+        parts.append(traj("sft", s, 1e-3, [(50, top, 30.0, top, 30.0)]))
+        parts.append(traj("grpo", s, 1e-4, [(50, 60, 0.0, 60, 0.0)]))
+        parts.append(traj("onpolicy_sft", s, 1e-4, [(50, 60, 0.0, 60, 0.0)]))
+    g, c = verdict(frames(parts), "RL (GRPO)")
+    assert math.isnan(g) and c.verdict == "not tested"
+    assert "never gained on validation (sft seed 1 (best -5.0))" in c.result
