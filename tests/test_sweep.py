@@ -250,3 +250,21 @@ def test_processes_per_run_launches_each_run_on_two_gloo_ranks(sweep_dir):
     assert run_sweep(spec, progress=False)["sft"]
     kids = _children("ddp")
     assert len(kids) == 1 and set(kids.status) == {"FINISHED"} and set(kids["tags.world_size"]) == {"2"}
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("sweeps/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_sweep_spec_resolves_for_every_arm(path):
+    from harness.config import resolve_config
+    from sweeps.spec import arm_method, arm_overrides, resolve_methods
+    from sweeps.study import search_space
+
+    spec = load_spec(path)
+    for arm in resolve_methods(spec):
+        search_space(spec, arm)
+        cfg, _ = resolve_config(world=spec.world, method=arm_method(spec, arm), overrides=arm_overrides(spec, arm))
+        assert cfg.method == arm_method(spec, arm)
+    if path.stem.startswith("robust-") and not path.stem.endswith("-tuned"):
+        # robustness worlds change only the target or the world seed: the default recipe everywhere else
+        assert set(spec.overrides) <= {"world"} and set(spec.overrides.get("world", {})) <= {"target", "seed"}
+        assert not spec.space
