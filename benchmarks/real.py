@@ -273,3 +273,14 @@ class RealWorld(World):
 def preset_files() -> dict[str, Path]:
     """Shipped real-world presets: name -> YAML file."""
     return {p.stem: p for p in sorted(PRESET_DIR.glob("*.yaml"))}
+
+
+def preset_lines() -> list[str]:
+    """One line per shipped real-world preset: name, base model, target and retention tasks."""
+    from harness.config import load_yaml_mapping
+    out = []
+    for name, path in preset_files().items():
+        w = RealWorldConfig(**{**load_yaml_mapping(path, "world preset").get("world", {}), "name": name})
+        out.append(f"  {name:28s} {w.base_model}: target={w.target_task}, "
+                   f"retention={','.join(r.task for r in w.retention)}")
+    return out

@@ -75,9 +75,10 @@ def requirements(cfg) -> list[Requirement]:
 
 
 def fetch(cfg, progress: bool = True) -> list[Requirement]:
-    """Download what a real world needs into the local caches (needs network); returns the requirements after."""
+    """Download what a real world needs into the local caches (needs network); prints and returns the requirements
+    after."""
     if cfg.kind != "real":
-        return requirements(cfg)
+        return _report(requirements(cfg))
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         raise HarnessError("HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set: `harness fetch` needs the network; unset "
                            "them on a machine that has it")
@@ -98,4 +99,39 @@ def fetch(cfg, progress: bool = True) -> list[Requirement]:
         target = os.environ.get("NLTK_DATA")
         if not nltk.download("punkt_tab", download_dir=target, quiet=not progress):
             raise HarnessError("nltk could not download punkt_tab; check the network, or copy it into $NLTK_DATA")
-    return requirements(cfg)
+    return _report(requirements(cfg))
+
+
+def _report(reqs: list[Requirement]) -> list[Requirement]:
+    for r in reqs:
+        print(r.line())
+    return reqs
+
+
+def dry_run(cfg) -> int:
+    """Print the resolved plan and what it needs on disk; load the world offline. 0 if it can run, else 2."""
+    from harness.modeling import check_device
+    from harness.world import build_world
+
+    print(f"world  {cfg.world.summary()}")
+    print(f"method {cfg.method}: {cfg.train.max_steps} steps of {cfg.train.batch_size} sequences, lr {cfg.train.lr:g}, "
+          f"precision {cfg.train.precision}, device {cfg.train.device}, eval every {cfg.train.eval_every} steps")
+    if cfg.world.kind == "real" and cfg.world.source:
+        print(f"source {cfg.world.source}")
+    reqs = requirements(cfg.world)
+    try:
+        check_device(cfg.train.device)
+        reqs.append(Requirement(f"device {cfg.train.device}", "torch sees it", True))
+    except HarnessError as e:
+        reqs.append(Requirement(f"device {cfg.train.device}", str(e).split(";")[0], False))
+    print("needs:")
+    for r in reqs:
+        print(r.line())
+    if any(r.present is False for r in reqs):
+        print("not ready: fix what is MISSING above (`harness fetch` stages models and data on a machine with network)")
+        return 2
+    world = build_world(cfg.world)  # loads the lm-eval tasks and draws the splits, offline
+    sizes = {sp: {t: len(v) for t, v in world.eval_splits()[sp].items()} for sp in ("val", "eval")}
+    print(f"ready: {len(world.train_items)} training items, {len(world.heldout_items)} held-out, "
+          f"validation {sizes['val']}, eval {sizes['eval']}")
+    return 0

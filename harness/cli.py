@@ -53,17 +53,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     from benchmarks.world import WORLD_PRESETS, WorldConfig
     from methods.base import get_method, method_names
 
-    from benchmarks.real import RealWorldConfig, preset_files
-    from harness.config import load_yaml_mapping
+    from benchmarks.real import preset_lines
 
     print("worlds:")
     for name, preset in WORLD_PRESETS.items():
         w = WorldConfig(name=name, **preset.get("world", {}))
         print(f"  {name:8s} target={w.target}, tasks={','.join(w.tasks)}, teacher_style={w.teacher_style}")
     print("\nreal-world presets (benchmarks/presets; `harness run --world NAME --dry-run` checks one):")
-    for name, path in preset_files().items():
-        w = RealWorldConfig(**{**load_yaml_mapping(path, "world preset").get("world", {}), "name": name})
-        print(f"  {name:28s} {w.base_model}: target={w.target_task}, retention={','.join(r.task for r in w.retention)}")
+    print("\n".join(preset_lines()))
     print("\ntasks (any can be the target: world.target=<task>):")
     for name, fam in FAMILIES.items():
         print(f"  {name:8s} {fam.description}   e.g. {fam.prompt('12345' if name != 'count' else 'aabcadae')}")
@@ -106,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     cfg, mcfg = resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)
     if args.dry_run:
+        from benchmarks.staging import dry_run
         return dry_run(cfg)
     from harness import distributed
     from harness.run import run
@@ -119,36 +117,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def dry_run(cfg) -> int:
-    """Print the resolved plan and what it needs on disk; load the world offline. 0 if it can run, else 2."""
-    from benchmarks.staging import Requirement, requirements
-    from harness.modeling import check_device
-    from harness.world import build_world
-
-    print(f"world  {cfg.world.summary()}")
-    print(f"method {cfg.method}: {cfg.train.max_steps} steps of {cfg.train.batch_size} sequences, lr {cfg.train.lr:g}, "
-          f"precision {cfg.train.precision}, device {cfg.train.device}, eval every {cfg.train.eval_every} steps")
-    if cfg.world.kind == "real" and cfg.world.source:
-        print(f"source {cfg.world.source}")
-    reqs = requirements(cfg.world)
-    try:
-        check_device(cfg.train.device)
-        reqs.append(Requirement(f"device {cfg.train.device}", "torch sees it", True))
-    except HarnessError as e:
-        reqs.append(Requirement(f"device {cfg.train.device}", str(e).split(";")[0], False))
-    print("needs:")
-    for r in reqs:
-        print(r.line())
-    if any(r.present is False for r in reqs):
-        print("not ready: fix what is MISSING above (`harness fetch` stages models and data on a machine with network)")
-        return 2
-    world = build_world(cfg.world)  # loads the lm-eval tasks and draws the splits, offline
-    sizes = {sp: {t: len(v) for t, v in world.eval_splits()[sp].items()} for sp in ("val", "eval")}
-    print(f"ready: {len(world.train_items)} training items, {len(world.heldout_items)} held-out, "
-          f"validation {sizes['val']}, eval {sizes['eval']}")
-    return 0
-
-
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Stage a world's model, datasets and nltk data into the local caches (needs network)."""
     from benchmarks.staging import fetch
@@ -157,10 +125,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.world is None and args.preset is None:
         raise HarnessError("`harness fetch` needs --world NAME (see `harness list`) or --preset FILE with a real world")
     cfg, _ = resolve_config(world=args.world, preset=args.preset, overrides=list(args.overrides))
-    reqs = fetch(cfg.world)
-    for r in reqs:
-        print(r.line())
-    return 0 if all(r.present is not False for r in reqs) else 2
+    return 0 if all(r.present is not False for r in fetch(cfg.world)) else 2
 
 
 def _sweep_inputs(args: argparse.Namespace) -> tuple[str | None, list[str], dict]:

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.errors import HarnessError
 from harness.evaluation import requested_docs
 
@@ -202,6 +204,22 @@ def record_eval(world, checkpoint: Path, backend: str = "hf", out_dir: Path | No
                 raise HarnessError(f"the evaluation of record: {e}; log: {log}") from None
         result[split] = Evaluator._scores(correct, responses)
     return EvalResult(result, seconds)
+
+
+def record_metrics(res, in_run: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """The evaluation of record's accuracies (`record/acc/<task>`, `record/val/acc/<task>`) and the fraction of
+    examples on which it agrees with the in-run evaluation of the same checkpoint (`record/agreement`)."""
+    out, same, total = {}, 0, 0
+    for sp, scores in res.splits.items():
+        prefix = "record/" if sp == "eval" else f"record/{sp}/"
+        for t, acc in scores.acc.items():
+            out[f"{prefix}acc/{t}"] = acc
+            if t in in_run.get(sp, {}):
+                same += int((scores.correct[t] == in_run[sp][t]).sum())
+                total += len(scores.correct[t])
+    if total:
+        out["record/agreement"] = same / total
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

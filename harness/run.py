@@ -98,22 +98,6 @@ def _store_identity() -> tuple:
     return (uri,)
 
 
-def record_metrics(res, in_run: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-    """The evaluation of record's accuracies (`record/acc/<task>`, `record/val/acc/<task>`) and the fraction of
-    examples on which it agrees with the in-run evaluation of the same checkpoint (`record/agreement`)."""
-    out, same, total = {}, 0, 0
-    for sp, scores in res.splits.items():
-        prefix = "record/" if sp == "eval" else f"record/{sp}/"
-        for t, acc in scores.acc.items():
-            out[f"{prefix}acc/{t}"] = acc
-            if t in in_run.get(sp, {}):
-                same += int((scores.correct[t] == in_run[sp][t]).sum())
-                total += len(scores.correct[t])
-    if total:
-        out["record/agreement"] = same / total
-    return out
-
-
 def ensure_base_run(cfg: RunConfig, world, base: BaseScores) -> None:
     """Log the base model's scores once per (world, checkpoint) as its own MLflow run."""
     tags = {"kind": "base", "world": world.name, "data_key": world.data_key(), "base_checkpoint": base.checkpoint}
@@ -280,7 +264,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
                 record(step, correct)
 
         def record(step: int, in_run: dict[str, dict[str, np.ndarray]]) -> None:  # rank 0: the evaluation of record
-            from harness.record_eval import record_eval
+            from harness.record_eval import record_eval, record_metrics
             path = ctx.save_checkpoint(f"record-{step:06d}")
             try:
                 res = record_eval(world, path, cfg.eval.record_backend, device=cfg.train.device)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from reports import stats as S
+from reports.claim_specs import CLAIMS, ClaimSpec  # noqa: F401 (claims as data; re-exported)
 from reports.frame import Frames, final_checkpoints, trained_checkpoints
 
 ANCHORS = ("sft", "grpo", "onpolicy_sft")
@@ -168,50 +169,6 @@ def peak_gain(ckpts: pd.DataFrame, arm: str, seeds: set) -> str:
     top = sub.loc[sub[VAL_GAIN].idxmax()]
     return (f"their highest validation gain at any lr and checkpoint is {top[VAL_GAIN]:+.1f} (lr {top['lr']:.1e}, "
             f"seed {int(top['seed'])}, step {int(top['step'])})")
-
-
-@dataclass(frozen=True)
-class ClaimSpec:
-    """One published claim as data: the arms it compares and the tests that must all pass."""
-
-    source: str
-    statement: str
-    more: tuple[tuple[str, str], ...] = ()              # (A, B): A's drop at g significantly above B's
-    not_more: tuple[tuple[str, str], ...] = ()          # (A, B): A's drop at g not significantly above B's
-    gain_noninferior: tuple[tuple[str, str], ...] = ()  # (A, B): B's gain not COMPARABLE_GAIN below A's
-    predictor: str | None = None                         # final-checkpoint column predicting the drop (r > 0)
-    subject: str | None = None                           # the method a sweep variant of gets its own row
-
-    def for_variant(self, variant: str) -> "ClaimSpec":
-        """The same claim with the subject's variant arm (e.g. tms@teacher-lr-3e-4) in its place."""
-        swap = lambda pairs: tuple(tuple(variant if a == self.subject else a for a in p) for p in pairs)  # noqa: E731
-        return ClaimSpec(self.source, f"{self.statement} [variant {variant}]", swap(self.more), swap(self.not_more),
-                         swap(self.gain_noninferior), None, None)
-
-    @property
-    def arms(self) -> list[str]:
-        pairs = self.more + self.not_more + self.gain_noninferior
-        return list(dict.fromkeys(a for p in pairs for a in p))
-
-
-RBD, TMS = "Retaining by Doing (arXiv 2510.18874)", "TMS (arXiv 2602.03073)"
-CLAIMS = (
-    ClaimSpec(RBD, "RL (GRPO) reaches comparable or higher target gain with far less non-target drop than SFT on "
-              "off-policy labels", more=(("sft", "grpo"),), gain_noninferior=(("sft", "grpo"),), subject="grpo"),
-    ClaimSpec(RBD, "per-epoch on-policy SFT substantially reduces forgetting (vs SFT)", more=(("sft", "onpolicy_sft"),),
-              subject="onpolicy_sft"),
-    ClaimSpec(RBD, "data sampled only from the initial policy (Self-SFT) is not enough: it forgets more than "
-              "per-epoch on-policy SFT", more=(("self_sft", "onpolicy_sft"),), subject="self_sft"),
-    ClaimSpec(TMS, "TMS forgets less than SFT and iterative SFT and lies between SFT and GRPO",
-              more=(("sft", "tms"), ("iterative_sft", "tms")), not_more=(("grpo", "tms"),), subject="tms"),
-    ClaimSpec(TMS, "the rise of PLD from its running minimum tracks forgetting", predictor="pld_rise"),
-    ClaimSpec("TRAPO (arXiv 2512.17636)", "TRAPO keeps general ability better than SFT at similar or better target "
-              "gain", more=(("sft", "trapo"),), gain_noninferior=(("sft", "trapo"),), subject="trapo"),
-    ClaimSpec("Towards On-Policy SFT (IDFT, arXiv 2602.12222)", "IDFT forgets less than SFT", more=(("sft", "idft"),),
-              subject="idft"),
-    ClaimSpec("RL's Razor (arXiv 2509.04259)", "KL to the base on the target task predicts forgetting (R² 0.71 "
-              "reported; RbD r ≈ 0.52)", predictor="kl_to_base"),
-)
 
 
 @dataclass

@@ -6,15 +6,20 @@ report's files are (logged under `report/` on every parent run by `harness repor
 """
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
+from optuna.trial import TrialState
 
 from harness.ui import WORKFLOW_TYPE
 from sweeps.spec import SweepSpec, arm_method, arm_seeds, load_spec
+
+log = logging.getLogger(__name__)
 
 # the order in which a reproducing command names the fields it needs
 _FIELD_ORDER = ["name", "world", "methods", "trials", "seeds", "objective", "budget", "sampler", "sampler_seed",
@@ -186,3 +191,21 @@ def parent_note(spec: SweepSpec, arm: str, cfg: Any, space: dict, experiment_id:
             lines.append(f"| {f['trial']} | {params} | {gain:+.1f} | {drop:+.1f} |" if gain is not None and
                          drop is not None else f"| {f['trial']} | {params} | - | - |")
     return "\n".join(lines)
+
+
+def log_progress(study: optuna.Study, parent_id: str) -> None:
+    """Log on the arm's parent run how many trials are done, so MLflow's UI shows the sweep's progress."""
+    from harness.store import init_store
+    trials = study.get_trials(deepcopy=False)
+    n = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING,
+                                                        TrialState.RUNNING)}
+    slots = n[TrialState.COMPLETE] + n[TrialState.WAITING] + n[TrialState.RUNNING]
+    client = init_store()
+    try:
+        step = n[TrialState.COMPLETE] + n[TrialState.FAIL]
+        client.log_metric(parent_id, "trials/complete", n[TrialState.COMPLETE], step=step)
+        client.log_metric(parent_id, "trials/fail", n[TrialState.FAIL], step=step)
+        client.set_tag(parent_id, "progress", f"{n[TrialState.COMPLETE]}/{slots} trials done"
+                       + (f", {n[TrialState.FAIL]} failed" if n[TrialState.FAIL] else ""))
+    except Exception as e:  # progress is a courtesy: a busy store must not fail the sweep
+        log.warning("could not log progress on parent run %s: %s", parent_id, e)

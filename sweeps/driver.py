@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import socket
 import sys
-import threading
 import time
 from typing import Any
 
@@ -24,13 +22,11 @@ from harness.config import deep_merge, resolve_config
 from harness.errors import HarnessError
 from methods.base import SweepParam
 from sweeps import progress as P
+from sweeps.describe import log_progress
 from sweeps.isolation import run_isolated, worker_devices
 from sweeps.spec import SweepSpec, arm_method, arm_overrides, arm_seeds
-from sweeps.study import (local_lock, make_sampler, open_storage, prepare_study, recover_stale, search_space,
-                          storage_url)
-
-HEARTBEAT_S = 20.0
-log = logging.getLogger(__name__)
+from sweeps.study import (Heartbeat, local_lock, make_sampler, open_storage, prepare_study, recover_stale,
+                          search_space, storage_url)
 
 
 def _nested(flat: dict[str, Any]) -> dict:
@@ -67,28 +63,6 @@ def objective_values(spec: SweepSpec, gain: float, drop: float) -> list[float]:
     if spec.objective == "gain_at_drop_budget":
         return [gain - 10.0 * max(0.0, drop - spec.budget)]
     return [drop + 10.0 * max(0.0, spec.budget - gain)]
-
-
-class _Heartbeat:
-    """Writes a trial's `heartbeat` user attribute every HEARTBEAT_S seconds while it runs."""
-
-    def __init__(self, study: optuna.Study, trial_id: int):
-        self.study, self.trial_id, self.stop = study, trial_id, threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        while not self.stop.wait(HEARTBEAT_S):
-            try:
-                self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
-            except Exception:  # the trial may have been finished meanwhile; never kill the run for it
-                return
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
 
 
 def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Trial, parent_id: str,
@@ -161,7 +135,7 @@ def work(spec: SweepSpec, arms: list[str], parents: dict[str, str], threads: int
             for k, v in {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time()}.items():
                 trial.set_user_attr(k, v)
             try:
-                with _Heartbeat(study, trial._trial_id):
+                with Heartbeat(study, trial._trial_id):
                     values = run_trial(spec, arm, study, trial, parents[arm], progress)
                 study.tell(trial, values)
             except HarnessError as e:
@@ -174,24 +148,6 @@ def work(spec: SweepSpec, arms: list[str], parents: dict[str, str], threads: int
                 study.tell(trial, state=TrialState.FAIL)
                 P.trial_failed(arm, trial.number, reason)
             log_progress(study, parents[arm])
-
-
-def log_progress(study: optuna.Study, parent_id: str) -> None:
-    """Log on the arm's parent run how many trials are done, so MLflow's UI shows the sweep's progress."""
-    from harness.store import init_store
-    trials = study.get_trials(deepcopy=False)
-    n = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING,
-                                                        TrialState.RUNNING)}
-    slots = n[TrialState.COMPLETE] + n[TrialState.WAITING] + n[TrialState.RUNNING]
-    client = init_store()
-    try:
-        step = n[TrialState.COMPLETE] + n[TrialState.FAIL]
-        client.log_metric(parent_id, "trials/complete", n[TrialState.COMPLETE], step=step)
-        client.log_metric(parent_id, "trials/fail", n[TrialState.FAIL], step=step)
-        client.set_tag(parent_id, "progress", f"{n[TrialState.COMPLETE]}/{slots} trials done"
-                       + (f", {n[TrialState.FAIL]} failed" if n[TrialState.FAIL] else ""))
-    except Exception as e:  # progress is a courtesy: a busy store must not fail the sweep
-        log.warning("could not log progress on parent run %s: %s", parent_id, e)
 
 
 def ensure_parent(spec: SweepSpec, arm: str, experiment_id: str) -> str:

@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 import socket
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from methods.base import SweepParam, get_method
 from sweeps.spec import SweepSpec, arm_method
 
 STALE_AFTER_S = 300.0
+HEARTBEAT_S = 20.0  # a running trial's worker writes its heartbeat this often
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -166,3 +168,25 @@ def recover_stale(study: optuna.Study) -> list[int]:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
             out.append(t.number)
     return out
+
+
+class Heartbeat:
+    """Writes a trial's `heartbeat` user attribute every HEARTBEAT_S seconds while it runs."""
+
+    def __init__(self, study: optuna.Study, trial_id: int):
+        self.study, self.trial_id, self.stop = study, trial_id, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+            except Exception:  # the trial may have been finished meanwhile; never kill the run for it
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
