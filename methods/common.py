@@ -77,25 +77,23 @@ class Sampled:
 
 
 def sample_and_verify(ctx, items: list, n: int, temperature: float, top_p: float = 1.0,
-                      model: torch.nn.Module | None = None, prefixes: list[str] | None = None,
-                      sampler=None) -> list[Sampled]:
-    """Sample `n` completions per item from the policy (or `sampler`, or `model`) and score each with the verifier.
+                      prefix_ids: list[list[int]] | None = None, sampler=None) -> list[Sampled]:
+    """Sample `n` completions per item from the policy (or `sampler`) and score each with the world's verifier.
 
-    `prefixes` (optional, one per item) are response prefixes the model continues (TRAPO's expert
-    prefixes); the reward is computed on prefix + continuation. `sampler` is another backend's sampler
-    (e.g. vLLM's on a saved checkpoint); `model` a frozen model sampled through transformers.
+    `prefix_ids` (optional, one per item) are response prefixes the model continues (TRAPO's expert prefixes),
+    spliced after the prompt's ids as ids (never decoded and re-tokenized); the reward is computed on the prefix's
+    text + the continuation. `sampler` is another model's sampler (`ctx.sampler_for`: a checkpoint, the base).
     """
-    from harness.sampler import HFSampler
-    if sampler is None:
-        sampler = ctx.sampler if model is None else HFSampler(model, ctx.tokenizer, ctx.sampler.batch_size, ctx.cost)
-    prefixes = prefixes or [""] * len(items)
-    prompts = [ctx.encode(it.prompt) + ctx.encode(px) for it, px in zip(items, prefixes)]
+    sampler = sampler or ctx.sampler
+    prefix_ids = prefix_ids or [[] for _ in items]
+    prompts = [ctx.encode(it.prompt) + list(px) for it, px in zip(items, prefix_ids)]
     outs = sampler.generate(prompts, n=n, temperature=temperature, top_p=top_p,
                             max_new_tokens=ctx.world.max_new_tokens)
     if sampler is not ctx.sampler:  # its tokens went to the run's counter; its seconds must join the run's too
         ctx.sampler.gen_seconds += sampler.gen_seconds
+    texts = [ctx.tokenizer.decode(px, skip_special_tokens=True) if px else "" for px in prefix_ids]
     return [Sampled(it, comps, [ctx.world.verify(it, px + c.text) * float(c.finished) for c in comps])
-            for it, px, comps in zip(items, prefixes, outs)]
+            for it, px, comps in zip(items, texts, outs)]
 
 
 def correct_examples(ctx, sampled: list[Sampled], per_prompt: int = 1, source: str = "self") -> list[Example]:

@@ -119,7 +119,7 @@ class TRAPO(Method):
             if not todo:
                 continue
             outs = sample_and_verify(ctx, [items[i] for i, _ in todo], size, c.temperature,
-                                     prefixes=[tok.decode(experts[i][:k]) for i, k in todo])
+                                     prefix_ids=[experts[i][:k] for i, k in todo])
             for (i, _), s in zip(todo, outs):
                 P = len(ctx.encode(items[i].prompt))
                 for j, (comp, r) in enumerate(zip(s.completions, s.rewards)):

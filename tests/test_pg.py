@@ -164,18 +164,18 @@ def test_trapo_micro_groups_assemble_the_group(micro_world, monkeypatch):
     script = iter([[0, 1, 0, 0], [1, 1], [1]])  # S1 = 1 -> 25%; S2 = 3 -> 50%; S3 = 4 -> full expert
     seen = []
 
-    def fake(ctx_, items, n, temperature, top_p=1.0, model=None, prefixes=None):
-        seen.append(prefixes)
+    def fake(ctx_, items, n, temperature, top_p=1.0, prefix_ids=None, sampler=None):
+        seen.append(prefix_ids)
         rewards = next(script)
-        return [Sampled(it, [Completion(ctx_.encode(it.prompt) + ctx_.encode(px), [9, 2], "x", True)] * n,
-                        [float(r) for r in rewards]) for it, px in zip(items, prefixes)]
+        return [Sampled(it, [Completion(ctx_.encode(it.prompt) + list(px), [9, 2], "x", True)] * n,
+                        [float(r) for r in rewards]) for it, px in zip(items, prefix_ids)]
 
     monkeypatch.setattr(trapo_mod, "sample_and_verify", fake)
     ex = method.data(ctx, 0).examples
     item = next(it for it in ctx.world.train_items if ctx.encode(it.prompt) == ex[0].prompt_ids)
     label, comma = ctx.encode(item.label), ctx.encode(",")[0]
     k25, k50 = (prefix_end(label, rho, lambda t: t == comma) for rho in (0.25, 0.5))
-    assert seen == [[""], [ctx.tokenizer.decode(label[:k25])], [ctx.tokenizer.decode(label[:k50])]]
+    assert seen == [[[]], [label[:k25]], [label[:k50]]]  # expert prefixes go in as ids, never re-tokenized
     assert len(ex) == 8 and [len(e.response_ids) for e in ex[:4]] == [2] * 4
     assert ex[4].token_fields["prefix"] == [1.0] * k25 + [0.0, 0.0] and sum(ex[4].token_fields["trsft"]) == 0
     assert ex[5].token_fields["trsft"] == ex[5].token_fields["prefix"]           # only the 2nd 25% rollout
@@ -188,7 +188,7 @@ def test_trapo_micro_groups_assemble_the_group(micro_world, monkeypatch):
     # all correct: no guidance anywhere and stage 4 is an unguided rollout
     script, seen[:] = iter([[1] * 4, [1, 1], [1], [1]]), []
     ex = method.data(ctx, 1).examples
-    assert seen == [[""]] * 4 and len(ex) == 8 and all(sum(e.token_fields["prefix"]) == 0 for e in ex)
+    assert seen == [[[]]] * 4 and len(ex) == 8 and all(sum(e.token_fields["prefix"]) == 0 for e in ex)
     assert all(e.fields["adv"] == 0 for e in ex)
 
 
