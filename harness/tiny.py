@@ -53,8 +53,12 @@ Do not use any commas in your response. Highlight at least 2 sections with markd
 """
 
 
-def build_tiny_model(folder: Path, arch: str = "qwen2", seed: int = 0) -> Path:
-    """A randomly initialised 2-layer Qwen2/Llama with a trained byte-level BPE tokenizer, saved to `folder`."""
+def build_tiny_model(folder: Path, arch: str = "qwen2", seed: int = 0, sizes: dict | None = None) -> Path:
+    """A randomly initialised 2-layer Qwen2/Llama with a trained byte-level BPE tokenizer, saved to `folder`.
+
+    `sizes` overrides the architecture's dimensions (hidden_size, num_hidden_layers, ...) for a random model of a real
+    model's shape; such a model is saved in bf16 (speed figures only: its weights mean nothing).
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, \
@@ -77,7 +81,7 @@ def build_tiny_model(folder: Path, arch: str = "qwen2", seed: int = 0) -> Path:
     ids = {t: tok.convert_tokens_to_ids(t) for t in spec["tokens"]}
     common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                  pad_token_id=ids[spec["pad"]], eos_token_id=ids[spec["eos"]])
+                  pad_token_id=ids[spec["pad"]], eos_token_id=ids[spec["eos"]]) | (sizes or {})
     if arch == "qwen2":
         config, cls = Qwen2Config(**common, tie_word_embeddings=True, bos_token_id=ids["<|endoftext|>"]), Qwen2ForCausalLM
     elif arch == "llama":
@@ -90,6 +94,8 @@ def build_tiny_model(folder: Path, arch: str = "qwen2", seed: int = 0) -> Path:
     model.generation_config = GenerationConfig(
         eos_token_id=[ids[t] for t in spec["gen_eos"]], pad_token_id=ids[spec["pad"]],
         bos_token_id=config.bos_token_id, do_sample=False)
+    if sizes:
+        model = model.to(torch.bfloat16)
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)

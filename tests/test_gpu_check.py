@@ -60,3 +60,18 @@ def test_table_aligns_columns():
     text = gpu_check.table([("a", "ok", "1 seq/s", "—"), ("longer check", "FAIL", "x", "≥ 6x HF")])
     head, rule, *body = text.splitlines()
     assert head.index("result") == body[0].index("ok") == body[1].index("FAIL")
+
+
+def test_shape_builds_a_random_model_of_that_size_and_checks_select(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "SHAPES", {"mini": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                                           num_attention_heads=4, num_key_value_heads=2)})
+    assert gpu_check.main(["--device", "cpu", "--shape", "mini", "--checks", "speed", "--steps", "1",
+                           "--mfu", "2", "2", "8"]) == 0
+    rows = rows_of(capsys.readouterr().out)
+    assert set(rows) == {"model", "train tokens/s", "MFU"} and rows["model"][1].startswith("random mini shape")
+    # per layer: q, o 256x256 (+ q bias); k, v 256x128 (GQA: 2 of 4 heads; + biases); MLP 3 x 256x512; two norms
+    layer = 2 * 256 * 256 + 256 + 2 * (256 * 128 + 128) + 3 * 256 * 512 + 2 * 256
+    vocab = int(rows["train tokens/s"][1].split("vocab ")[1].split(")")[0])
+    assert f"({(2 * layer + 256 + vocab * 256) / 1e6:,.1f}M params, 2x8" in rows["train tokens/s"][1]
+    assert gpu_check.main(["--device", "cpu", "--checks", "train,bogus"]) == 2
+    assert gpu_check.main(["--device", "cpu", "--model", str(tmp_path), "--shape", "mini"]) == 2

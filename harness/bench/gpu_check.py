@@ -1,8 +1,8 @@
 """GPU readiness check, offline: `python -m harness.bench.gpu_check [--device cuda|cpu] [--backend hf|vllm|both]
-[--model PATH] [--steps N]`.
+[--model PATH | --shape NAME] [--checks train,speed,sample] [--steps N]`.
 
 (a) a small saved model: --model (a save_pretrained folder), else a tiny Qwen2 built here and taught to
-answer briefly; (b) every method for --steps steps through `harness.run.run` on a real-world preset
+answer briefly, or with --shape a random model of a published size (speed figures where no checkpoint is at hand); (b) every method for --steps steps through `harness.run.run` on a real-world preset
 (IFEval target, ARC-Easy retention, local data files written here), bf16 autocast on cuda, fp32 on cpu;
 (d) training tokens/s and model FLOPs utilisation, 6·N·tokens / seconds / the GPU's bf16 peak, through
 the engine's own update; (c) sampler throughput, HF vs vLLM, bf16, on the same random-token prompts at a
@@ -34,6 +34,15 @@ from harness.tiny import build_tiny_model, teach, write_punkt_tab, write_task_da
 PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("A100", 312e12),
              ("L40S", 362e12), ("L4", 121e12), ("RTX 4090", 165e12)]
 GOALS = {"grpo": 6.0, "bulk": 20.0, "mfu": 0.40}
+# Published shapes (the models' config.json) for random models of a real size where no checkpoint is at hand (an
+# offline GPU machine): speed figures only. The vocabulary stays the tiny tokenizer's, so the embedding is smaller.
+SHAPES = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, max_position_embeddings=4096),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, max_position_embeddings=4096),
+}
+CHECKS = ("train", "speed", "sample")
 MFU_PARAMS = (0.4e9, 2.0e9)  # "a 0.5-1.5B model": Qwen2.5-0.5B has 0.49B parameters, 1.5B has 1.54B
 Row = tuple[str, str, str, str]
 
@@ -107,11 +116,11 @@ def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, st
         trainer.update(examples, sft.loss, None)
     sync()
     seconds, tokens = time.perf_counter() - start, trainer.cost.tokens["train"] - tokens0
-    n = sum(p.numel() for p in model.parameters())
+    n, vocab = sum(p.numel() for p in model.parameters()), model.config.vocab_size
     del trainer, model
     peak, name = peak_flops(device)
     rows: list[Row] = [("train tokens/s", "ok", f"{tokens / seconds:,.0f} tok/s ({n / 1e6:,.1f}M params, "
-                        f"{batch}x{seq_len})", "—")]
+                        f"{batch}x{seq_len}, vocab {vocab})", "—")]
     goal = f"≥ {GOALS['mfu']:.0%} for 0.5-1.5B"
     if peak is None:
         return rows + [("MFU", "n/a", f"n/a ({name}: no peak in the table)", goal)]
@@ -203,6 +212,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if cuda else "cpu")
     ap.add_argument("--backend", choices=["hf", "vllm", "both"], default="both")
     ap.add_argument("--model", help="a save_pretrained folder (default: a tiny Qwen2 built here)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), help="instead of --model: a randomly initialised model of this "
+                    "published shape (tiny tokenizer), for speed figures on a machine without checkpoints")
+    ap.add_argument("--checks", default=",".join(CHECKS),
+                    help="comma-separated subset of train (every method), speed (tokens/s, MFU), sample (samplers)")
     ap.add_argument("--steps", type=int, default=3, help="steps per method, and timed steps of the MFU check")
     ap.add_argument("--grpo", type=int, nargs=2, default=[32, 5], metavar=("PROMPTS", "SAMPLES"))
     ap.add_argument("--bulk", type=int, nargs=2, default=[1024, 1], metavar=("PROMPTS", "SAMPLES"))
@@ -223,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--model {args.model!r} is not a save_pretrained folder; pass one (no hub ids: the check is offline)",
               file=sys.stderr)
         return 2
+    checks = args.checks.split(",")
+    if args.model and args.shape or not set(checks) <= set(CHECKS):
+        print(f"--checks takes a comma-separated subset of {','.join(CHECKS)}, and --model and --shape exclude each "
+              "other; fix the arguments", file=sys.stderr)
+        return 2
     backends = ["hf", "vllm"] if args.backend == "both" else [args.backend]
     if args.device == "cpu":
         torch.set_num_threads(1)  # tiny models run fastest single-threaded (train.threads' measurement)
@@ -230,14 +248,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp, private_env(Path(tmp)):
         root = Path(tmp)
         data, tiny = offline_inputs(root)
-        model = args.model or tiny
-        rows: list[Row] = [("model", "ok", model if args.model else "tiny Qwen2 (built here)", "—")]
-        checks: list[tuple[str, Callable[[], list[Row]]]] = [
+        if args.shape:
+            model = str(build_tiny_model(root / args.shape, "qwen2", sizes=SHAPES[args.shape]))
+            described = f"random {args.shape} shape (tiny vocabulary), built here"
+        else:
+            model, described = args.model or tiny, args.model or "tiny Qwen2 (built here)"
+        rows: list[Row] = [("model", "ok", described, "—")]
+        runs: list[tuple[str, Callable[[], list[Row]]]] = [
             ("train", lambda: train_methods(preset(model, data, args.steps, args.device), args.steps)),
-            ("train speed", lambda: train_speed(model, args.device, *args.mfu, args.steps)),
+            ("speed", lambda: train_speed(model, args.device, *args.mfu, args.steps)),
             ("sample", lambda: sampler_speed(model, args.device, backends, {"grpo": tuple(args.grpo),
                                              "bulk": tuple(args.bulk)}, args.prompt_len, args.max_new_tokens,
                                              args.hf_batch))]
+        checks = [(name, check) for name, check in runs if name in checks]
         for name, check in checks:  # vLLM last: its engine keeps its share of GPU memory until the process ends
             try:
                 rows += check()
