@@ -1,15 +1,20 @@
-"""Greedy decoding for evaluation: batched `generate` sorted longest first, cut at stop strings.
+"""Greedy decoding for evaluation: batches sorted longest first, cut at stop strings.
+
+A batch is decoded by `_decode_dropping_finished` (rows that ended leave the batch, so it no longer runs until its
+longest answer at full width) unless the model's generation config asks for a logits processor that greedy
+decoding must apply (a repetition penalty, say), in which case transformers' `generate` decodes it.
 
 Split out of harness/evaluation.py, whose lm-eval wrapper (`LiveLM`) and plain loop both call
 `greedy_generate`, so the two paths differ only by lm-eval's machinery.
 """
 from __future__ import annotations
 
+import inspect
 import weakref
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from harness.errors import HarnessError
 
@@ -43,6 +48,11 @@ class _StopOnStrings(StoppingCriteria):
         # len(s) characters, i.e. in at most len(s) tokens (a token decodes to at least one character);
         # doubled, plus slack, for byte tokens that only form a character together.
         self.window = 2 * max(map(len, stop), default=1) + 4
+
+    def hit(self, responses: list[list[int]]) -> torch.Tensor:
+        """Per response (generated token ids only): whether its text now contains a stop string."""
+        texts = self.tokenizer.batch_decode([r[-self.window:] for r in responses], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], dtype=torch.bool)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_) -> torch.Tensor:
         suffix = input_ids[:, self.prompt_len:]
@@ -86,6 +96,62 @@ def _token_chars(tokenizer, vocab_size: int) -> frozenset[str] | None:
     return chars
 
 
+# Generation-config fields that make greedy decoding more than the argmax of the logits, with their neutral values.
+_NEUTRAL = {"repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
+            "bad_words_ids": (None,), "min_length": (None, 0), "min_new_tokens": (None, 0),
+            "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "suppress_tokens": (None,),
+            "begin_suppress_tokens": (None,), "sequence_bias": (None,), "exponential_decay_length_penalty": (None,),
+            "renormalize_logits": (None, False), "watermarking_config": (None,), "guidance_scale": (None, 1.0),
+            "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0)}
+
+
+def plain_argmax_greedy(model) -> bool:
+    """Whether greedy decoding of `model` is the argmax of its logits (no processor in its generation config)."""
+    gc = getattr(model, "generation_config", None)
+    if gc is None or getattr(model.config, "is_encoder_decoder", False):
+        return gc is None
+    return all(getattr(gc, k, None) in ok for k, ok in _NEUTRAL.items())
+
+
+@torch.no_grad()
+def _decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, max_new_tokens: int, eos: list[int],
+                              stop: _StopOnStrings | None) -> list[list[int]]:
+    """Greedy tokens per row of a left-padded batch, each ending at (and including) its end token or stop string.
+
+    The same forward passes as `generate` would run, except that rows which ended are removed from the batch and
+    its KV cache, so later steps cost only what is still being written.
+    """
+    cache = DynamicCache()
+    # transformers renamed `past_key_values` to `cache` (5.24 warns on the old name; 5.20, vLLM's pin, lacks the new)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    pos = attn.long().cumsum(-1) - 1
+    pos.masked_fill_(attn == 0, 1)  # as generate does; padded positions are masked anyway
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: cache})
+    nxt = out.logits[:, -1].argmax(-1)
+    live = torch.arange(len(ids))  # original row of each row still in the batch
+    last = pos[:, -1]
+    end = torch.tensor(eos, dtype=torch.long, device=ids.device)
+    tokens: list[list[int]] = [[] for _ in range(len(ids))]
+    for step in range(max_new_tokens):
+        for row, t in zip(live.tolist(), nxt.tolist()):
+            tokens[row].append(t)
+        done = torch.isin(nxt, end) if len(eos) else torch.zeros_like(nxt, dtype=torch.bool)
+        if stop is not None:
+            done |= stop.hit([tokens[r] for r in live.tolist()]).to(done.device)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            attn, last, live, nxt = attn[keep], last[keep], live[keep.cpu()], nxt[keep]
+        attn = torch.cat([attn, attn.new_ones(len(attn), 1)], dim=1)
+        last = last + 1
+        out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last[:, None], use_cache=True,
+                    **{key: cache})
+        nxt = out.logits[:, -1].argmax(-1)
+    return tokens
+
+
 def producible_stops(tokenizer, stop: list[str], vocab_size: int = 0) -> list[str]:
     """The stop strings that generated text could contain; the others can never fire and need no check.
 
@@ -111,8 +177,12 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
 
 @torch.no_grad()
 def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-                    stop: list[str] = STOP, add_special_tokens: bool = False) -> list[str]:
+                    stop: list[str] = STOP, add_special_tokens: bool = False,
+                    drop_finished: bool | None = None) -> list[str]:
     """Greedy continuations of `prompts`, left-padded in batches sorted longest first, cut at `stop`.
+
+    `drop_finished`: decode with `_decode_dropping_finished` (True) or transformers' `generate` (False); None
+    chooses the former wherever the model's generation config adds no logits processor.
 
     No BOS by default: the toy base is trained on raw prompt characters. The
     longest-first order (lm-eval's) means identical inputs give identical
@@ -133,6 +203,7 @@ def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     # Only stop strings the vocabulary can produce need a per-step check (the output is cut at all of them).
     checked = producible_stops(tokenizer, stops, int(getattr(model.config, "vocab_size", 0) or 0))
     out: list[str] = [""] * len(prompts)
+    fast = plain_argmax_greedy(model) if drop_finished is None else drop_finished
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         T = len(enc[idx[0]])
@@ -142,13 +213,16 @@ def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int
             L = len(enc[i])
             ids[row, T - L:] = torch.tensor(enc[i])
             attn[row, T - L:] = 1
-        kwargs: dict[str, Any] = {}
-        if checked:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnStrings(tokenizer, checked, T, eos)])
-        gen = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
-                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                             eos_token_id=eos, **kwargs)
+        stopper = _StopOnStrings(tokenizer, checked, T, eos) if checked else None
+        if fast:
+            new = _decode_dropping_finished(model, ids.to(model.device), attn.to(model.device), max_new_tokens, eos,
+                                            stopper)
+        else:
+            kwargs: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([stopper])} if stopper else {}
+            gen = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                 eos_token_id=eos, **kwargs)
+            new = gen[:, T:].tolist()
         for row, i in enumerate(idx):
-            text = tokenizer.decode(gen[row, T:].tolist(), skip_special_tokens=True)
-            out[i] = cut_at_stop(text, stops)
+            out[i] = cut_at_stop(tokenizer.decode(new[row], skip_special_tokens=True), stops)
     return out

@@ -55,8 +55,39 @@ def test_stop_check_shortcuts_give_identical_generations(micro_world, monkeypatc
     fast = greedy_generate(model, tok, prompts, max_new_tokens=12, batch_size=batch_size, stop=stop)
     monkeypatch.setattr(greedy, "_StopOnStrings", _FullDecodeStop)
     monkeypatch.setattr(greedy, "producible_stops", lambda tok, stops, vocab_size=0: [s for s in stops if s])
-    slow = greedy_generate(model, tok, prompts, max_new_tokens=12, batch_size=batch_size, stop=stop)
+    slow = greedy_generate(model, tok, prompts, max_new_tokens=12, batch_size=batch_size, stop=stop,
+                           drop_finished=False)
     assert fast == slow
+
+
+@pytest.mark.parametrize("stop", [["\n"], ["5"], ["1", "2"]])
+@pytest.mark.parametrize("batch_size", [1, 5, 64])
+def test_dropping_finished_rows_gives_generates_answers(micro_world, stop, batch_size):
+    world, model, tok = micro_world
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # a perturbed base rambles on some prompts and stops on others: rows leave at many steps
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    prompts = _prompts(world, 60)
+    fast = greedy_generate(model, tok, prompts, max_new_tokens=16, batch_size=batch_size, stop=stop,
+                           drop_finished=True)
+    slow = greedy_generate(model, tok, prompts, max_new_tokens=16, batch_size=batch_size, stop=["\u0000"],
+                           drop_finished=False)
+    assert fast == [greedy.cut_at_stop(r, stop) for r in slow]
+    lengths = {len(r) for r in slow}
+    assert len(lengths) >= 3  # answers of several lengths, so rows did leave the batch at different steps
+
+
+def test_greedy_decoding_falls_back_to_generate_where_a_processor_applies(micro_world, monkeypatch):
+    _, model, tok = micro_world
+    assert greedy.plain_argmax_greedy(model)
+    model = copy.deepcopy(model)
+    model.generation_config.repetition_penalty = 1.1  # e.g. Qwen2.5-Instruct's generation_config.json
+    assert not greedy.plain_argmax_greedy(model)
+    called = []
+    monkeypatch.setattr(greedy, "_decode_dropping_finished", lambda *a, **k: called.append(1))
+    greedy_generate(model, tok, ["add:12345="], max_new_tokens=4, batch_size=2)
+    assert not called
 
 
 def test_stop_check_flags_the_same_unfinished_rows(micro_world):
@@ -192,8 +223,8 @@ def _logged(run_id):
 
 @pytest.mark.parametrize("method", ["sft", "grpo"])
 def test_a_run_with_warm_caches_logs_what_a_cold_one_does(micro_world, tmp_path, monkeypatch, method):
-    """Every shortcut off (fresh evaluator, base-run search, base scored at every evaluation, full stop check)
-    vs every shortcut on and the caches warm: the same metrics at every step."""
+    """Every shortcut off (fresh evaluator, base-run search, base scored at every evaluation, full stop check,
+    `generate` decoding finished rows) vs every shortcut on and the caches warm: the same metrics at every step."""
     import mlflow
     from harness import run as run_mod
     from harness.config import resolve_config
@@ -209,6 +240,7 @@ def test_a_run_with_warm_caches_logs_what_a_cold_one_does(micro_world, tmp_path,
                 mp.setattr(metrics, "kl_to_base", lambda *a, cache_base=False, **k: kl_to_base(*a, **k))
                 mp.setattr(greedy, "_StopOnStrings", _FullDecodeStop)
                 mp.setattr(greedy, "producible_stops", lambda tok, stops, vocab_size=0: [s for s in stops if s])
+                mp.setattr(greedy, "plain_argmax_greedy", lambda model: False)  # generate at full batch width
             cfg, m = resolve_config(world="micro", method=method, overrides=over)
             if not cold:
                 run_mod.prepare_world(cfg, progress=False)  # warm: the evaluator and base run are cached

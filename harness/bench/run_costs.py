@@ -40,13 +40,14 @@ def shortcuts_off() -> Iterator[None]:
     """The harness without its speed shortcuts, for `--compare`'s "before" runs.
 
     Off: the in-process evaluator cache and base-run cache (harness.run), the frozen heap (gc.freeze), the
-    frozen base's cached log-probs in kl_to_base (harness.metrics), and the stop-string shortcuts of greedy
-    evaluation (harness.evaluation: every row's whole response decoded at every step, as before).
+    frozen base's cached log-probs in kl_to_base (harness.metrics), and greedy evaluation's shortcuts
+    (harness.greedy: transformers' generate at full batch width until the longest answer, every row's whole
+    response decoded at every step, as before).
     """
     import torch
     from transformers import StoppingCriteria
 
-    from harness import evaluation, metrics
+    from harness import evaluation, greedy, metrics
     from harness import run as run_mod
 
     class FullDecodeStop(StoppingCriteria):
@@ -59,8 +60,9 @@ def shortcuts_off() -> Iterator[None]:
 
     kl_to_base = metrics.kl_to_base
     patches = [
-        (evaluation, "_StopOnStrings", FullDecodeStop),
-        (evaluation, "producible_stops", lambda tok, stops, vocab_size=0: [s for s in stops if s]),
+        (greedy, "_StopOnStrings", FullDecodeStop),
+        (greedy, "producible_stops", lambda tok, stops, vocab_size=0: [s for s in stops if s]),
+        (greedy, "plain_argmax_greedy", lambda model: False),
         (metrics, "kl_to_base", lambda *a, cache_base=False, **k: kl_to_base(*a, **k)),
         (run_mod, "_evaluator", lambda world, tok, batch_size: evaluation.Evaluator(world, tok, batch_size)),
         (run_mod, "_freeze_heap", lambda: None),
