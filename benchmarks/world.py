@@ -142,7 +142,10 @@ WORLD_PRESETS: dict[str, dict] = {
     # 100 steps of 16 sequences (RL: 4 prompts x 8 samples): every method saturates or forgets within them on
     # toy (README "Budget"; harness/bench/run_costs.py prints where a run's time goes).
     "toy": {"train": {"max_steps": 100, "batch_size": 16, "micro_batch_size": 16},
-            "grpo": {"prompts_per_step": 4}, "trapo": {"prompts_per_step": 4}},
+            "grpo": {"prompts_per_step": 4}, "trapo": {"prompts_per_step": 4},
+            # TMS's teacher at one stated rate, where SFT has left the format dip on every default target, so its
+            # checkpoints write fluent answers whatever student rate is swept (README, TMS row).
+            "tms": {"teacher_lr": 1e-3}},
     "micro": {
         "world": {
             "tasks": ["sort", "rev", "add", "max"], "n_train": 128, "n_eval": 40, "n_eval_nontarget": 40,
