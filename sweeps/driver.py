@@ -25,6 +25,7 @@ from sweeps import progress as P
 from sweeps.describe import log_progress
 from sweeps.isolation import run_isolated, worker_devices
 from sweeps.spec import SweepSpec, arm_method, arm_overrides, arm_seeds
+from sweeps.steps_rule import apply_budget, resolve_budget
 from sweeps.study import (Heartbeat, local_lock, make_sampler, open_storage, prepare_study, recover_stale,
                           search_space, storage_url)
 
@@ -247,6 +248,7 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
         prepare_world(cfg, progress=live)
         if not live:
             print(f"world {cfg.world.name!r} ready ({time.time() - t0:.0f} s)", file=stream, flush=True)
+    spec = apply_budget(spec, resolve_budget(spec, exp_id, log=lambda line: print(line, file=stream, flush=True)))
     with local_lock(spec):
         storage = open_storage(storage_url(spec))
         studies = {m: prepare_study(spec, m, storage) for m in methods}

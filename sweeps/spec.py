@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.config import deep_merge, load_yaml_mapping, parse_overrides
 from harness.errors import HarnessError, unknown
+from sweeps.steps_rule import StepsRule
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
 
@@ -78,6 +79,9 @@ class SweepSpec(BaseModel):
     every worker sees every device."""
     run_timeout_h: float | None = Field(None, gt=0)
     """Kill an isolated run after this many hours (a hung collective): its trial fails, the sweep goes on."""
+    steps_rule: StepsRule | None = None
+    """One step budget for every arm, chosen per world on calibration seeds before any reported run
+    (sweeps/steps_rule.py); None: the world preset's max_steps."""
 
     @property
     def isolated(self) -> bool:

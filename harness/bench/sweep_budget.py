@@ -41,7 +41,10 @@ def main() -> None:
                                  "last run end)")
         return
     if args.dir:
-        os.makedirs(args.dir, exist_ok=False)
+        if os.path.exists(args.dir):
+            sys.exit(print(f"--dir {args.dir} exists; name a new folder (a sweep's store is never overwritten)",
+                           file=sys.stderr) or 2)
+        os.makedirs(args.dir)
     with (contextlib.nullcontext(os.path.abspath(args.dir)) if args.dir else tempfile.TemporaryDirectory()) as tmp:
         env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
         if args.fresh_cache:
