@@ -10,7 +10,7 @@ data that is never reported:
 
 Every arm of the sweep then trains `budget` optimizer steps (the budget rule: all methods the same number), with
 `train.eval_every` = budget / `eval_points` so each run has the same number of evaluation points at any budget.
-The decision is kept as a tag of the sweep's MLflow experiment (`steps_rule`), so a resumed sweep, or a worker on
+A budget set in the spec's `overrides.train.max_steps` wins over the rule. The decision is kept as a tag of the sweep's MLflow experiment (`steps_rule`), so a resumed sweep, or a worker on
 another machine, trains the same budget without recalibrating; the calibration runs are logged to the experiment
 `<sweep>-steps-rule`, outside the report's.
 """
@@ -76,8 +76,9 @@ def resolve_budget(spec, exp_id: str, log: Callable[[str], None] = print) -> dic
     rule: StepsRule | None = spec.steps_rule
     if rule is None:
         return None
-    if "max_steps" in spec.overrides.get("train", {}):
-        raise HarnessError("the sweep sets both steps_rule and overrides.train.max_steps; drop one of them")
+    if "max_steps" in spec.overrides.get("train", {}):  # the user fixed the budget: that wins
+        log(f"steps rule skipped: overrides.train.max_steps = {spec.overrides['train']['max_steps']} fixes the budget")
+        return None
     clash = sorted(set(rule.seeds) & {s for arm in resolve_methods(spec) for s in arm_seeds(spec, arm)})
     if clash:
         raise HarnessError(f"steps_rule.seeds {clash} are also sweep seeds; calibration seeds must never be "
@@ -104,6 +105,11 @@ def resolve_budget(spec, exp_id: str, log: Callable[[str], None] = print) -> dic
         return float(run(cfg, mcfg, progress=False)["val/target_gain"])
 
     decision = choose_budget(rule, final_gain, log) | {"key": key, "anchor_lr": lr}
+    runs = client.search_runs([exp_id], "tags.kind = 'run'", max_results=50000)
+    trained = {int(float(r.data.params["train.max_steps"])) for r in runs if "train.max_steps" in r.data.params}
+    if trained - {decision["budget"]}:  # runs of an earlier spec: resuming would mix budgets in one experiment
+        raise HarnessError(f"sweep {spec.name!r} already has runs of {sorted(trained)} steps, but its steps_rule "
+                           f"chose {decision['budget']}; give the sweep a new name")
     verdict = "met" if decision["met"] else "NOT met by any candidate (claims on this world may be 'not tested')"
     log(f"steps rule: every arm trains {decision['budget']} steps ({verdict})")
     client.set_experiment_tag(exp_id, "steps_rule", json.dumps(decision))

@@ -77,12 +77,22 @@ def test_a_sweep_calibrates_once_trains_every_arm_the_chosen_budget_and_reuses_i
         run_sweep(other, progress=False)
 
 
-def test_calibration_seeds_must_not_be_reported_and_max_steps_must_not_be_set_twice(sweep_dir):
+def test_calibration_seeds_must_not_be_reported_and_a_fixed_max_steps_wins(sweep_dir, capsys):
     clash = load_spec(None, ["world=micro", "seeds=[0, 100]", "name=c1", "steps_rule={seeds: [100]}"],
                       methods=["sft"])
     with pytest.raises(HarnessError, match=r"steps_rule.seeds \[100\] are also sweep seeds"):
         run_sweep(clash, progress=False)
-    twice = load_spec(None, ["world=micro", "name=c2", "steps_rule={}", "overrides={train: {max_steps: 4}}"],
-                      methods=["sft"])
-    with pytest.raises(HarnessError, match="both steps_rule and overrides.train.max_steps"):
-        run_sweep(twice, progress=False)
+    fixed = load_spec(None, ["world=micro", "seeds=[0]", "trials=1", "name=c2", "steps_rule={}",
+                             "overrides={train: {max_steps: 2, eval_every: 2}}"], methods=["sft"])
+    run_sweep(fixed, progress=False)
+    assert "steps rule skipped: overrides.train.max_steps = 2 fixes the budget" in capsys.readouterr().out
+    assert mlflow.get_experiment_by_name("c2-steps-rule") is None
+
+
+def test_runs_of_another_budget_in_the_experiment_are_refused(sweep_dir):
+    run_sweep(load_spec(None, ["world=micro", "seeds=[0]", "trials=1", "name=old", "steps_rule=null"], methods=["sft"]),
+              progress=False)
+    ruled = load_spec(None, ["world=micro", "seeds=[0]", "trials=1", "name=old",
+                             "steps_rule={candidates: [4], seeds: [100], min_gain: -1000}"], methods=["sft"])
+    with pytest.raises(HarnessError, match=r"already has runs of \[8\] steps, but its steps_rule chose 4"):
+        run_sweep(ruled, progress=False)

@@ -268,3 +268,4 @@ def test_every_shipped_sweep_spec_resolves_for_every_arm(path):
         # robustness worlds change only the target or the world seed: the default recipe everywhere else
         assert set(spec.overrides) <= {"world"} and set(spec.overrides.get("world", {})) <= {"target", "seed"}
         assert not spec.space
+        assert spec.steps_rule == load_spec(None).steps_rule and spec.steps_rule is not None
