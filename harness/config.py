@@ -63,6 +63,10 @@ class TrainConfig(_Strict):
     fused_adamw: bool = False
     """Use torch's fused AdamW kernel where the policy's device has one (a warning and the default kernel elsewhere);
     off by default because its rounding differs from the default kernel's."""
+    compile: bool = False
+    """Run the policy's training and scoring forward (decoder layers) through torch.compile with dynamic shapes
+    (fused kernels; a compile of a minute or so per process on first use); sampling stays eager. Off by default:
+    its rounding differs from eager's."""
     frozen_dtype: Literal["float32", "bfloat16"] = "float32"
     """dtype of frozen model copies: the base (KL to base, reference log-probs, sampling from the base) and the
     checkpoints a method samples from (TMS). bfloat16 halves their memory; the trained policy always loads in

@@ -27,7 +27,7 @@ from harness.config import TrainConfig
 from harness.cost import Cost
 from harness.data import Example, TrainData, collate
 from harness.errors import TrainingDiverged
-from harness.logprobs import phi as phi_of, token_logprobs
+from harness.logprobs import compile_scoring, phi as phi_of, token_logprobs
 from methods.base import LossOutput, Method
 
 PHI_THRESHOLDS = (1, 3, 5)
@@ -89,6 +89,8 @@ class Trainer:
         if cfg.gradient_checkpointing:
             # Non-reentrant: works with inputs that need no grad and with the chunked head's own checkpoints.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.compile:
+            compile_scoring(model)
         if distributed.world_size() > 1:  # as DDP does: every rank starts from rank 0's weights
             with torch.no_grad():
                 for t in model.state_dict().values():

@@ -31,6 +31,19 @@ EntropyMode = Literal["none", "detached", "grad"]
 
 # model -> (decoder, head, V), or None where the model's logits are not head(decoder(x)).
 _SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# models whose decoder is scored through torch.compile (train.compile); generation keeps the eager modules.
+_COMPILE: weakref.WeakSet = weakref.WeakSet()
+
+
+def compile_scoring(model: torch.nn.Module) -> None:
+    """Score (and train) `model` through a torch.compile'd decoder from now on; sampling stays eager.
+
+    Compiled with dynamic shapes: every step's padded length differs. Where the model cannot be split into
+    decoder and head, the whole model is scored uncompiled.
+    """
+    _COMPILE.add(model)
+    if model in _SPLITS:
+        del _SPLITS[model]  # split again, compiled
 
 
 @contextlib.contextmanager
@@ -65,6 +78,8 @@ def _split(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
                 mine = head(_last_hidden(decoder(input_ids=ids, attention_mask=attn, use_cache=False))).float()
             if mine.shape == full.shape and torch.allclose(mine, full, rtol=1e-4, atol=1e-4):
                 parts = (decoder, head, int(full.shape[-1]))
+    if parts is not None and model in _COMPILE:
+        parts = (torch.compile(parts[0], dynamic=True), *parts[1:])
     _SPLITS[model] = parts
     return parts
 

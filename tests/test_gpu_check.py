@@ -73,5 +73,10 @@ def test_shape_builds_a_random_model_of_that_size_and_checks_select(tmp_path, mo
     layer = 2 * 256 * 256 + 256 + 2 * (256 * 128 + 128) + 3 * 256 * 512 + 2 * 256
     vocab = int(rows["train tokens/s"][1].split("vocab ")[1].split(")")[0])
     assert f"({(2 * layer + 256 + vocab * 256) / 1e6:,.1f}M params, 2x8" in rows["train tokens/s"][1]
+    assert gpu_check.main(["--device", "cpu", "--shape", "mini", "--checks", "speed", "--steps", "1", "--mfu", "2", "2",
+                           "8", "--train", "train.fused_adamw=true"]) == 0
+    assert rows_of(capsys.readouterr().out)["train tokens/s"][1].endswith("vocab 566, fused_adamw=True)")
     assert gpu_check.main(["--device", "cpu", "--checks", "train,bogus"]) == 2
+    assert gpu_check.main(["--device", "cpu", "--train", "train.no_such=1"]) == 2
+    assert gpu_check.main(["--device", "cpu", "--train", "eval.batch_size=1"]) == 2
     assert gpu_check.main(["--device", "cpu", "--model", str(tmp_path), "--shape", "mini"]) == 2

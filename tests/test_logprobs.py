@@ -1,6 +1,8 @@
 """Chunked log-probs, entropies and KL (harness.logprobs) against the unchunked [B, T, V] computation they replace."""
 from __future__ import annotations
 
+import os
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,6 +14,7 @@ from harness.config import RunConfig, TrainConfig
 from harness.data import Example, collate
 from harness.engine import Trainer, forward, fused_adamw_available
 from harness.errors import HarnessError
+from harness import logprobs
 from harness.logprobs import token_kl, token_logprobs
 from methods.base import LossOutput, get_method, method_names
 
@@ -238,3 +241,23 @@ def test_load_dtype(tmp_path):
     assert next(load_model(str(tmp_path))[0].parameters()).dtype == torch.float32
     with pytest.raises(HarnessError, match="unknown load dtype"):
         load_model(str(tmp_path), dtype="float8")
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_scoring_keeps_the_update_and_leaves_sampling_eager():
+    ex = [batch(8).examples, batch(6, seed=2).examples]  # two padded lengths: one dynamic-shape graph serves both
+
+    def nll(ctx, b):
+        return LossOutput(-b.logp)
+    out = []
+    for kw in ({}, {"compile": True}):
+        model = llama()
+        tr = Trainer(model, 0, TrainConfig(lr=1e-2, batch_size=8, micro_batch_size=4, max_steps=3, warmup_ratio=0.0,
+                                           **kw))
+        for step in range(3):
+            tr.update(ex[step % 2], nll, None)
+        out.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        decoder = logprobs._SPLITS[model][0]
+        assert isinstance(decoder, torch._dynamo.eval_frame.OptimizedModule) == bool(kw)
+        assert model.get_decoder() is (decoder._orig_mod if kw else decoder)  # generate() still runs the eager one
+    assert torch.allclose(out[0], out[1], atol=1e-5)

@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from harness.config import deep_merge
 from harness.cost import flops
 from harness.errors import HarnessError
 from harness.tiny import build_tiny_model, teach, write_punkt_tab, write_task_data
@@ -94,8 +95,11 @@ def train_methods(cfg_dict: dict, steps: int) -> list[Row]:
     return rows
 
 
-def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, steps: int) -> list[Row]:
-    """(d): engine updates (SFT loss) on random sequences; tokens/s and MFU against the GPU's bf16 peak."""
+def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, steps: int,
+                train: dict | None = None) -> list[Row]:
+    """(d): engine updates (SFT loss) on random sequences; tokens/s and MFU against the GPU's bf16 peak.
+
+    `train`: TrainConfig settings of the engine under test (e.g. compile, fused_adamw)."""
     from harness.config import TrainConfig
     from harness.data import Example
     from harness.engine import Trainer
@@ -103,7 +107,8 @@ def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, st
     from methods.base import get_method
     model, tok = load_model(path, device=device)  # fp32 weights under bf16 autocast, as runs train
     cfg = TrainConfig(batch_size=batch, micro_batch_size=micro, precision="bf16" if device == "cuda" else "fp32",
-                      device=device, max_steps=steps + 1, threads=None if device == "cuda" else 1, lr=1e-6)
+                      device=device, max_steps=steps + 1, threads=None if device == "cuda" else 1, lr=1e-6,
+                      **(train or {}))
     trainer, sft = Trainer(model, tok.pad_token_id, cfg), get_method("sft")(get_method("sft").Config())
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, min(tok.vocab_size, 32000), (batch, seq_len), generator=gen).tolist()
@@ -119,8 +124,9 @@ def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, st
     n, vocab = sum(p.numel() for p in model.parameters()), model.config.vocab_size
     del trainer, model
     peak, name = peak_flops(device)
+    label = "".join(f", {k}={v}" for k, v in (train or {}).items())
     rows: list[Row] = [("train tokens/s", "ok", f"{tokens / seconds:,.0f} tok/s ({n / 1e6:,.1f}M params, "
-                        f"{batch}x{seq_len}, vocab {vocab})", "—")]
+                        f"{batch}x{seq_len}, vocab {vocab}{label})", "—")]
     goal = f"≥ {GOALS['mfu']:.0%} for 0.5-1.5B"
     if peak is None:
         return rows + [("MFU", "n/a", f"n/a ({name}: no peak in the table)", goal)]
@@ -214,6 +220,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", help="a save_pretrained folder (default: a tiny Qwen2 built here)")
     ap.add_argument("--shape", choices=sorted(SHAPES), help="instead of --model: a randomly initialised model of this "
                     "published shape (tiny tokenizer), for speed figures on a machine without checkpoints")
+    ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                    help="engine setting for every check, repeatable (train.compile=true, train.fused_adamw=true)")
     ap.add_argument("--checks", default=",".join(CHECKS),
                     help="comma-separated subset of train (every method), speed (tokens/s, MFU), sample (samplers)")
     ap.add_argument("--steps", type=int, default=3, help="steps per method, and timed steps of the MFU check")
@@ -236,6 +244,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--model {args.model!r} is not a save_pretrained folder; pass one (no hub ids: the check is offline)",
               file=sys.stderr)
         return 2
+    from pydantic import ValidationError
+
+    from harness.config import TrainConfig, parse_overrides
+    try:
+        settings = parse_overrides(args.train)
+        if set(settings) - {"train"}:
+            raise HarnessError("it takes train.* settings only")
+        train = settings.get("train", {})
+        TrainConfig(**train)
+    except (HarnessError, ValidationError) as e:
+        print(f"--train {' '.join(args.train)}: {str(e).splitlines()[0]}; e.g. --train train.compile=true",
+              file=sys.stderr)
+        return 2
     checks = args.checks.split(",")
     if args.model and args.shape or not set(checks) <= set(CHECKS):
         print(f"--checks takes a comma-separated subset of {','.join(CHECKS)}, and --model and --shape exclude each "
@@ -255,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             model, described = args.model or tiny, args.model or "tiny Qwen2 (built here)"
         rows: list[Row] = [("model", "ok", described, "—")]
         runs: list[tuple[str, Callable[[], list[Row]]]] = [
-            ("train", lambda: train_methods(preset(model, data, args.steps, args.device), args.steps)),
-            ("speed", lambda: train_speed(model, args.device, *args.mfu, args.steps)),
+            ("train", lambda: train_methods(deep_merge(preset(model, data, args.steps, args.device), {"train": train}),
+                                            args.steps)),
+            ("speed", lambda: train_speed(model, args.device, *args.mfu, args.steps, train)),
             ("sample", lambda: sampler_speed(model, args.device, backends, {"grpo": tuple(args.grpo),
                                              "bulk": tuple(args.bulk)}, args.prompt_len, args.max_new_tokens,
                                              args.hf_batch))]
