@@ -62,12 +62,9 @@ class _StopOnStrings(StoppingCriteria):
         if len(self.eos) and suffix.shape[1]:
             skip |= torch.isin(suffix.cpu(), self.eos).any(1)  # ended by an end token: generate has finished it
         rows = (~skip).nonzero().squeeze(-1).tolist()
-        if rows:
-            tail = suffix[rows, -self.window:]  # decoding whole suffixes costs O(length) per step
-            texts = self.tokenizer.batch_decode(tail.tolist(), skip_special_tokens=True)
-            hit = [r for r, t in zip(rows, texts) if any(s in t for s in self.stop)]
-            if hit:
-                self.done[hit] = True
+        if rows:  # only each row's last `window` tokens are decoded: whole suffixes cost O(length) per step
+            hit = self.hit(suffix[rows].tolist())
+            self.done[torch.tensor(rows)[hit]] = True
         return self.done.to(input_ids.device)
 
 
@@ -107,10 +104,10 @@ _NEUTRAL = {"repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (No
 
 def plain_argmax_greedy(model) -> bool:
     """Whether greedy decoding of `model` is the argmax of its logits (no processor in its generation config)."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return False
     gc = getattr(model, "generation_config", None)
-    if gc is None or getattr(model.config, "is_encoder_decoder", False):
-        return gc is None
-    return all(getattr(gc, k, None) in ok for k, ok in _NEUTRAL.items())
+    return gc is None or all(getattr(gc, k, None) in ok for k, ok in _NEUTRAL.items())
 
 
 @torch.no_grad()

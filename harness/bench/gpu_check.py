@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import random
@@ -29,7 +28,8 @@ import torch
 from harness.config import deep_merge
 from harness.cost import flops
 from harness.errors import HarnessError
-from harness.tiny import build_tiny_model, teach, write_punkt_tab, write_task_data
+from harness.bench.gpu_inputs import offline_inputs, preset
+from harness.tiny import build_tiny_model, write_punkt_tab
 
 # Dense bf16 tensor-core peaks in FLOP/s (vendor data sheets), matched in order against torch's device name.
 PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("A100", 312e12),
@@ -54,25 +54,6 @@ def peak_flops(device: str) -> tuple[float | None, str]:
         return None, "cpu"
     name = torch.cuda.get_device_name()
     return next((p for key, p in PEAK_BF16 if key in name), None), name
-
-
-def preset(model: str, data: dict, steps: int, device: str) -> dict:
-    """A real-world run config: the given model, local IFEval/ARC-Easy files, tiny sizes, `steps` steps."""
-    sizes = dict(n_train=12, n_heldout=4, n_val=4, n_eval=8, n_val_nontarget=4, n_eval_nontarget=6)
-    return {
-        "world": {"kind": "real", "name": "gpu-check", "base_model": model, "chat_template": True,
-                  "target": {"task": "ifeval", "data_files": data["ifeval"], "metric": "prompt_level_loose_acc",
-                             "max_gen_toks": 10, "train_file": data["sft"], "label_field": "response"},
-                  "retention": [{"task": "arc_easy", "data_files": data["arc_easy"], "metric": "acc"}],
-                  "max_new_tokens": 10, **sizes},
-        "train": {"max_steps": steps, "batch_size": 4, "micro_batch_size": 2, "eval_every": steps, "lr": 1e-4,
-                  "device": device, "precision": "bf16" if device == "cuda" else "fp32",
-                  "threads": None if device == "cuda" else 1},
-        "eval": {"batch_size": 16, "bootstrap_iters": 0, "examples_logged": 2},
-        "grpo": {"prompts_per_step": 2, "group_size": 2}, "trapo": {"prompts_per_step": 2, "break_strings": [" "]},
-        "tms": {"checkpoints": 2, "teacher_steps": 2}, "iterative_sft": {"rounds": 2},
-        "tracking": {"experiment": "gpu-check"},
-    }
 
 
 def train_methods(cfg_dict: dict, steps: int) -> list[Row]:
@@ -293,21 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(rows) - len(failed)}/{len(rows)} rows without failure in {time.perf_counter() - start:.0f} s"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
-
-
-ANSWERS = ["a short plain answer", "HELLO THERE FRIEND", "apple, pear, plum"]  # some pass IFEval's checks
-
-
-def offline_inputs(root: Path) -> tuple[dict, str]:
-    """Local task files (IFEval target with an SFT file, ARC-Easy retention) and a tiny taught Qwen2 (harness.tiny)."""
-    data = write_task_data(root / "data")
-    rows = [json.loads(line) for line in open(data["ifeval"]["train"])]
-    sft = root / "data" / "ifeval_sft.jsonl"
-    sft.write_text("".join(json.dumps({**r, "key": 5000 + i, "response": ANSWERS[i % len(ANSWERS)]}) + "\n"
-                           for i, r in enumerate(rows)))
-    model = teach(build_tiny_model(root / "tiny-qwen2", "qwen2"), [r["prompt"] for r in rows],
-                  [ANSWERS[i % len(ANSWERS)] for i in range(len(rows))])
-    return {**data, "sft": str(sft)}, str(model)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ def main() -> None:
         return
     if args.dir:
         if os.path.exists(args.dir):
-            sys.exit(print(f"--dir {args.dir} exists; name a new folder (a sweep's store is never overwritten)",
-                           file=sys.stderr) or 2)
+            print(f"--dir {args.dir} exists; name a new folder (a sweep's store is never overwritten)", file=sys.stderr)
+            raise SystemExit(2)
         os.makedirs(args.dir)
     with (contextlib.nullcontext(os.path.abspath(args.dir)) if args.dir else tempfile.TemporaryDirectory()) as tmp:
         env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
