@@ -7,13 +7,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from harness import metrics
 from harness.evaluation import Evaluator
 from harness.sampler import HFSampler
 
 KL_SAMPLE_SEED = 1234
+# Bumped whenever what is computed changes (v2: the KL samples are HFSampler's per-row draws), so no stale file is read.
+SCORES_VERSION = 2
 
 
 @dataclass
@@ -74,9 +75,8 @@ def compute_base_scores(world, model, tok, evaluator: Evaluator, base_path: str,
     own = [g[0].response_ids for g in greedy]
     own_tok = metrics.sequence_nll(model, prompts, own, score, pad)
     own_seq = metrics.sequence_nll(model, prompts, own, score, pad, per_token=False)
-    with torch.random.fork_rng():
-        torch.manual_seed(KL_SAMPLE_SEED)
-        samples = sampler.generate(prompts, n=1, temperature=1.0, max_new_tokens=world.max_new_tokens)
+    samples = HFSampler(model, tok, batch_size, seed=KL_SAMPLE_SEED).generate(
+        prompts, n=1, temperature=1.0, max_new_tokens=world.max_new_tokens)
     return BaseScores(
         checkpoint=checkpoint_hash(base_path), acc={sp: r.acc for sp, r in res.splits.items()},
         correct={sp: {t: v.tolist() for t, v in r.correct.items()} for sp, r in res.splits.items()},
@@ -89,7 +89,7 @@ def compute_base_scores(world, model, tok, evaluator: Evaluator, base_path: str,
 def load_or_compute(world, model, tok, evaluator: Evaluator, base_path: str, batch_size: int,
                     score_batch_size: int | None = None) -> tuple[BaseScores, bool]:
     """Base scores from the world's cache, computing and saving them on first use; (scores, was_cached)."""
-    path = world.cache_dir / f"base-scores-{world.data_key()}-{checkpoint_hash(base_path)}.json"
+    path = world.cache_dir / f"base-scores-v{SCORES_VERSION}-{world.data_key()}-{checkpoint_hash(base_path)}.json"
     if path.exists():
         return BaseScores(**json.loads(path.read_text())), True
     scores = compute_base_scores(world, model, tok, evaluator, base_path, batch_size, score_batch_size)

@@ -1,6 +1,6 @@
 """Greedy decoding for evaluation: batches sorted longest first, cut at stop strings.
 
-A batch is decoded by `_decode_dropping_finished` (rows that ended leave the batch, so it no longer runs until its
+A batch is decoded by `decode_dropping_finished` (rows that ended leave the batch, so it no longer runs until its
 longest answer at full width) unless the model's generation config asks for a logits processor that greedy
 decoding must apply (a repetition penalty, say), in which case transformers' `generate` decodes it.
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
@@ -102,21 +102,36 @@ _NEUTRAL = {"repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (No
             "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0)}
 
 
-def plain_argmax_greedy(model) -> bool:
-    """Whether greedy decoding of `model` is the argmax of its logits (no processor in its generation config)."""
+# ... and the warpers sampling would apply besides the temperature, top-p and top-k the sampler passes itself.
+_NEUTRAL_SAMPLING = {**_NEUTRAL, "min_p": (None, 0.0), "typical_p": (None, 1.0)}
+
+
+def plain_argmax_greedy(model, sampling: bool = False) -> bool:
+    """Whether greedy decoding of `model` is the argmax of its logits (no processor in its generation config);
+    with `sampling`, whether sampling is plain temperature/top-p sampling (no other processor or warper)."""
     if getattr(model.config, "is_encoder_decoder", False):
         return False
     gc = getattr(model, "generation_config", None)
-    return gc is None or all(getattr(gc, k, None) in ok for k, ok in _NEUTRAL.items())
+    fields = _NEUTRAL_SAMPLING if sampling else _NEUTRAL
+    return gc is None or all(getattr(gc, k, None) in ok for k, ok in fields.items())
+
+
+def argmax_pick(logits: torch.Tensor, live: torch.Tensor, step: int) -> torch.Tensor:
+    """Greedy choice: the argmax of each live row's last logits."""
+    return logits.argmax(-1)
 
 
 @torch.no_grad()
-def _decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, max_new_tokens: int, eos: list[int],
-                              stop: _StopOnStrings | None) -> list[list[int]]:
-    """Greedy tokens per row of a left-padded batch, each ending at (and including) its end token or stop string.
+def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, max_new_tokens: int, eos: list[int],
+                             stop: _StopOnStrings | None = None,
+                             pick: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = argmax_pick
+                             ) -> list[list[int]]:
+    """New tokens per row of a left-padded batch, each ending at (and including) its end token or stop string.
 
     The same forward passes as `generate` would run, except that rows which ended are removed from the batch and
-    its KV cache, so later steps cost only what is still being written.
+    its KV cache, so later steps cost only what is still being written. `pick(logits [b, V], live, step)` chooses
+    the next token of the b rows still live (`live`: their indices in the original batch): greedy by default,
+    harness.sampler's per-row draws when sampling.
     """
     cache = DynamicCache()
     # transformers renamed `past_key_values` to `cache` (5.24 warns on the old name; 5.20, vLLM's pin, lacks the new)
@@ -124,8 +139,8 @@ def _decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, max_
     pos = attn.long().cumsum(-1) - 1
     pos.masked_fill_(attn == 0, 1)  # as generate does; padded positions are masked anyway
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: cache})
-    nxt = out.logits[:, -1].argmax(-1)
     live = torch.arange(len(ids))  # original row of each row still in the batch
+    nxt = pick(out.logits[:, -1], live, 0)
     last = pos[:, -1]
     end = torch.tensor(eos, dtype=torch.long, device=ids.device)
     tokens: list[list[int]] = [[] for _ in range(len(ids))]
@@ -145,7 +160,7 @@ def _decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, max_
         last = last + 1
         out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last[:, None], use_cache=True,
                     **{key: cache})
-        nxt = out.logits[:, -1].argmax(-1)
+        nxt = pick(out.logits[:, -1], live, step + 1)
     return tokens
 
 
@@ -178,7 +193,7 @@ def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int
                     drop_finished: bool | None = None) -> list[str]:
     """Greedy continuations of `prompts`, left-padded in batches sorted longest first, cut at `stop`.
 
-    `drop_finished`: decode with `_decode_dropping_finished` (True) or transformers' `generate` (False); None
+    `drop_finished`: decode with `decode_dropping_finished` (True) or transformers' `generate` (False); None
     chooses the former wherever the model's generation config adds no logits processor.
 
     No BOS by default: the toy base is trained on raw prompt characters. The
@@ -212,7 +227,7 @@ def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int
             attn[row, T - L:] = 1
         stopper = _StopOnStrings(tokenizer, checked, T, eos) if checked else None
         if fast:
-            new = _decode_dropping_finished(model, ids.to(model.device), attn.to(model.device), max_new_tokens, eos,
+            new = decode_dropping_finished(model, ids.to(model.device), attn.to(model.device), max_new_tokens, eos,
                                             stopper)
         else:
             kwargs: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([stopper])} if stopper else {}

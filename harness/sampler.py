@@ -1,4 +1,4 @@
-"""Generation backends behind one interface: transformers `generate` now, vLLM at real scale.
+"""Generation backends behind one interface: transformers (HFSampler) on any device, vLLM at real scale.
 
 A sampler takes token-id prompts and returns, per prompt, `n` completions
 (response ids cut after the end token, decoded text, whether it finished). It
@@ -7,6 +7,7 @@ to its `cost` counter (the run's, once a Context holds it) and counts seconds.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,6 +15,7 @@ from typing import Protocol
 import torch
 
 from harness.cost import Cost
+from harness.greedy import argmax_pick, decode_dropping_finished, plain_argmax_greedy
 
 
 @dataclass
@@ -38,13 +40,61 @@ class Sampler(Protocol):
         ...
 
 
-class HFSampler:
-    """Batched `model.generate` with KV cache; prompts of equal length are batched without padding."""
+def row_uniforms(keys: list[tuple], steps: int) -> torch.Tensor:
+    """[len(keys), steps] uniforms in [0, 1); each row is a function of its key alone (not of the batch)."""
+    out = torch.empty(len(keys), steps)
+    g = torch.Generator()
+    for r, key in enumerate(keys):
+        g.manual_seed(int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little") >> 1)
+        torch.rand(steps, generator=g, out=out[r])
+    return out
 
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 512, cost: Cost | None = None):
+
+def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filter as transformers' TopPLogitsWarper: drop the least likely tokens whose total is ≤ 1 - top_p
+    (always keeping the most likely one); dropped scores become -inf."""
+    sorted_s, order = scores.sort(-1)
+    drop_sorted = sorted_s.softmax(-1).cumsum(-1) <= 1 - top_p
+    drop_sorted[:, -1] = False
+    return scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+
+
+class RowDraws:
+    """Temperature then top-p sampling, as `generate` does, by inverse CDF on uniforms drawn per row in advance.
+
+    A row's tokens depend only on its model's logits and its own uniforms, so they do not change with the batch it
+    is decoded in, the sampler's batch size, or which rows finished first (`decode_dropping_finished`).
+    """
+
+    def __init__(self, uniforms: torch.Tensor, temperature: float, top_p: float):
+        self.u, self.temperature, self.top_p = uniforms, temperature, top_p
+
+    def __call__(self, logits: torch.Tensor, live: torch.Tensor, step: int) -> torch.Tensor:
+        scores = logits.float() / self.temperature
+        if self.top_p < 1.0:
+            scores = top_p_filter(scores, self.top_p)
+        probs = scores.softmax(-1)
+        cdf = probs.cumsum(-1)
+        v = (self.u[live, step].to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+        tok = torch.searchsorted(cdf, v, right=True).squeeze(-1)
+        last = (probs > 0).cumsum(-1).argmax(-1)  # the last token with mass: v can round up to the total
+        return torch.minimum(tok, last)
+
+
+class HFSampler:
+    """Batched decoding with KV cache through transformers; prompts of equal length are batched without padding.
+
+    Rows are decoded by harness.greedy's loop, which drops finished rows from the batch, with per-row draws keyed
+    by (seed, stream, call, prompt index, sample index): the same seed gives the same samples whatever the batch
+    size. Where the model's generation config adds a logits processor, `generate` samples instead (global RNG).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 512, cost: Cost | None = None,
+                 seed: int = 0, stream: str = ""):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
         self.cost = cost if cost is not None else Cost()
         self.gen_seconds = 0.0
+        self.seed, self.stream, self.calls = seed, stream, 0
 
     @property
     def gen_tokens(self) -> int:
@@ -59,34 +109,42 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         eos, pad = self.tok.eos_token_id, self.tok.pad_token_id
-        rows = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
+        rows = [(i, j, p) for i, p in enumerate(prompts) for j in range(n)]
         # Grouping by length avoids padding entirely when a task has fixed-length prompts.
-        rows.sort(key=lambda r: len(r[1]))
+        rows.sort(key=lambda r: len(r[2]))
         out: list[list[Completion]] = [[] for _ in prompts]
         device = next(self.model.parameters()).device
         greedy = temperature <= 0
+        own_loop = plain_argmax_greedy(self.model, sampling=not greedy)
+        call, self.calls = self.calls, self.calls + 1
         try:
             for s in range(0, len(rows), self.batch_size):
                 chunk = rows[s:s + self.batch_size]
-                T = max(len(p) for _, p in chunk)
+                T = max(len(p) for _, _, p in chunk)
                 # Left padding, built as lists and converted once (a tensor per row cost ~1% of a toy call).
-                ids = torch.tensor([[pad] * (T - len(p)) + list(p) for _, p in chunk], dtype=torch.long)
-                attn = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for _, p in chunk], dtype=torch.long)
-                gen = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
-                    do_sample=not greedy, temperature=None if greedy else temperature,
-                    top_p=None if greedy else top_p, top_k=None, pad_token_id=pad, eos_token_id=eos)
-                # One tensor-to-list conversion and one batched decode per chunk, not one per row.
-                resps = []
-                for resp in gen[:, T:].tolist():
-                    if eos in resp:
-                        resps.append((resp[: resp.index(eos) + 1], True))
-                    else:
-                        resps.append(([t for t in resp if t != pad], False))
+                ids = torch.tensor([[pad] * (T - len(p)) + list(p) for _, _, p in chunk], dtype=torch.long).to(device)
+                attn = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for _, _, p in chunk],
+                                    dtype=torch.long).to(device)
+                if own_loop:
+                    pick = argmax_pick if greedy else RowDraws(row_uniforms(
+                        [(self.seed, self.stream, call, i, j) for i, j, _ in chunk], max_new_tokens), temperature, top_p)
+                    resps = [(r, bool(r) and r[-1] == eos) for r in
+                             decode_dropping_finished(self.model, ids, attn, max_new_tokens, [eos], pick=pick)]
+                else:
+                    gen = self.model.generate(
+                        input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+                        do_sample=not greedy, temperature=None if greedy else temperature,
+                        top_p=None if greedy else top_p, top_k=None, pad_token_id=pad, eos_token_id=eos)
+                    resps = []  # one tensor-to-list conversion per chunk, not one per row
+                    for resp in gen[:, T:].tolist():
+                        if eos in resp:
+                            resps.append((resp[: resp.index(eos) + 1], True))
+                        else:
+                            resps.append(([t for t in resp if t != pad], False))
                 texts = self.tok.batch_decode([r for r, _ in resps], skip_special_tokens=True)
-                for (i, p), (resp, finished), text in zip(chunk, resps, texts):
+                for (i, _, p), (resp, finished), text in zip(chunk, resps, texts):
                     out[i].append(Completion(list(p), resp, text, finished))
-                self.cost.add("prefill", sum(len(p) for _, p in chunk))
+                self.cost.add("prefill", sum(len(p) for _, _, p in chunk))
                 self.cost.add("gen", sum(len(r) for r, _ in resps))
         finally:
             self.model.train(was_training)
@@ -104,4 +162,4 @@ def build_sampler(cfg, policy: torch.nn.Module, tokenizer) -> Sampler:
         return VLLMSampler(policy, tokenizer, gpu_memory_utilization=cfg.train.vllm_gpu_memory_utilization,
                            enable_sleep_mode=cfg.train.vllm_sleep, seed=cfg.train.seed, dtype="bfloat16",
                            batch_size=cfg.rollout_batch_size, **extra)
-    return HFSampler(policy, tokenizer, cfg.rollout_batch_size)
+    return HFSampler(policy, tokenizer, cfg.rollout_batch_size, seed=cfg.train.seed)

@@ -85,7 +85,7 @@ def test_greedy_decoding_falls_back_to_generate_where_a_processor_applies(micro_
     model.generation_config.repetition_penalty = 1.1  # e.g. Qwen2.5-Instruct's generation_config.json
     assert not greedy.plain_argmax_greedy(model)
     called = []
-    monkeypatch.setattr(greedy, "_decode_dropping_finished", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(greedy, "decode_dropping_finished", lambda *a, **k: called.append(1))
     greedy_generate(model, tok, ["add:12345="], max_new_tokens=4, batch_size=2)
     assert not called
 

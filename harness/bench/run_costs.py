@@ -42,12 +42,13 @@ def shortcuts_off() -> Iterator[None]:
     Off: the in-process evaluator cache and base-run cache (harness.run), the frozen heap (gc.freeze), the
     frozen base's cached log-probs in kl_to_base (harness.metrics), and greedy evaluation's shortcuts
     (harness.greedy: transformers' generate at full batch width until the longest answer, every row's whole
-    response decoded at every step, as before).
+    response decoded at every step, as before), and the sampler's own loop (harness.sampler: `generate` samples
+    from the global RNG; the samples differ, so sampling methods' metrics differ too, by chance only).
     """
     import torch
     from transformers import StoppingCriteria
 
-    from harness import evaluation, greedy, metrics
+    from harness import evaluation, greedy, metrics, sampler
     from harness import run as run_mod
 
     class FullDecodeStop(StoppingCriteria):
@@ -62,9 +63,11 @@ def shortcuts_off() -> Iterator[None]:
     patches = [
         (greedy, "_StopOnStrings", FullDecodeStop),
         (greedy, "producible_stops", lambda tok, stops, vocab_size=0: [s for s in stops if s]),
-        (greedy, "plain_argmax_greedy", lambda model: False),
+        (greedy, "plain_argmax_greedy", lambda model, sampling=False: False),
+        (sampler, "plain_argmax_greedy", lambda model, sampling=False: False),
         (metrics, "kl_to_base", lambda *a, cache_base=False, **k: kl_to_base(*a, **k)),
-        (run_mod, "_evaluator", lambda world, tok, batch_size: evaluation.Evaluator(world, tok, batch_size)),
+        (run_mod, "_evaluator", lambda world, tok, batch_size, score_batch_size=None:
+            evaluation.Evaluator(world, tok, batch_size, score_batch_size=score_batch_size)),
         (run_mod, "_freeze_heap", lambda: None),
         (run_mod, "_BASE_RUNS", set()),
     ]
