@@ -114,7 +114,8 @@ class Context:
         transformers, `load()` gives the frozen model to sample from."""
         if hasattr(self.sampler, "from_checkpoint"):
             return self.sampler.from_checkpoint(path)
-        return HFSampler(load(), self.tokenizer, self.sampler.batch_size, self.cost)
+        return HFSampler(load(), self.tokenizer, self.sampler.batch_size, self.cost, seed=self.run_cfg.train.seed,
+                         stream=Path(path).name)  # its own draws, not the run sampler's
 
     def delete_checkpoint(self, path: Path) -> None:
         """Free a checkpoint's disk space as soon as it is no longer needed."""
