@@ -43,8 +43,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from harness.baseline import checkpoint_hash
 from harness.data import Example, TrainData
+from harness.distributed import fingerprint
 from harness.modeling import DTYPES
+from harness.phase_cache import reuse
 from methods.base import LossOutput, Method, SweepParam, register
 from methods._sft_family import ExpertLabelConfig, expert_examples, expert_items, nll_loss
 from methods.common import sample_and_verify
@@ -68,6 +71,10 @@ class TMSConfig(ExpertLabelConfig):
     scratch_dir: str | None = None
     """Folder for the teacher snapshots (None: the run's temporary folder); one is on disk at a time, and what
     the run writes there is removed when it ends."""
+    reuse_teacher: bool = True
+    """Reuse the teacher phase (teacher run and harvest) of an earlier run with identical inputs, e.g. the same
+    seed at another student rate with `teacher_lr` set (harness.phase_cache): same samples, cost and logs, less
+    time. Cached under the world's cache folder, keyed by the inputs and the harness's code."""
     schedule: Literal["uniform", "early_first"] = "uniform"
     """Checkpoint choice: uniform (paper), or early_first (ablation, GUESS): weight ∝ (1−p)(T−t+1) + p at
     student progress p = step/max_steps, i.e. early checkpoints favoured at the start, uniform at the end."""
@@ -132,29 +139,41 @@ class TMS(Method):
         progress = [min(1.0, e * per_epoch / ctx.max_steps) for e in range(math.ceil(ctx.max_steps / per_epoch))]
         self._plans = [draw_plan(len(items), c.alpha, checkpoint_weights(len(at), c.schedule, p), ctx.rng)
                        for p in progress]
-        self._epoch, self._answers, accs = 0, [], []
+        self._epoch = 0
         folder = ctx.scratch_dir(c.scratch_dir)
+        needs = [sorted({int(i) for use, pick in self._plans for i in np.flatnonzero(~use & (pick == t))})
+                 for t in range(len(at))]  # the prompts drawn to snapshot t in some epoch
 
-        def harvest(done: int) -> None:
-            if done not in at:
-                return
-            t = len(self._answers)
-            path = ctx.save_checkpoint(f"tms-teacher-{done:06d}", DTYPES[c.snapshot_dtype], folder)
-            need = sorted({int(i) for use, pick in self._plans for i in np.flatnonzero(~use & (pick == t))})
-            sampler = ctx.sampler_for(path, lambda: ctx.load_checkpoint(path))
-            sampled = sample_and_verify(ctx, [items[i] for i in need], n=1, temperature=c.temperature,
-                                        sampler=sampler)
-            del sampler
-            gc.collect()
-            ctx.delete_checkpoint(path)
-            self._answers.append({i: Example(s.completions[0].prompt_ids, s.completions[0].response_ids,
-                                             task=s.item.task, source=f"ckpt{t + 1}") for i, s in zip(need, sampled)})
-            accs.append(float(np.mean([s.rewards[0] for s in sampled])) if sampled else float("nan"))
+        def teach_and_harvest() -> tuple[list[dict[int, Example]], list[float]]:
+            answers, accs = [], []
 
-        ctx.train_steps(teacher, self.loss, prefix="teacher", on_step=harvest, lr=c.teacher_lr)
+            def harvest(done: int) -> None:
+                if done not in at:
+                    return
+                t = len(answers)
+                path = ctx.save_checkpoint(f"tms-teacher-{done:06d}", DTYPES[c.snapshot_dtype], folder)
+                sampler = ctx.sampler_for(path, lambda: ctx.load_checkpoint(path))
+                sampled = sample_and_verify(ctx, [items[i] for i in needs[t]], n=1, temperature=c.temperature,
+                                            sampler=sampler)
+                del sampler
+                gc.collect()
+                ctx.delete_checkpoint(path)
+                answers.append({i: Example(s.completions[0].prompt_ids, s.completions[0].response_ids,
+                                           task=s.item.task, source=f"ckpt{t + 1}") for i, s in zip(needs[t], sampled)})
+                accs.append(float(np.mean([s.rewards[0] for s in sampled])) if sampled else float("nan"))
+
+            ctx.train_steps(teacher, self.loss, prefix="teacher", on_step=harvest, lr=c.teacher_lr)
+            return answers, accs
+
+        # Nothing here reads the swept student rate when teacher_lr is set: each seed's teacher runs once a sweep.
+        train = ctx.run_cfg.train.model_dump(exclude={"lr"} if c.teacher_lr else set())
+        inputs = {"world": ctx.world.data_key(), "base": checkpoint_hash(ctx.base_path), "train": train,
+                  "tms": c.model_dump(exclude={"scratch_dir", "reuse_teacher"}), "needs": needs,
+                  "teacher": (fingerprint([e for b in teacher for e in b]), [len(b) for b in teacher])}
+        (self._answers, accs), reused = reuse(ctx, "tms-teacher", inputs, teach_and_harvest, enabled=c.reuse_teacher)
         ctx.reset_to_base()
         ctx.log({"teacher_steps": float(steps), "checkpoints": float(len(self._answers)),
-                 "harvested": float(sum(map(len, self._answers))),
+                 "harvested": float(sum(map(len, self._answers))), "teacher_reused": float(reused),
                  "mixture_acc": float(np.nanmean(accs)), **{f"ckpt{t}_acc": a for t, a in enumerate(accs, 1)}})
 
     def loss(self, ctx, batch) -> LossOutput:

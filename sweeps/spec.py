@@ -46,7 +46,7 @@ class SweepSpec(BaseModel):
     """World preset."""
     methods: list[str] | Literal["all"] = "all"
     """Methods to sweep, or `all`."""
-    trials: int = Field(4, ge=1)
+    trials: int = Field(3, ge=1)
     """Trials per method (each trial = one hyper-parameter setting, run for every seed)."""
     seeds: list[int] = Field(default_factory=lambda: [0])
     """Fine-tuning seeds run by every trial; the trial's objective is their mean."""

@@ -65,7 +65,8 @@ def test_mixture_proportion_and_alignment_with_fixed_rng():
 def test_student_starts_from_base_checkpoints_deleted_and_trains(micro_world):
     torch.set_num_threads(1)
     _, base_model, _ = micro_world
-    ctx, method, trainer = build(micro_world, "tms", ["tms.checkpoints=2", "tms.teacher_steps=2"])
+    ctx, method, trainer = build(micro_world, "tms", ["tms.checkpoints=2", "tms.teacher_steps=2",
+                                                      "tms.reuse_teacher=false"])
     saved, loaded = [], []
     save, load = ctx.save_checkpoint, ctx.load_checkpoint
 
@@ -123,7 +124,8 @@ def test_batches_drawn_up_front_match_cycling_the_data_step_by_step(steps):
 
 def test_snapshots_in_bf16_under_scratch_dir_and_teacher_lr(micro_world, tmp_path):
     ctx, method, trainer = build(micro_world, "tms", ["tms.checkpoints=2", "tms.teacher_steps=2", "train.lr=1e-4",
-                                                      "tms.teacher_lr=5e-3", f"tms.scratch_dir={tmp_path / 'snaps'}"])
+                                                      "tms.teacher_lr=5e-3", f"tms.scratch_dir={tmp_path / 'snaps'}",
+                                                      "tms.reuse_teacher=false"])
     dtypes, save = [], ctx.save_checkpoint
 
     def spy_save(name, *args):
@@ -141,3 +143,31 @@ def test_snapshots_in_bf16_under_scratch_dir_and_teacher_lr(micro_world, tmp_pat
     assert trainer.sched.base_lrs == [1e-4]
     ctx.close()
     assert list((tmp_path / "snaps").iterdir()) == []
+
+
+def _student(micro_world, lr: float, reuse: bool) -> dict:
+    """The mixture, teacher logs, cost and final weights of 2 student steps at `lr` (teacher at its own rate)."""
+    ctx, method, trainer = build(micro_world, "tms", ["tms.checkpoints=2", "tms.teacher_steps=3", "train.seed=7",
+                                                      "tms.teacher_lr=2e-3", f"train.lr={lr}",
+                                                      f"tms.reuse_teacher={str(reuse).lower()}"])
+    data = method.data(ctx, 0)
+    train(ctx, method, trainer, 2)
+    logged = {k: v for _, st in ctx.logged for k, v in st.items()}
+    out = {"mixture": [(e.prompt_ids, e.response_ids, e.source) for e in data.examples],
+           "teacher": [(s, st) for s, st in ctx.logged if any(k.startswith("teacher/") for k in st)],
+           "cost": dict(trainer.cost.tokens), "reused": logged["train/teacher_reused"],
+           "params": torch.cat([p.detach().reshape(-1) for p in ctx.policy.parameters()])}
+    ctx.close()
+    return out
+
+
+def test_teacher_phase_is_reused_across_student_rates_with_identical_results(micro_world):
+    first = _student(micro_world, 1e-3, reuse=True)     # computes the teacher phase and stores it
+    reused = _student(micro_world, 3e-4, reuse=True)    # another student rate: the same teacher, read back
+    fresh = _student(micro_world, 3e-4, reuse=False)    # the same run computing its teacher again
+    assert first["reused"] == 0.0 and reused["reused"] == 1.0 and fresh["reused"] == 0.0
+    assert reused["mixture"] == fresh["mixture"] == first["mixture"]
+    assert reused["teacher"] == fresh["teacher"] and len(fresh["teacher"]) == 3
+    assert reused["cost"] == fresh["cost"] and fresh["cost"]["teacher"] > 0 and fresh["cost"]["gen"] > 0
+    assert torch.equal(reused["params"], fresh["params"])
+    assert not torch.equal(first["params"], fresh["params"])  # the student rate still matters
