@@ -90,8 +90,10 @@ class HFSampler:
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 512, cost: Cost | None = None,
-                 seed: int = 0, stream: str = ""):
-        self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+                 seed: int = 0, stream: str = "", own_loop: bool | None = None):
+        """`own_loop`: decode with harness.greedy's loop (True) or `generate` (False); None: the loop wherever the
+        model's generation config adds no processor."""
+        self.model, self.tok, self.batch_size, self.own_loop = model, tokenizer, batch_size, own_loop
         self.cost = cost if cost is not None else Cost()
         self.gen_seconds = 0.0
         self.seed, self.stream, self.calls = seed, stream, 0
@@ -115,7 +117,7 @@ class HFSampler:
         out: list[list[Completion]] = [[] for _ in prompts]
         device = next(self.model.parameters()).device
         greedy = temperature <= 0
-        own_loop = plain_argmax_greedy(self.model, sampling=not greedy)
+        own_loop = plain_argmax_greedy(self.model, sampling=not greedy) if self.own_loop is None else self.own_loop
         call, self.calls = self.calls, self.calls + 1
         try:
             for s in range(0, len(rows), self.batch_size):

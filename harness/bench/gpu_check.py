@@ -131,7 +131,7 @@ def sampler_speed(path: str, device: str, backends: list[str], shapes: dict[str,
     prompts = [[gen.randrange(vocab) for _ in range(gen.randint(prompt_len // 2, prompt_len))] for _ in range(most)]
     rows: list[Row] = []
     speed: dict[tuple[str, str], float] = {}
-    for backend in backends:
+    for backend in [b for hf in backends for b in ((hf, "hf-generate") if hf == "hf" else (hf,))]:
         try:
             start = time.perf_counter()
             if backend == "vllm":
@@ -139,8 +139,8 @@ def sampler_speed(path: str, device: str, backends: list[str], shapes: dict[str,
                     raise HarnessError("the vLLM backend needs --device cuda")
                 from harness.vllm_sampler import VLLMSampler
                 sampler = VLLMSampler(model, tok, dtype="bfloat16", max_model_len=prompt_len + max_new + 8)
-            else:
-                sampler = HFSampler(model, tok, batch_size=hf_batch)
+            else:  # "hf-generate": transformers' generate, every batch at full width until its longest sample
+                sampler = HFSampler(model, tok, batch_size=hf_batch, own_loop=backend == "hf")
             startup = time.perf_counter() - start
             sampler.generate(prompts[:4], n=2, temperature=1.0, max_new_tokens=max_new)  # warm-up
             for shape, (p, n) in shapes.items():
@@ -153,6 +153,9 @@ def sampler_speed(path: str, device: str, backends: list[str], shapes: dict[str,
         except Exception as e:  # noqa: BLE001
             rows.append((f"sample {backend}", "FAIL", f"{type(e).__name__}: {str(e)[:80]}", "—"))
     for shape, (p, n) in shapes.items():
+        if ("hf", shape) in speed and ("hf-generate", shape) in speed:
+            rows.append((f"hf loop/generate {shape}", "ok", f"{speed['hf', shape] / speed['hf-generate', shape]:.2f}x",
+                         "—"))
         goal = f"≥ {GOALS[shape]:.0f}x HF"
         if ("hf", shape) not in speed or ("vllm", shape) not in speed:
             rows.append((f"vllm/hf {shape}", "skip" if "vllm" not in backends else "FAIL", "—", goal))
