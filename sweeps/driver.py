@@ -271,10 +271,13 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
             threads = max(1, (os.cpu_count() or 2) // workers)
             ctx = mp.get_context("spawn")
             events = ctx.Queue()
+            # Worker i starts i/N of the way round the arms: workers meet on an arm only at the end, so an arm's
+            # phase reused across its learning rates (TMS's teacher, harness.phase_cache) is mostly computed once.
+            starts = [i * len(methods) // workers for i in range(workers)]
             procs = [ctx.Process(target=_spawned_worker,
-                                 args=(spec.model_dump_json(), methods[i % len(methods):] + methods[:i % len(methods)],
-                                       parents, threads, events, worker_devices(spec, i, workers)))
-                     for i in range(workers)]
+                                 args=(spec.model_dump_json(), methods[k:] + methods[:k], parents, threads, events,
+                                       worker_devices(spec, i, workers)))
+                     for i, k in enumerate(starts)]
             for p in procs:
                 p.start()
 
