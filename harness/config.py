@@ -89,6 +89,13 @@ class TrainConfig(_Strict):
     with 1 thread vs 1.77 s/step with 2 on a busy 2-core machine; parallelise with `sweep --workers`."""
     device: str = "cpu"
     """Device of the policy."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """How N launched processes (WORLD_SIZE > 1) split the training; one process ignores it. `ddp`: every rank holds
+    the whole policy, AdamW state and gradients, summed by one all-reduce per step (fastest while they fit one GPU).
+    `fsdp`: FSDP2 (`fully_shard` per decoder layer, then the root) keeps 1/N of the weights, gradients and AdamW
+    state per rank, gathering each layer for its forward and backward; choose it when weights + gradients + AdamW
+    state do not fit one GPU (the 7B preset). Rank 0 also holds an unsharded copy of the policy and of the base for
+    evaluation, on its GPU only while it evaluates (harness/fsdp.py)."""
 
 
 class EvalConfig(_Strict):

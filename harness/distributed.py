@@ -24,7 +24,12 @@ What N ranks do (first version, `harness.engine.Trainer`):
   scoring and checkpoints.
 - Clipping, AdamW and the schedule then run on identical gradients on every rank, so weights stay identical.
 - Evaluation, base scoring and MLflow logging run on rank 0 only; the others wait at a `barrier`, after which
-  rank 0's global RNG states are copied to everyone (`broadcast_rng_state`).
+  rank 0's global RNG states are copied to everyone (`broadcast_rng_state`). Code inside `solo()` is such
+  rank-0-only code: it must not start a collective.
+
+That is `train.parallel=ddp` (the default). `train.parallel=fsdp` shards the weights, gradients and AdamW state
+instead (harness/fsdp.py: FSDP2, for a model that does not fit one GPU); the split of each step, the global
+denominator and the rank-0 evaluation are the same, and `all_reduce_grads` is not used.
 """
 from __future__ import annotations
 
@@ -32,8 +37,9 @@ import hashlib
 import os
 import pickle
 import random
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -82,6 +88,33 @@ def _device() -> torch.device:
     if initialized() and torch.distributed.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+_SOLO = [False]  # inside `solo()`: only rank 0 runs here
+
+
+@contextmanager
+def solo() -> Iterator[None]:
+    """Mark code that rank 0 runs alone while the others wait (evaluation): no collective may start inside."""
+    before, _SOLO[0] = _SOLO[0], True
+    try:
+        yield
+    finally:
+        _SOLO[0] = before
+
+
+def in_solo() -> bool:
+    """Whether this is rank-0-only code (`solo`), where a collective would wait forever."""
+    return _SOLO[0]
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` (picklable), on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

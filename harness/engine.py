@@ -8,7 +8,8 @@ step / number of trained tokens, or sequences), so micro-batching never
 changes the result -- nor does splitting a step over N data-parallel processes
 (`harness.distributed`: each rank trains its strided share of every step against
 the step's global denominator, and the gradients are summed over ranks before
-clipping and AdamW). With one process the loop is exactly the single-process one.
+clipping and AdamW; with `train.parallel=fsdp` the policy is sharded, harness.fsdp).
+With one process the loop is exactly the single-process one, whatever `train.parallel` says.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness import distributed
+from harness import distributed, fsdp
 from harness.config import TrainConfig
 from harness.cost import Cost
 from harness.data import Example, TrainData, collate
@@ -95,10 +96,15 @@ class Trainer:
             with torch.no_grad():
                 for t in model.state_dict().values():
                     torch.distributed.broadcast(t, src=0)
+        if fsdp.enabled(cfg):
+            fsdp.check(cfg)
+            fsdp.shard(model)
+        self.sharded = fsdp.is_sharded(model)
         self.reset_optimizer()
 
     def reset_optimizer(self, horizon: int | None = None, lr: float | None = None) -> None:
         """Fresh AdamW state and a schedule over `horizon` steps (default: the run's budget), peak `lr` (train.lr)."""
+        fsdp.settle(self.model)  # the optimizer must hold the sharded parameters, not a gathered root
         device = next(self.model.parameters()).device
         fused = self.cfg.fused_adamw and fused_adamw_available(str(device))
         if self.cfg.fused_adamw and not fused:
@@ -116,7 +122,9 @@ class Trainer:
 
         With N processes (`harness.distributed`) every rank is given the whole step, trains `examples[rank::N]`
         against the whole step's denominator, and the gradients are summed over ranks after the last
-        micro-batch; the returned statistics and the cost counter are the whole step's, on every rank.
+        micro-batch; the returned statistics and the cost counter are the whole step's, on every rank. Sharded
+        (harness.fsdp), every rank runs the longest share's number of micro-batches, padding with zero-weighted
+        passes over the step's last example, because each pass gathers the layers collectively.
         """
         start = time.perf_counter()
         self.model.train()
@@ -130,17 +138,28 @@ class Trainer:
         cost_before = dict(self.cost.tokens)
         total, stats, phis = 0.0, {}, []
         diverged = False
-        chunks = [mine[i:i + self.cfg.micro_batch_size] for i in range(0, len(mine), self.cfg.micro_batch_size)]
+        chunks: list = [mine[i:i + self.cfg.micro_batch_size] for i in range(0, len(mine), self.cfg.micro_batch_size)]
+        if self.sharded:
+            chunks += [None] * (fsdp.micro_batches(len(examples), self.cfg.micro_batch_size) - len(chunks))
         for chunk in chunks:
-            batch = collate(chunk, self.pad_id, self.cfg.device)
+            filler = chunk is None
+            batch = collate(examples[-1:] if filler else chunk, self.pad_id, self.cfg.device)
+            counted = dict(self.cost.tokens)
             forward(self.model, batch, self.cfg.precision, entropy_grad)
             out: LossOutput = loss_fn(ctx, batch)
             loss = (out.token_loss * batch.loss_mask).sum() / denom
+            if filler:
+                self.cost.tokens.update(counted)  # a filler's passes (e.g. a reference) are not the step's
+                (loss * 0).backward()
+                continue
             if not torch.isfinite(loss):
                 if not parallel:
                     raise TrainingDiverged(f"non-finite loss at step {self.step + 1}")
                 diverged = True  # raised on every rank once they have compared notes, so none is left waiting
-                break
+                if not self.sharded:
+                    break
+                (loss * 0).backward()  # sharded: the other ranks' passes still need this one's gathers
+                continue
             loss.backward()
             total += loss.item()
             for k, v in out.stats.items():
@@ -150,8 +169,10 @@ class Trainer:
             self.cost.add(kind, int(batch.attention_mask.sum()))
         if parallel:
             total, stats, phi_sums = self._merge_ranks(examples, denom, total, stats, phis, cost_before, diverged)
-            distributed.all_reduce_grads(self.model.parameters())
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+            if not self.sharded:  # sharded, each backward has reduce-scattered (summed) its gradients already
+                distributed.all_reduce_grads(self.model.parameters())
+        fsdp.settle(self.model)
+        grad_norm = float(fsdp.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)))
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(f"non-finite gradient norm at step {self.step + 1}")
         lr = self.sched.get_last_lr()[0]
@@ -204,10 +225,20 @@ class Trainer:
         return (sum(r["total"] for r in ranks), merged,
                 [sum(r["phi"][i] for r in ranks) for i in range(len(mine["phi"]))])
 
-    def _evaluate(self, on_eval: Callable[[int], None]) -> None:
-        """`on_eval` on rank 0 only; the other ranks wait, then take rank 0's RNG states (no-ops in one process)."""
+    def _evaluate(self, ctx, on_eval: Callable[[int], None]) -> None:
+        """`on_eval` on rank 0 only; the other ranks wait, then take rank 0's RNG states (no-ops in one process).
+
+        Sharded, every rank first joins the gather of the policy into rank 0's unsharded copy (`ctx.eval_policy`).
+        """
+        if self.sharded:
+            ctx.gather_for_evaluation()
         if distributed.is_main():
-            on_eval(self.step)
+            try:
+                with distributed.solo():
+                    on_eval(self.step)
+            finally:
+                if self.sharded:
+                    ctx.end_evaluation()
         distributed.barrier()
         distributed.broadcast_rng_state()
 
@@ -236,10 +267,10 @@ class Trainer:
                 self.step += 1
                 on_step(self.step, stats)
                 if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps:
-                    self._evaluate(on_eval)
+                    self._evaluate(ctx, on_eval)
                 if self.step >= self.cfg.max_steps:
                     return
             if taken == 0:
                 break  # no usable data (e.g. no verified-correct sample): stop rather than spin
         if self.step and self.step % self.cfg.eval_every != 0:
-            self._evaluate(on_eval)  # the method stopped early: evaluate where it ended
+            self._evaluate(ctx, on_eval)  # the method stopped early: evaluate where it ended

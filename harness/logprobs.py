@@ -29,6 +29,9 @@ CHUNK_ELEMENTS = 1 << 24
 
 EntropyMode = Literal["none", "detached", "grad"]
 
+# The attribute under which a model may carry its own decoder entry point, used in place of `get_decoder()`:
+# harness.fsdp's runs the decoder inside the FSDP root's hooks, which gather the root's embeddings and head.
+SCORING_DECODER = "scoring_decoder"
 # model -> (decoder, head, V), or None where the model's logits are not head(decoder(x)).
 _SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # models whose decoder is scored through torch.compile (train.compile); generation keeps the eager modules.
@@ -42,8 +45,12 @@ def compile_scoring(model: torch.nn.Module) -> None:
     decoder and head, the whole model is scored uncompiled.
     """
     _COMPILE.add(model)
-    if model in _SPLITS:
-        del _SPLITS[model]  # split again, compiled
+    forget(model)  # split again, compiled
+
+
+def forget(model: torch.nn.Module) -> None:
+    """Split `model` again at its next scoring: its modules changed (compiled, or sharded by harness.fsdp)."""
+    _SPLITS.pop(model, None)
 
 
 @contextlib.contextmanager
@@ -66,14 +73,16 @@ def _split(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     get_decoder, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
     if callable(get_decoder) and callable(get_head):
         try:
-            decoder, head = get_decoder(), get_head()
+            decoder, head = getattr(model, SCORING_DECODER, None) or get_decoder(), get_head()
         except (AttributeError, NotImplementedError, ValueError):
             decoder = head = None
         if decoder is not None and head is not None and decoder is not model:
             n = int(attention_mask[0].sum().clamp(min=1, max=8))
             ids, attn = input_ids[:1, :n], attention_mask[:1, :n]
-            # Eval mode: no dropout, so the check consumes no random numbers and cannot shift a seeded run.
-            with torch.no_grad(), eval_mode(model):
+            # Eval mode: no dropout, so the check consumes no random numbers and cannot shift a seeded run. Autocast
+            # off: casts of FSDP2's gathered weights made here, without gradient, stay in the autocast cache of an
+            # enclosing region, and the training forward that follows in it would reuse them and lose their gradients.
+            with torch.no_grad(), eval_mode(model), torch.autocast(input_ids.device.type, enabled=False):
                 full = model(input_ids=ids, attention_mask=attn).logits.float()
                 mine = head(_last_hidden(decoder(input_ids=ids, attention_mask=attn, use_cache=False))).float()
             if mine.shape == full.shape and torch.allclose(mine, full, rtol=1e-4, atol=1e-4):

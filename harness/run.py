@@ -247,9 +247,10 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
         def on_eval(step: int) -> None:  # rank 0 only (Trainer.train)
             nonlocal eval_seconds, last_eval
             t = time.perf_counter()
-            res = evaluator.evaluate(policy)
-            pld_history.append(metrics.pld(policy, pld_prompts, pld_labels, cfg.score_batch_size, tok.pad_token_id))
-            kl = metrics.kl_to_base(policy, ctx.base, base.kl_prompts, base.kl_responses, cfg.score_batch_size,
+            model = ctx.eval_policy  # the policy, or under fsdp its unsharded copy gathered for this evaluation
+            res = evaluator.evaluate(model)
+            pld_history.append(metrics.pld(model, pld_prompts, pld_labels, cfg.score_batch_size, tok.pad_token_id))
+            kl = metrics.kl_to_base(model, ctx.eval_base, base.kl_prompts, base.kl_responses, cfg.score_batch_size,
                                     tok.pad_token_id, cache_base=True)  # the frozen base is scored once per run
             eval_seconds += time.perf_counter() - t
             correct = {sp: r.correct for sp, r in res.splits.items()}
@@ -285,7 +286,8 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
         if not main:
             return {"steps": float(trainer.step)}
         if cfg.eval.record_backend != "none" and trainer.step not in cfg.eval.record_steps:
-            record(trainer.step, last_correct)
+            with distributed.solo():  # rank 0 alone (the others have returned): no collective may start
+                record(trainer.step, last_correct)
         responses = last_eval.pop("eval_responses", {})
         final_correct = last_eval.pop("eval_correct", {})
         final = {k: v for k, v in last_eval.items()} | cost() | {"steps": float(trainer.step)}

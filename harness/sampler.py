@@ -105,12 +105,14 @@ class HFSampler:
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 32) -> list[list[Completion]]:
-        """`n` completions per prompt, in prompt order."""
+                 max_new_tokens: int = 32, indices: list[int] | None = None) -> list[list[Completion]]:
+        """`n` completions per prompt, in prompt order; `indices`: each prompt's index in the whole call (the key
+        of its draws; default 0, 1, ...), for a rank that samples a share of it (RankShardedSampler)."""
         start = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
         eos, pad = self.tok.eos_token_id, self.tok.pad_token_id
+        keys = list(range(len(prompts))) if indices is None else indices
         rows = [(i, j, p) for i, p in enumerate(prompts) for j in range(n)]
         # Grouping by length avoids padding entirely when a task has fixed-length prompts.
         rows.sort(key=lambda r: len(r[2]))
@@ -129,7 +131,7 @@ class HFSampler:
                                     dtype=torch.long).to(device)
                 if own_loop:
                     pick = argmax_pick if greedy else RowDraws(row_uniforms(
-                        [(self.seed, self.stream, call, i, j) for i, j, _ in chunk], max_new_tokens), temperature, top_p)
+                        [(self.seed, self.stream, call, keys[i], j) for i, j, _ in chunk], max_new_tokens), temperature, top_p)
                     resps = [(r, bool(r) and r[-1] == eos) for r in
                              decode_dropping_finished(self.model, ids, attn, max_new_tokens, [eos], pick=pick)]
                 else:
@@ -154,6 +156,48 @@ class HFSampler:
         return out
 
 
+class RankShardedSampler:
+    """Data-parallel rollouts: each of N ranks samples its share prompts[rank::N], and every rank gets all of them.
+
+    HFSampler keys each row's draws by its index in the whole call, so the completions are the ones one process
+    would sample (up to padding's rounding) and N ranks train on the same data as one, generating N times less
+    each. The other ranks' prefill and generated tokens are added to this rank's counter: cost stays the call's.
+    Not for FSDP, whose forward passes need every rank in step.
+    """
+
+    def __init__(self, inner: HFSampler):
+        self.inner = inner
+
+    def __getattr__(self, name: str):  # batch_size, gen_seconds, model, ... are the inner sampler's
+        return getattr(self.inner, name)
+
+    @property
+    def cost(self) -> Cost:
+        """The run's counter (the inner sampler's)."""
+        return self.inner.cost
+
+    @cost.setter
+    def cost(self, value: Cost) -> None:
+        self.inner.cost = value
+
+    def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 32) -> list[list[Completion]]:
+        """`n` completions per prompt, in prompt order, on every rank."""
+        from harness import distributed
+        mine = list(range(distributed.rank(), len(prompts), distributed.world_size()))
+        before = dict(self.inner.cost.tokens)
+        done = self.inner.generate([prompts[i] for i in mine], n, temperature, top_p, max_new_tokens, indices=mine)
+        spent = {k: v - before.get(k, 0) for k, v in self.inner.cost.tokens.items()}
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for r, (idx, completions, used) in enumerate(distributed.all_gather_object((mine, done, spent))):
+            for i, c in zip(idx, completions):
+                out[i] = c
+            if r != distributed.rank():
+                for kind, tokens in used.items():
+                    self.inner.cost.add(kind, tokens)
+        return out
+
+
 def build_sampler(cfg, policy: torch.nn.Module, tokenizer) -> Sampler:
     """The run's sampler over the policy: `train.sampler` picks transformers (`hf`) or an in-process vLLM engine."""
     if cfg.train.sampler == "vllm":
@@ -164,4 +208,8 @@ def build_sampler(cfg, policy: torch.nn.Module, tokenizer) -> Sampler:
         return VLLMSampler(policy, tokenizer, gpu_memory_utilization=cfg.train.vllm_gpu_memory_utilization,
                            enable_sleep_mode=cfg.train.vllm_sleep, seed=cfg.train.seed, dtype="bfloat16",
                            batch_size=cfg.rollout_batch_size, **extra)
-    return HFSampler(policy, tokenizer, cfg.rollout_batch_size, seed=cfg.train.seed)
+    sampler = HFSampler(policy, tokenizer, cfg.rollout_batch_size, seed=cfg.train.seed)
+    from harness import distributed
+    if distributed.world_size() > 1 and getattr(cfg.train, "parallel", "ddp") == "ddp":
+        return RankShardedSampler(sampler)
+    return sampler

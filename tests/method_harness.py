@@ -7,7 +7,7 @@ from harness.world import build_world
 from harness.config import resolve_config
 from harness.context import Context
 from harness.engine import Trainer
-from harness.sampler import HFSampler
+from harness.sampler import build_sampler
 from methods.base import get_method
 
 
@@ -19,7 +19,7 @@ def build(micro_world, method: str, overrides: list[str] | tuple = ()):
     trainer = Trainer(policy, tok.pad_token_id, cfg.train)
     logged: list = []
     ctx = Context(run_cfg=cfg, method_cfg=mcfg, world=build_world(cfg.world), policy=policy, tokenizer=tok,
-                  base_path=world.base_path(progress=False), trainer=trainer, sampler=HFSampler(policy, tok),
+                  base_path=world.base_path(progress=False), trainer=trainer, sampler=build_sampler(cfg, policy, tok),
                   log=lambda stats, step: logged.append((step, stats)))
     ctx.logged = logged
     return ctx, get_method(method)(mcfg), trainer

@@ -2,7 +2,8 @@
 
 One launch of 2 CPU processes (torch.multiprocessing spawn, the env:// rendezvous `accelerate launch` and torchrun
 set up) trains SFT (with a k2 penalty: reference log-probs per rank), on-policy SFT and GRPO (μ = 2: π_old and
-reference log-probs) for 3 engine steps on the micro world, plus an engine-only case whose one-example step leaves
+reference log-probs) for 3 engine steps on the micro world (each rank sampling its share of the rollouts,
+harness.sampler.RankShardedSampler), plus an engine-only case whose one-example step leaves
 rank 1 without examples, then runs `harness.run.run` once to see who evaluates and logs. The pytest process
 computes the same cases in one process and compares.
 """
@@ -11,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from dist_helpers import free_port as _free_port, once, spawn_ranks
 
 WORLD = 2
 STEPS = 3
@@ -35,28 +35,32 @@ LAUNCH_TIMEOUT_S = 240
 
 
 def _flat(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+    """Every parameter, flattened (a sharded model's gathered whole: every rank must call it)."""
+    from harness import fsdp
+    fsdp.settle(model)
+    return torch.cat([fsdp.full(p.detach()).reshape(-1).clone() for p in model.parameters()])
 
 
-def train_case(micro_world, method: str, micro_batch_size: int | None = None) -> dict:
+def train_case(micro_world, method: str, micro_batch_size: int | None = None, extra: tuple = ()) -> dict:
     """Final parameters, per-step statistics and cost tokens of STEPS engine steps of `method` (seeded)."""
     from method_harness import build, train
     torch.manual_seed(0)
-    over = CASES[method] + ([f"train.micro_batch_size={micro_batch_size}"] if micro_batch_size else [])
+    over = CASES[method] + ([f"train.micro_batch_size={micro_batch_size}"] if micro_batch_size else []) + list(extra)
     ctx, m, trainer = build(micro_world, method, over)
     stats = train(ctx, m, trainer, STEPS)
     ctx.close()
-    return {"params": _flat(trainer.model), "stats": stats, "cost": dict(trainer.cost.tokens), "steps": trainer.step}
+    return {"params": _flat(trainer.model), "stats": stats, "cost": dict(trainer.cost.tokens), "steps": trainer.step,
+            "sampler": type(ctx.sampler).__name__}
 
 
-def engine_case(micro_batch_size: int = 2) -> dict:
+def engine_case(micro_batch_size: int = 2, parallel: str = "ddp") -> dict:
     """Tiny Llama, 3 updates: 5 examples (3 + 2 per rank) per token, per sequence, then 1 example (rank 1 idle)."""
     from harness.config import TrainConfig
     from harness.engine import Trainer
     from test_engine import examples, nll, tiny_model
     model = tiny_model()
     tr = Trainer(model, 0, TrainConfig(lr=1e-2, batch_size=5, micro_batch_size=micro_batch_size, max_steps=3,
-                                       warmup_ratio=0.0))
+                                       warmup_ratio=0.0, parallel=parallel))
     ex = examples(6)
     stats = [tr.update(ex[:5], nll, None, "token"), tr.update(ex[:5], nll, None, "sequence"),
              tr.update(ex[5:], nll, None, "token")]
@@ -105,33 +109,26 @@ def _maxdiff(a: dict, b: dict) -> float:
     return float((a["params"] - b["params"]).abs().max())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def single_process(micro_world) -> tuple[dict, dict]:
+    """The 1-process results of every case, and each case's rounding floor: how far one process moves when only
+    its micro-batching changes (computed once per pytest process)."""
+    single = once(("engine",), engine_case)
+    single = {"engine": single, **{m: once((m,), lambda m=m: train_case(micro_world, m)) for m in CASES}}
+    floor = once(("floor", "engine"), lambda: max(_maxdiff(engine_case(mb), single["engine"]) for mb in (1, 5)))
+    floor = {"engine": floor, **{m: once(("floor", m), lambda m=m: max(
+        _maxdiff(train_case(micro_world, m, mb), single[m]) for mb in (1, 16))) for m in CASES}}
+    return single, floor
 
 
 @pytest.fixture(scope="module")
 def launched(micro_world, tmp_path_factory):
     """The WORLD-process results (per rank) and the 1-process references computed here."""
-    import torch.multiprocessing as mp
     out = tmp_path_factory.mktemp("ddp")
     uri = f"sqlite:///{out}/mlflow.db"
     world = micro_world[0]
-    procs = mp.start_processes(_rank_main, args=(_free_port(), str(out), world.base_path(progress=False), uri),
-                               nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    while not procs.join(timeout=2):  # re-raises a rank's exception
-        if time.monotonic() > deadline:  # a collective that never completes: do not hang the suite
-            for p in procs.processes:
-                p.kill()
-            pytest.fail(f"{WORLD} ranks did not finish in {LAUNCH_TIMEOUT_S} s")
+    spawn_ranks(_rank_main, (_free_port(), str(out), world.base_path(progress=False), uri), WORLD, LAUNCH_TIMEOUT_S)
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    single = {"engine": engine_case(), **{m: train_case(micro_world, m) for m in CASES}}
-    # The rounding floor: how far one process moves when only its micro-batching changes.
-    floor = {"engine": max(_maxdiff(engine_case(mb), single["engine"]) for mb in (1, 5))}
-    for m in CASES:
-        floor[m] = max(_maxdiff(train_case(micro_world, m, mb), single[m]) for mb in (1, 16))
+    single, floor = single_process(micro_world)
     calls = [json.loads((out / f"calls{r}.json").read_text()) for r in range(WORLD)]
     return ranks, single, calls, uri, floor
 
@@ -153,6 +150,8 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(launched, case, 
     if base is not None:
         assert float((ref["params"] - base).abs().max()) > 1e-4  # the steps did move the weights
         assert got["steps"] == ref["steps"] == STEPS and got["cost"] == ref["cost"]  # cost: whole-step tokens
+        # each rank sampled half of every call's prompts (keyed draws: the same samples as one process)
+        assert (got["sampler"], ref["sampler"]) == ("RankShardedSampler", "HFSampler")
     assert len(got["stats"]) == len(ref["stats"])
     for g, s in zip(got["stats"], ref["stats"]):  # the logged statistics are the global ones
         assert g["trained_tokens"] == s["trained_tokens"]
