@@ -159,13 +159,13 @@ class HFSampler:
 class RankShardedSampler:
     """Data-parallel rollouts: each of N ranks samples its share prompts[rank::N], and every rank gets all of them.
 
-    HFSampler keys each row's draws by its index in the whole call, so the completions are the ones one process
+    HFSampler keys each row's draws (VLLMSampler each request's seed) by its index in the whole call, so the completions are the ones one process
     would sample (up to padding's rounding) and N ranks train on the same data as one, generating N times less
     each. The other ranks' prefill and generated tokens are added to this rank's counter: cost stays the call's.
     Not for FSDP, whose forward passes need every rank in step.
     """
 
-    def __init__(self, inner: HFSampler):
+    def __init__(self, inner: Sampler):
         self.inner = inner
 
     def __getattr__(self, name: str):  # batch_size, gen_seconds, model, ... are the inner sampler's
@@ -181,12 +181,13 @@ class RankShardedSampler:
         self.inner.cost = value
 
     def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 32) -> list[list[Completion]]:
-        """`n` completions per prompt, in prompt order, on every rank."""
+                 max_new_tokens: int = 32, **kwargs) -> list[list[Completion]]:
+        """`n` completions per prompt, in prompt order, on every rank (`kwargs`: the inner sampler's options)."""
         from harness import distributed
         mine = list(range(distributed.rank(), len(prompts), distributed.world_size()))
         before = dict(self.inner.cost.tokens)
-        done = self.inner.generate([prompts[i] for i in mine], n, temperature, top_p, max_new_tokens, indices=mine)
+        done = self.inner.generate([prompts[i] for i in mine], n, temperature, top_p, max_new_tokens, indices=mine,
+                                   **kwargs)
         spent = {k: v - before.get(k, 0) for k, v in self.inner.cost.tokens.items()}
         out: list[list[Completion]] = [[] for _ in prompts]
         for r, (idx, completions, used) in enumerate(distributed.all_gather_object((mine, done, spent))):
@@ -199,17 +200,18 @@ class RankShardedSampler:
 
 
 def build_sampler(cfg, policy: torch.nn.Module, tokenizer) -> Sampler:
-    """The run's sampler over the policy: `train.sampler` picks transformers (`hf`) or an in-process vLLM engine."""
+    """The run's sampler over the policy: `train.sampler` picks transformers (`hf`) or an in-process vLLM engine;
+    under DDP each rank samples its share of every call (RankShardedSampler)."""
+    from harness import distributed
     if cfg.train.sampler == "vllm":
-        from harness import distributed
         from harness.vllm_sampler import VLLMSampler
         # Under several ranks each joins the launcher's process group with an engine of its own (TRL's colocate).
         extra = {"distributed_executor_backend": "external_launcher"} if distributed.world_size() > 1 else {}
-        return VLLMSampler(policy, tokenizer, gpu_memory_utilization=cfg.train.vllm_gpu_memory_utilization,
-                           enable_sleep_mode=cfg.train.vllm_sleep, seed=cfg.train.seed, dtype="bfloat16",
-                           batch_size=cfg.rollout_batch_size, **extra)
-    sampler = HFSampler(policy, tokenizer, cfg.rollout_batch_size, seed=cfg.train.seed)
-    from harness import distributed
-    if distributed.world_size() > 1 and getattr(cfg.train, "parallel", "ddp") == "ddp":
+        sampler = VLLMSampler(policy, tokenizer, gpu_memory_utilization=cfg.train.vllm_gpu_memory_utilization,
+                              enable_sleep_mode=cfg.train.vllm_sleep, seed=cfg.train.seed, dtype="bfloat16",
+                              batch_size=cfg.rollout_batch_size, **extra)
+    else:
+        sampler = HFSampler(policy, tokenizer, cfg.rollout_batch_size, seed=cfg.train.seed)
+    if distributed.world_size() > 1 and cfg.train.parallel == "ddp":  # fsdp: every rank decodes every prompt
         return RankShardedSampler(sampler)
     return sampler

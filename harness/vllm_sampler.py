@@ -82,9 +82,12 @@ def checkpoint_key(folder: Path) -> tuple:
     return ("checkpoint", str(folder), tuple(f.stat().st_mtime_ns for f in sorted(folder.glob("*.safetensors"))))
 
 
-def request_seed(seed: int, rank: int, call: int, index: int) -> int:
-    """The seed of one prompt's request: a hash, so the n children's seeds (s, s+1, ...) of requests don't overlap."""
-    digest = hashlib.blake2b(f"{seed}/{rank}/{call}/{index}".encode(), digest_size=8).digest()
+def request_seed(seed: int, call: int, index: int) -> int:
+    """The seed of one prompt's request: a hash, so the n children's seeds (s, s+1, ...) of requests don't overlap.
+
+    `index` is the prompt's index in the whole call, so a rank sampling a share of it (harness.sampler's
+    RankShardedSampler) draws what one process would."""
+    digest = hashlib.blake2b(f"{seed}/{call}/{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF
 
 
@@ -153,8 +156,8 @@ def save_for_engine(model: torch.nn.Module, tokenizer, folder: Path) -> Path:
 class VLLMSampler:
     """Samples the policy through one in-process vllm.LLM; a Sampler (harness.sampler) like HFSampler.
 
-    `dtype`: the engine's weights (pushes cast the policy's); `rank` ($RANK by default) varies the seeds per
-    process; `engine_kwargs` go to vllm.LLM (enforce_eager, max_num_seqs, max_num_batched_tokens,
+    `dtype`: the engine's weights (pushes cast the policy's); `rank` ($RANK by default) varies the engine's own
+    seed (every request carries its own, keyed by the prompt's index in the whole call); `engine_kwargs` go to vllm.LLM (enforce_eager, max_num_seqs, max_num_batched_tokens,
     logprobs_mode="processed_logprobs" for log-probs after temperature, distributed_executor_backend).
     """
 
@@ -181,12 +184,14 @@ class VLLMSampler:
             self._loaded = None
 
     def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 32, *, logprobs: bool = False) -> list[list[Completion]]:
-        """`n` completions per prompt, in prompt order, from the policy's current weights."""
+                 max_new_tokens: int = 32, *, logprobs: bool = False,
+                 indices: list[int] | None = None) -> list[list[Completion]]:
+        """`n` completions per prompt, in prompt order, from the policy's current weights; `indices`: each prompt's
+        index in the whole call (its seed's key; default 0, 1, ...)."""
         start = time.perf_counter()
         try:
             return self._generate(weights_key(self.model), lambda: policy_weights(self.model), prompts, n,
-                                  temperature, top_p, max_new_tokens, logprobs)
+                                  temperature, top_p, max_new_tokens, logprobs, indices)
         finally:
             self.gen_seconds += time.perf_counter() - start
 
@@ -212,12 +217,13 @@ class VLLMSampler:
 
     def _generate(self, key: tuple | None, weights: Callable[[], Iterable[tuple[str, torch.Tensor]]],
                   prompts: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
-                  logprobs: bool) -> list[list[Completion]]:
+                  logprobs: bool, indices: list[int] | None = None) -> list[list[Completion]]:
         """Make sure the engine holds the weights named by `key` (None: unknown, push), then sample."""
         call, self._calls = self._calls, self._calls + 1
+        keys = range(len(prompts)) if indices is None else indices
         params = [self._SamplingParams(**sampling_kwargs(n, temperature, top_p, max_new_tokens,
-                                                         request_seed(self.seed, self.rank, call, i), logprobs))
-                  for i in range(len(prompts))]
+                                                         request_seed(self.seed, call, i), logprobs))
+                  for i in keys]
         try:
             if self.sleep_mode:
                 self.llm.wake_up(tags=["weights"])  # before load_weights, or the writes go to unmapped memory

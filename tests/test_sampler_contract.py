@@ -371,10 +371,10 @@ def test_sampling_kwargs_are_explicit_and_greedy_asks_for_one():
         vs.sampling_kwargs(1, 1.0, 1.0, 0, seed=0)
 
 
-def test_request_seeds_differ_per_call_rank_and_prompt_and_leave_room_for_children():
-    seeds = [vs.request_seed(0, r, c, i) for r in range(2) for c in range(50) for i in range(20)]
+def test_request_seeds_differ_per_seed_call_and_prompt_and_leave_room_for_children():
+    seeds = [vs.request_seed(s, c, i) for s in range(2) for c in range(50) for i in range(20)]
     assert len(set(seeds)) == len(seeds) and all(0 <= s < 2 ** 31 for s in seeds)
-    assert vs.request_seed(0, 0, 3, 4) == vs.request_seed(0, 0, 3, 4)  # reproducible
+    assert vs.request_seed(0, 3, 4) == vs.request_seed(0, 3, 4)  # reproducible: a rank keys by the call's index
     spaced = sorted(seeds)
     assert min(b - a for a, b in zip(spaced, spaced[1:])) > 8  # children s+1.. of one rarely meet another's
 
@@ -382,3 +382,15 @@ def test_request_seeds_differ_per_call_rank_and_prompt_and_leave_room_for_childr
 def test_trim_cuts_after_the_first_end_token():
     assert vs.trim([5, 6, 2, 7], eos=2, logprobs=[-1.0, -2.0, -3.0, -4.0]) == ([5, 6, 2], True, [-1.0, -2.0, -3.0])
     assert vs.trim([5, 6], eos=2) == ([5, 6], False, None)
+
+
+def test_a_rank_sampling_its_share_draws_what_the_whole_call_draws(setup):
+    # RankShardedSampler hands each rank prompts[rank::N] with their indices in the whole call: keyed by those,
+    # a share's samples are the whole call's (HF: per-row uniforms; vLLM: per-request seeds).
+    backend, _, model, tok, prompts = setup
+    whole = make_sampler(backend, model, tok).generate(prompts, n=2, temperature=1.0, max_new_tokens=6)
+    share = make_sampler(backend, model, tok).generate(prompts[1::2], n=2, temperature=1.0, max_new_tokens=6,
+                                                       indices=[1, 3])
+    assert [[c.response_ids for c in row] for row in share] == [[c.response_ids for c in whole[i]] for i in (1, 3)]
+    other = make_sampler(backend, model, tok).generate(prompts[1::2], n=2, temperature=1.0, max_new_tokens=6)
+    assert [[c.response_ids for c in row] for row in other] != [[c.response_ids for c in row] for row in share]
