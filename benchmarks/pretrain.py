@@ -2,7 +2,8 @@
 
 A LlamaForCausalLM with a character tokenizer learns every task family with
 response-only loss; on the target family its labels are bimodal (see
-`benchmarks.world`). The result is saved with `save_pretrained` (safetensors)
+`benchmarks.world`), and with `pretrain.hint_frac` > 0 a share of its
+sequences carry a teacher label as a hint in their context. The result is saved with `save_pretrained` (safetensors)
 and later loaded with AutoModelForCausalLM / AutoTokenizer like a hub model.
 """
 from __future__ import annotations
@@ -12,7 +13,9 @@ import random
 import shutil
 import string
 import time
+from itertools import islice
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from filelock import FileLock
@@ -26,6 +29,8 @@ from harness.modeling import build_char_tokenizer
 # the `worked`/`mild` labels off-policy for the base.
 VOCAB_CHARS = string.digits + string.ascii_lowercase + ":=" + ANSWER_DELIMITER + STEP_SEPARATOR
 POOL_PER_TASK = 4000
+# The hinted context of `pretrain.hint_frac`: the form Hinted Decoding shows by default (`idft.hint_template`).
+HINT_TEMPLATE = "{label}:{prompt}"
 
 
 def ensure_base(world, path: Path, progress: bool = True) -> Path:
@@ -62,6 +67,33 @@ def _response(world, task: str, payload: str, favoured: bool, rng: random.Random
     return fam.answer(payload) if rng.random() < pc else fam.distractor(payload)
 
 
+def pretraining_texts(world, pools: dict[str, list[tuple[str, str, bool]]], rng: random.Random,
+                      hint_rng: random.Random) -> Iterator[tuple[str, str, str]]:
+    """Endless (task, context, response) texts in the order pretraining trains them; only the response is trained.
+
+    With `pretrain.hint_frac` > 0 that share of the target task's sequences is hinted: context
+    HINT_TEMPLATE(teacher label, prompt), response the correct answer. `hint_rng` alone decides which, after `rng`
+    drew the sequence as usual, so `rng`'s stream (tasks, payloads, modes) is the default world's at any hint_frac.
+    """
+    tasks, frac, style = list(pools), world.cfg.pretrain.hint_frac, world.cfg.teacher_style
+    while True:
+        task = rng.choice(tasks)
+        prompt, payload, favoured = rng.choice(pools[task])
+        response = _response(world, task, payload, favoured, rng)
+        if frac > 0 and task == world.target and hint_rng.random() < frac:
+            fam = FAMILIES[task]
+            yield task, HINT_TEMPLATE.format(label=fam.label(payload, style), prompt=prompt), fam.answer(payload)
+        else:
+            yield task, prompt, response
+
+
+def encode_sequence(tok, context: str, response: str) -> tuple[list[int], list[int]]:
+    """(token ids, loss mask) of context + response + EOS: the mask is 1 on the response and EOS only."""
+    c_ids = tok.encode(context, add_special_tokens=False)
+    r_ids = tok.encode(response, add_special_tokens=False)
+    return c_ids + r_ids + [tok.eos_token_id], [0] * len(c_ids) + [1] * (len(r_ids) + 1)
+
+
 def pretrain_base(world, progress: bool = True):
     """Build and pretrain the toy base; returns (model, tokenizer, seconds)."""
     cfg, shape = world.cfg.pretrain, world.cfg.model
@@ -85,8 +117,8 @@ def _pretrain(world, cfg, shape, progress: bool):
         num_key_value_heads=shape.num_heads, max_position_embeddings=shape.max_positions,
         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id))
-    pools = pretraining_pairs(world, rng)
-    tasks = list(pools)
+    hint_rng = random.Random(f"pretrain-hint:{world.cfg.seed}")
+    texts = pretraining_texts(world, pretraining_pairs(world, rng), rng, hint_rng)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
 
     def lr_at(step: int) -> float:
@@ -100,14 +132,8 @@ def _pretrain(world, cfg, shape, progress: bool):
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=f"pretraining {world.cfg.name} base", disable=not progress)
     for _ in bar:
-        seqs, masks = [], []
-        for _ in range(cfg.batch_size):
-            task = rng.choice(tasks)
-            prompt, payload, favoured = rng.choice(pools[task])
-            p_ids = tok.encode(prompt, add_special_tokens=False)
-            r_ids = tok.encode(_response(world, task, payload, favoured, rng), add_special_tokens=False)
-            seqs.append(p_ids + r_ids + [tok.eos_token_id])
-            masks.append([0] * len(p_ids) + [1] * (len(r_ids) + 1))
+        pairs = [encode_sequence(tok, context, response) for _, context, response in islice(texts, cfg.batch_size)]
+        seqs, masks = [s for s, _ in pairs], [m for _, m in pairs]
         T = max(map(len, seqs))
         ids = torch.tensor([s + [tok.pad_token_id] * (T - len(s)) for s in seqs])
         labels = torch.tensor([[t if m else -100 for t, m in zip(s, mk)] + [-100] * (T - len(s))

@@ -78,6 +78,16 @@ class PretrainConfig(_Strict):
     """Target task: probability of the correct mode on prompts whose feature favours it."""
     p_correct_other: float = 0.2
     """Target task: probability of the correct mode on the other prompts."""
+    hint_frac: float = Field(0.0, ge=0, le=1)
+    """Share of the target task's pretraining sequences whose context carries a hint, as Hinted Decoding shows
+    it (`idft.hint_template`'s default "{label}:{prompt}", label = the world's teacher label for that payload),
+    trained on the correct answer in the base's own format. The base so learns to *read* a hint, as HD assumes
+    of real LMs, yet never *writes* the teacher's format (a hint is context, never a trained response): the
+    labels stay off-policy. The hinted sequences replace that share of the default stream's target sequences
+    one for one (same payloads, same order; the draw uses its own generator), so such a base differs from the
+    default one only by them. Retention tasks get no hints: HD only ever hints target prompts, and their
+    pretraining stays exactly the default's. 0 (the default world): no hints, the pre-existing base and keys.
+    Above 0 the base depends on `teacher_style` too (`WorldConfig.base_key`)."""
 
 
 class WorldConfig(_Strict):
@@ -128,13 +138,37 @@ class WorldConfig(_Strict):
 
     def base_key(self) -> str:
         """Hash of everything that determines the pretrained base."""
-        data = self.model_dump(include={"tasks", "target", "seed", "model", "pretrain", "base_model"})
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+        fields = {"tasks", "target", "seed", "model", "pretrain", "base_model"}
+        if self.pretrain.hint_frac > 0:  # the hints are teacher labels
+            fields.add("teacher_style")
+        return _hash(_key_dump(self, include=fields))
 
     def data_key(self) -> str:
         """Hash of everything that determines the base's scores (base + data + eval settings)."""
-        data = self.model_dump(exclude={"name", "kind"})
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+        return _hash(_key_dump(self, exclude={"name", "kind"}))
+
+
+# Fields added after bases had been cached (path in the dump -> default). At their default they are left out of
+# the dumps that base_key and data_key hash, so every world that does not set them keeps its keys, and with them
+# its cached base (minutes of pretraining) and base scores; any other value is hashed as usual.
+KEY_OMITTED_AT_DEFAULT: dict[tuple[str, ...], object] = {("pretrain", "hint_frac"): 0.0}
+
+
+def _key_dump(cfg: WorldConfig, **kw) -> dict:
+    """`cfg.model_dump(**kw)` less the KEY_OMITTED_AT_DEFAULT fields that are at their default."""
+    data = cfg.model_dump(**kw)
+    for (*parents, leaf), default in KEY_OMITTED_AT_DEFAULT.items():
+        d = data
+        for p in parents:
+            d = d.get(p, {})
+        if leaf in d and d[leaf] == default:
+            del d[leaf]
+    return data
+
+
+def _hash(data: dict) -> str:
+    """12 hex digits of the sha256 of a dump's canonical JSON."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # Presets: a world name maps to overrides of the whole run config (world, train, eval).
