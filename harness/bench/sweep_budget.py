@@ -1,6 +1,6 @@
 """The main job's budget: `python -m harness.bench.sweep_budget [--workers 2] [--fresh-cache] [spec key=value ...]`.
 
-Runs `harness sweep --methods all` (the default spec: toy world, 4 learning rates per method, the default
+Runs `harness sweep --methods all` (the default spec: toy world, 3 learning rates per method, the default
 seeds, the dial variants) in a throw-away directory with its own MLflow store and Optuna journal, then
 prints the wall time and, per method, the mean seconds per run spent training, generating, evaluating and
 elsewhere, read back from MLflow. `--fresh-cache` also pretrains the base into an empty cache (the
