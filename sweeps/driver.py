@@ -209,6 +209,19 @@ def finish_parent(spec: SweepSpec, study: optuna.Study, parent_id: str) -> list[
     return front
 
 
+def worker_order(spec: SweepSpec, arms: list[str], i: int, workers: int) -> list[str]:
+    """The order in which worker i of `workers` drains the arms' studies.
+
+    Worker i starts i/N of the way round the methods, so workers meet on an arm only at the end and an arm's phase
+    reused across its learning rates (TMS's teacher, harness.phase_cache) is mostly computed once; the spec's
+    variants (the dial's SFT arms, cheap) come last for every worker, so the sweep ends on short trials rather
+    than one worker finishing a long one alone.
+    """
+    plain = [a for a in arms if a not in spec.variants]
+    k = i * len(plain) // workers
+    return plain[k:] + plain[:k] + [a for a in arms if a in spec.variants]
+
+
 def _spawned_worker(spec_json: str, methods: list[str], parents: dict[str, str], threads: int, events,
                     devices: str | None = None) -> None:
     if devices is not None:  # before anything initialises CUDA in this fresh process
@@ -271,13 +284,10 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
             threads = max(1, (os.cpu_count() or 2) // workers)
             ctx = mp.get_context("spawn")
             events = ctx.Queue()
-            # Worker i starts i/N of the way round the arms: workers meet on an arm only at the end, so an arm's
-            # phase reused across its learning rates (TMS's teacher, harness.phase_cache) is mostly computed once.
-            starts = [i * len(methods) // workers for i in range(workers)]
             procs = [ctx.Process(target=_spawned_worker,
-                                 args=(spec.model_dump_json(), methods[k:] + methods[:k], parents, threads, events,
-                                       worker_devices(spec, i, workers)))
-                     for i, k in enumerate(starts)]
+                                 args=(spec.model_dump_json(), worker_order(spec, methods, i, workers), parents, threads,
+                                       events, worker_devices(spec, i, workers)))
+                     for i in range(workers)]
             for p in procs:
                 p.start()
 

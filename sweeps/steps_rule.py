@@ -12,7 +12,8 @@ Every arm of the sweep then trains `budget` optimizer steps (the budget rule: al
 `train.eval_every` = budget / `eval_points` so each run has the same number of evaluation points at any budget.
 A budget set in the spec's `overrides.train.max_steps` wins over the rule. The decision is kept as a tag of the sweep's MLflow experiment (`steps_rule`), so a resumed sweep, or a worker on
 another machine, trains the same budget without recalibrating; the calibration runs are logged to the experiment
-`<sweep>-steps-rule`, outside the report's.
+`<sweep>-steps-rule`, outside the report's. It is also cached in the world's cache folder, keyed by the rule, the
+world, the overrides and the harness's code, so a new sweep of the same world on this machine reuses it.
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def resolve_budget(spec, exp_id: str, log: Callable[[str], None] = print) -> dic
         cfg, mcfg = resolve_config(world=spec.world, method=rule.anchor, overrides=over)
         return float(run(cfg, mcfg, progress=False)["val/target_gain"])
 
-    decision = choose_budget(rule, final_gain, log) | {"key": key, "anchor_lr": lr}
+    decision = _calibrated(spec, lr, lambda: choose_budget(rule, final_gain, log), log) | {"key": key, "anchor_lr": lr}
     runs = client.search_runs([exp_id], "tags.kind = 'run'", max_results=50000)
     trained = {int(float(r.data.params["train.max_steps"])) for r in runs if "train.max_steps" in r.data.params}
     if trained - {decision["budget"]}:  # runs of an earlier spec: resuming would mix budgets in one experiment
@@ -113,6 +114,34 @@ def resolve_budget(spec, exp_id: str, log: Callable[[str], None] = print) -> dic
     verdict = "met" if decision["met"] else "NOT met by any candidate (claims on this world may be 'not tested')"
     log(f"steps rule: every arm trains {decision['budget']} steps ({verdict})")
     client.set_experiment_tag(exp_id, "steps_rule", json.dumps(decision))
+    return decision
+
+
+def _calibrated(spec, lr: float | None, calibrate: Callable[[], dict[str, Any]],
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """The rule's decision for this world: from the world's cache folder (next to its base) if this machine has
+    calibrated the same rule, world, overrides and code before, else `calibrate()` (and stored there).
+
+    The calibration is as deterministic as the base it starts from, so a new sweep of the same world (a fresh MLflow
+    store, another spec name) need not rerun its three runs; the key includes the harness's code
+    (harness.phase_cache), so any change to it calibrates afresh.
+    """
+    from harness.config import resolve_config
+    from harness.phase_cache import phase_key
+    from harness.world import build_world
+
+    cfg, _ = resolve_config(world=spec.world, method=spec.steps_rule.anchor, overrides=spec.overrides)
+    key = phase_key({"rule": spec.steps_rule.model_dump(), "world": spec.world, "overrides": spec.overrides,
+                     "anchor_lr": lr})
+    path = build_world(cfg.world).cache_dir / "steps-rule" / f"{key}.json"
+    if path.exists():
+        decision = json.loads(path.read_text())
+        log(f"steps rule: {decision['budget']} steps (calibrated earlier on this machine, {path})")
+        return decision
+    decision = calibrate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(decision))
+    path.with_suffix(".tmp").replace(path)
     return decision
 
 

@@ -75,6 +75,12 @@ def test_a_sweep_calibrates_once_trains_every_arm_the_chosen_budget_and_reuses_i
                              "steps_rule={candidates: [8], seeds: [100]}"], methods=["sft"])
     with pytest.raises(HarnessError, match="already chose its step budget"):
         run_sweep(other, progress=False)
+    # a new sweep of the same world and rule (a fresh experiment) takes the decision this machine cached
+    again = load_spec(None, ["world=micro", "seeds=[0]", "trials=1", "name=sr2", rule], methods=["sft"])
+    run_sweep(again, progress=False)
+    assert "steps rule: 4 steps (calibrated earlier on this machine" in capsys.readouterr().out
+    assert mlflow.get_experiment_by_name("sr2-steps-rule") is None
+    assert json.loads(mlflow.get_experiment_by_name("sr2").tags["steps_rule"])["budget"] == 4
 
 
 def test_calibration_seeds_must_not_be_reported_and_a_fixed_max_steps_wins(sweep_dir, capsys):
@@ -96,3 +102,14 @@ def test_runs_of_another_budget_in_the_experiment_are_refused(sweep_dir):
                              "steps_rule={candidates: [4], seeds: [100], min_gain: -1000}"], methods=["sft"])
     with pytest.raises(HarnessError, match=r"already has runs of \[8\] steps, but its steps_rule chose 4"):
         run_sweep(ruled, progress=False)
+
+
+def test_workers_start_apart_and_all_end_on_the_variants():
+    from types import SimpleNamespace
+
+    from sweeps.driver import worker_order
+    spec = SimpleNamespace(variants={"sft@mild": None, "sft@own": None})
+    arms = ["a", "b", "c", "d", "e", "sft@mild", "sft@own"]
+    assert worker_order(spec, arms, 0, 2) == ["a", "b", "c", "d", "e", "sft@mild", "sft@own"]
+    assert worker_order(spec, arms, 1, 2) == ["c", "d", "e", "a", "b", "sft@mild", "sft@own"]
+    assert worker_order(spec, arms, 0, 1) == arms
