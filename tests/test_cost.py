@@ -11,6 +11,8 @@ import math
 import pytest
 import torch
 
+from harness import sampler as sampler_mod
+
 import harness.run
 import methods._hinted as hinted_mod
 from harness.config import resolve_config
@@ -51,6 +53,8 @@ def fixed_answers(micro_world, monkeypatch):
         return torch.tensor(rows)
 
     monkeypatch.setattr(type(model), "generate", generate)
+    # the sampler samples through `generate` (its fallback), so the hand-made answers above are what it returns
+    monkeypatch.setattr(sampler_mod, "plain_argmax_greedy", lambda model, sampling=False: False)
     return lambda correct: mode.update(correct=correct)
 
 
