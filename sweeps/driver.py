@@ -24,7 +24,7 @@ from methods.base import SweepParam
 from sweeps import progress as P
 from sweeps.describe import log_progress
 from sweeps.isolation import run_isolated, worker_devices
-from sweeps.spec import SweepSpec, arm_method, arm_overrides, arm_seeds
+from sweeps.spec import SweepSpec, arm_method, arm_overrides, arm_seeds, worker_order
 from sweeps.steps_rule import apply_budget, resolve_budget
 from sweeps.study import (Heartbeat, local_lock, make_sampler, open_storage, prepare_study, recover_stale,
                           search_space, storage_url)
@@ -207,19 +207,6 @@ def finish_parent(spec: SweepSpec, study: optuna.Study, parent_id: str) -> list[
     log_progress(study, parent_id)
     client.set_terminated(parent_id, "FINISHED" if done else "FAILED")
     return front
-
-
-def worker_order(spec: SweepSpec, arms: list[str], i: int, workers: int) -> list[str]:
-    """The order in which worker i of `workers` drains the arms' studies.
-
-    Worker i starts i/N of the way round the methods, so workers meet on an arm only at the end and an arm's phase
-    reused across its learning rates (TMS's teacher, harness.phase_cache) is mostly computed once; the spec's
-    variants (the dial's SFT arms, cheap) come last for every worker, so the sweep ends on short trials rather
-    than one worker finishing a long one alone.
-    """
-    plain = [a for a in arms if a not in spec.variants]
-    k = i * len(plain) // workers
-    return plain[k:] + plain[:k] + [a for a in arms if a in spec.variants]
 
 
 def _spawned_worker(spec_json: str, methods: list[str], parents: dict[str, str], threads: int, events,

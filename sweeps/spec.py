@@ -140,3 +140,16 @@ def arm_overrides(spec: SweepSpec, arm: str) -> dict[str, Any]:
     """Run settings of an arm: the spec's overrides, then the variant's."""
     v = spec.variants.get(arm)
     return deep_merge(spec.overrides, v.overrides) if v is not None else dict(spec.overrides)
+
+
+def worker_order(spec: SweepSpec, arms: list[str], i: int, workers: int) -> list[str]:
+    """The order in which worker i of `workers` drains the arms' studies.
+
+    Worker i starts i/N of the way round the methods, so workers meet on an arm only at the end and an arm's phase
+    reused across its learning rates (TMS's teacher, harness.phase_cache) is mostly computed once; the spec's
+    variants (the dial's SFT arms, cheap) come last for every worker, so the sweep ends on short trials rather
+    than one worker finishing a long one alone.
+    """
+    plain = [a for a in arms if a not in spec.variants]
+    k = i * len(plain) // workers
+    return plain[k:] + plain[:k] + [a for a in arms if a in spec.variants]

@@ -35,3 +35,23 @@ def once(key: tuple, compute: Callable[[], Any]) -> Any:
     if key not in _ONCE:
         _ONCE[key] = compute()
     return _ONCE[key]
+
+
+def join_as_rank(rank: int, world: int, port: int, mlflow_uri: str, base_path: str) -> tuple:
+    """In a spawned rank: join the gloo group as a launcher's env:// rendezvous would, one thread; returns the
+    micro world's (world, model, tokenizer) loaded from `base_path`."""
+    import os
+
+    import torch
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "MLFLOW_TRACKING_URI": mlflow_uri})
+    torch.set_num_threads(1)
+    from harness import distributed
+    from harness.config import resolve_config
+    from harness.modeling import load_model
+    from harness.world import build_world
+    assert distributed.init_from_env("cpu") and distributed.rank() == rank
+    cfg, _ = resolve_config(world="micro", method="sft")
+    world_ = build_world(cfg.world)
+    assert world_.base_path(progress=False) == base_path
+    return (world_, *load_model(base_path))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_helpers import free_port as _free_port, once, spawn_ranks
+from dist_helpers import free_port as _free_port, join_as_rank, once, spawn_ranks
 
 WORLD = 2
 STEPS = 3
@@ -69,18 +69,8 @@ def engine_case(micro_batch_size: int = 2, parallel: str = "ddp") -> dict:
 
 def _rank_main(rank: int, port: int, out: str, base_path: str, mlflow_uri: str) -> None:
     """One of the WORLD processes: join the group as a launcher would, train every case, then one logged run."""
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "MLFLOW_TRACKING_URI": mlflow_uri})
-    torch.set_num_threads(1)
-    from harness import distributed
-    from harness.modeling import load_model
-    from harness.world import build_world
+    micro = join_as_rank(rank, WORLD, port, mlflow_uri, base_path)
     from harness.config import resolve_config
-    assert distributed.init_from_env("cpu") and distributed.rank() == rank
-    cfg, _ = resolve_config(world="micro", method="sft")
-    world = build_world(cfg.world)
-    assert world.base_path(progress=False) == base_path
-    micro = (world, *load_model(base_path))
     results = {"engine": engine_case(), **{m: train_case(micro, m) for m in CASES}}
     torch.save(results, Path(out) / f"rank{rank}.pt")
 

@@ -12,13 +12,12 @@ shards, and one `harness.run.run` that evaluates on rank 0 from the gathered cop
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from dist_helpers import free_port, once, spawn_ranks
+from dist_helpers import free_port, join_as_rank, once, spawn_ranks
 from test_distributed import (ATOL, CASES, FLOOR_FACTOR, MAX_DIFF, STEPS, WORLD, _flat, _maxdiff, engine_case,
                               single_process, train_case)
 
@@ -95,17 +94,9 @@ def _stub_record(out: Path, tag: str):
 
 def _rank_main(rank: int, port: int, out: str, base_path: str, mlflow_uri: str) -> None:
     """One of the WORLD processes: the engine and method cases sharded, a checkpoint, then one logged run."""
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "MLFLOW_TRACKING_URI": mlflow_uri})
-    torch.set_num_threads(1)
-    from harness import distributed, evaluation, record_eval, run as run_mod
+    micro = join_as_rank(rank, WORLD, port, mlflow_uri, base_path)
+    from harness import evaluation, record_eval, run as run_mod
     from harness.config import resolve_config
-    from harness.modeling import load_model
-    from harness.world import build_world
-    assert distributed.init_from_env("cpu") and distributed.rank() == rank
-    cfg, _ = resolve_config(world="micro", method="sft")
-    world = build_world(cfg.world)
-    micro = (world, *load_model(base_path))
     results = {"engine": engine_case(parallel="fsdp"), "autocast": autocast_case(), **{m: train_case(micro, m, extra=FSDP) for m in CASES},
                "grpo_uneven": train_case(micro, "grpo", extra=FSDP + UNEVEN), "checkpoint": checkpoint_case(micro)}
     torch.save(results, Path(out) / f"rank{rank}.pt")

@@ -107,7 +107,7 @@ def test_runs_of_another_budget_in_the_experiment_are_refused(sweep_dir):
 def test_workers_start_apart_and_all_end_on_the_variants():
     from types import SimpleNamespace
 
-    from sweeps.driver import worker_order
+    from sweeps.spec import worker_order
     spec = SimpleNamespace(variants={"sft@mild": None, "sft@own": None})
     arms = ["a", "b", "c", "d", "e", "sft@mild", "sft@own"]
     assert worker_order(spec, arms, 0, 2) == ["a", "b", "c", "d", "e", "sft@mild", "sft@own"]
