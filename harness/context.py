@@ -14,7 +14,7 @@ from harness import distributed, fsdp
 from harness.cost import Cost
 from harness.data import Example, TrainData
 from harness.modeling import DTYPES, load_model
-from harness.sampler import HFSampler, Sampler
+from harness.sampler import HFSampler, Sampler, rank_sharded
 
 
 class Context:
@@ -171,11 +171,13 @@ class Context:
 
     def sampler_for(self, path: Path | str, load: Callable[[], torch.nn.Module]) -> Sampler:
         """A sampler over a saved model (a checkpoint, or the base): the run's vLLM engine loads the folder; with
-        transformers, `load()` gives the frozen model to sample from."""
+        transformers, `load()` gives the frozen model to sample from. Under several ranks each samples its share of
+        every call (unless the model is sharded, as `base` is under FSDP)."""
         if hasattr(self.sampler, "from_checkpoint"):
-            return self.sampler.from_checkpoint(path)
-        return HFSampler(load(), self.tokenizer, self.sampler.batch_size, self.cost, seed=self.run_cfg.train.seed,
-                         stream=Path(path).name)  # its own draws, not the run sampler's
+            return rank_sharded(self.sampler.from_checkpoint(path))
+        model = load()
+        return rank_sharded(HFSampler(model, self.tokenizer, self.sampler.batch_size, self.cost,
+                                      seed=self.run_cfg.train.seed, stream=Path(path).name), model)  # own draws
 
     def delete_checkpoint(self, path: Path) -> None:
         """Free a checkpoint's disk space as soon as it is no longer needed (sharded: rank 0's, once all are done)."""

@@ -199,6 +199,16 @@ class RankShardedSampler:
         return out
 
 
+def rank_sharded(sampler: Sampler, model: torch.nn.Module | None = None) -> Sampler:
+    """`sampler`, sampling only its share on each rank when there are several (RankShardedSampler) -- unless it
+    decodes a sharded `model`, whose forward passes need every rank in step (every rank then samples every prompt)."""
+    from harness import distributed, fsdp
+    if (distributed.world_size() == 1 or isinstance(sampler, RankShardedSampler)
+            or (model is not None and fsdp.is_sharded(model))):
+        return sampler
+    return RankShardedSampler(sampler)
+
+
 def build_sampler(cfg, policy: torch.nn.Module, tokenizer) -> Sampler:
     """The run's sampler over the policy: `train.sampler` picks transformers (`hf`) or an in-process vLLM engine;
     under DDP each rank samples its share of every call (RankShardedSampler)."""
@@ -212,6 +222,5 @@ def build_sampler(cfg, policy: torch.nn.Module, tokenizer) -> Sampler:
                               batch_size=cfg.rollout_batch_size, **extra)
     else:
         sampler = HFSampler(policy, tokenizer, cfg.rollout_batch_size, seed=cfg.train.seed)
-    if distributed.world_size() > 1 and cfg.train.parallel == "ddp":  # fsdp: every rank decodes every prompt
-        return RankShardedSampler(sampler)
-    return sampler
+    # fsdp: the policy is sharded once the engine wraps it (after this), so every rank decodes every prompt
+    return rank_sharded(sampler) if cfg.train.parallel == "ddp" else sampler

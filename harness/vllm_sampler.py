@@ -271,11 +271,13 @@ class CheckpointSampler:
         return self.parent.cost
 
     def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 32, *, logprobs: bool = False) -> list[list[Completion]]:
-        """`n` completions per prompt from the checkpoint; the policy is pushed back on the parent's next call."""
+                 max_new_tokens: int = 32, *, logprobs: bool = False,
+                 indices: list[int] | None = None) -> list[list[Completion]]:
+        """`n` completions per prompt from the checkpoint (`indices`: as VLLMSampler.generate's); the policy is
+        pushed back on the parent's next call."""
         start = time.perf_counter()
         try:
             return self.parent._generate(checkpoint_key(self.path), lambda: checkpoint_weights(self.path), prompts,
-                                         n, temperature, top_p, max_new_tokens, logprobs)
+                                         n, temperature, top_p, max_new_tokens, logprobs, indices)
         finally:
             self.gen_seconds += time.perf_counter() - start

@@ -67,11 +67,25 @@ def engine_case(micro_batch_size: int = 2, parallel: str = "ddp") -> dict:
     return {"params": _flat(model), "stats": stats}
 
 
+def checkpoint_sample_case(micro_world) -> dict:
+    """A saved model sampled through `ctx.sampler_for` (how TMS samples its checkpoints and Self-SFT its base after
+    step 0): the sampler's kind, 12 prompts' completions and the run's cost counts."""
+    from method_harness import build
+    from methods.common import sample_and_verify
+    ctx, _, _ = build(micro_world, "onpolicy_sft", CASES["onpolicy_sft"])
+    sampler = ctx.sampler_for(ctx.base_path, lambda: ctx.load_checkpoint(ctx.base_path))
+    sampled = sample_and_verify(ctx, ctx.world.train_items[:12], n=2, temperature=1.0, sampler=sampler)
+    ctx.close()
+    return {"sampler": type(sampler).__name__, "cost": dict(ctx.cost.tokens),
+            "samples": [[c.response_ids for c in s.completions] for s in sampled]}
+
+
 def _rank_main(rank: int, port: int, out: str, base_path: str, mlflow_uri: str) -> None:
     """One of the WORLD processes: join the group as a launcher would, train every case, then one logged run."""
     micro = join_as_rank(rank, WORLD, port, mlflow_uri, base_path)
     from harness.config import resolve_config
-    results = {"engine": engine_case(), **{m: train_case(micro, m) for m in CASES}}
+    results = {"engine": engine_case(), **{m: train_case(micro, m) for m in CASES},
+               "checkpoint": checkpoint_sample_case(micro)}
     torch.save(results, Path(out) / f"rank{rank}.pt")
 
     # Who evaluates and who logs: count the calls of every rank.
@@ -121,6 +135,17 @@ def launched(micro_world, tmp_path_factory):
     single, floor = single_process(micro_world)
     calls = [json.loads((out / f"calls{r}.json").read_text()) for r in range(WORLD)]
     return ranks, single, calls, uri, floor
+
+
+def test_a_saved_model_is_sampled_in_shares_too(launched, micro_world):
+    # TMS's checkpoints and Self-SFT's base (ctx.sampler_for): each rank samples half the prompts, every rank gets
+    # the one-process samples, and the cost counts the whole call once
+    ranks, *_ = launched
+    ref = once(("checkpoint",), lambda: checkpoint_sample_case(micro_world))
+    assert ref["sampler"] == "HFSampler" and all(r["checkpoint"]["sampler"] == "RankShardedSampler" for r in ranks)
+    for r in ranks:
+        assert r["checkpoint"]["samples"] == ref["samples"] and r["checkpoint"]["cost"] == ref["cost"]
+    assert ref["cost"]["gen"] > 0
 
 
 @pytest.mark.parametrize("case", ["engine", *CASES])

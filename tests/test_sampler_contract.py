@@ -394,3 +394,16 @@ def test_a_rank_sampling_its_share_draws_what_the_whole_call_draws(setup):
     assert [[c.response_ids for c in row] for row in share] == [[c.response_ids for c in whole[i]] for i in (1, 3)]
     other = make_sampler(backend, model, tok).generate(prompts[1::2], n=2, temperature=1.0, max_new_tokens=6)
     assert [[c.response_ids for c in row] for row in other] != [[c.response_ids for c in row] for row in share]
+
+
+def test_a_checkpoint_views_share_draws_what_its_whole_call_draws(setup, tmp_path):
+    # TMS's checkpoints on the vLLM engine (VLLMSampler.from_checkpoint) are sampled in shares under DDP too
+    backend, _, model, tok, prompts = setup
+    if backend == "hf":
+        pytest.skip("transformers samples a checkpoint with an HFSampler of its own (the case above)")
+    model.save_pretrained(tmp_path / "ckpt")
+    whole = make_sampler(backend, model, tok).from_checkpoint(tmp_path / "ckpt").generate(
+        prompts, n=2, temperature=1.0, max_new_tokens=6)
+    share = make_sampler(backend, model, tok).from_checkpoint(tmp_path / "ckpt").generate(
+        prompts[1::2], n=2, temperature=1.0, max_new_tokens=6, indices=[1, 3])
+    assert [[c.response_ids for c in row] for row in share] == [[c.response_ids for c in whole[i]] for i in (1, 3)]
