@@ -249,11 +249,12 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
         if not live:
             print(f"world {cfg.world.name!r} ready ({time.time() - t0:.0f} s)", file=stream, flush=True)
     spec = apply_budget(spec, resolve_budget(spec, exp_id, log=lambda line: print(line, file=stream, flush=True)))
+    # One process of this machine at a time finds/creates the parents and writes notes (one tag's writes collide).
     with local_lock(spec):
         storage = open_storage(storage_url(spec))
         studies = {m: prepare_study(spec, m, storage) for m in methods}
-    parents = {m: ensure_parent(spec, m, exp_id) for m in methods}
-    describe(spec, methods, exp_id, parents, spec_path, workers)
+        parents = {m: ensure_parent(spec, m, exp_id) for m in methods}
+        describe(spec, methods, exp_id, parents, spec_path, workers)
 
     # The display reads the storage from its own thread: give it its own connection.
     display = P.SweepProgress(spec, methods, open_storage(storage_url(spec)), workers, live=live, stream=stream)
@@ -292,8 +293,9 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
             for p in procs:
                 p.join()
             drain(0.2)
-    fronts = {m: finish_parent(spec, studies[m], parents[m]) for m in methods}
-    describe(spec, methods, exp_id, parents, spec_path, workers, fronts)
+    with local_lock(spec):
+        fronts = {m: finish_parent(spec, studies[m], parents[m]) for m in methods}
+        describe(spec, methods, exp_id, parents, spec_path, workers, fronts)
     if not any(fronts.values()):
         raise RuntimeError(f"every trial of sweep {spec.name!r} failed; see failure_reason in the MLflow runs")
     return fronts

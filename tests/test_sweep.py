@@ -118,7 +118,10 @@ def test_two_processes_at_once_finish_with_exactly_the_spec(sweep_dir):
     procs = [subprocess.Popen(_sweep_cmd("s3", 3, 2), cwd=sweep_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    for p, out in zip(procs, outs):  # a failure's report shows the whole output (an assert message is cut short)
+        if p.returncode:
+            print(f"--- a sweep process exited {p.returncode}; its output:\n{out}")
+    assert all(p.returncode == 0 for p in procs)
     assert not any("database is locked" in o for o in outs)
     trials = _trials("s3", "sft", sweep_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
@@ -202,7 +205,10 @@ def test_two_workers_share_one_postgresql_study(sweep_dir, postgres):
     procs = [subprocess.Popen(cmd, cwd=sweep_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    for p, out in zip(procs, outs):  # a failure's report shows the whole output (an assert message is cut short)
+        if p.returncode:
+            print(f"--- a sweep process exited {p.returncode}; its output:\n{out}")
+    assert all(p.returncode == 0 for p in procs)
     study = optuna.load_study(study_name="pg-sft", storage=open_storage(postgres))
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3
     assert len(_children("pg")) == 3
