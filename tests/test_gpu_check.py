@@ -28,8 +28,11 @@ def test_cpu_hf_smoke_run_passes_and_prints_every_row(tmp_path, monkeypatch, cap
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert gpu_check.main(TINY) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     rows = rows_of(out)
+    for check in rows:  # each row was printed the moment it was measured too (all but the table's own first row)
+        assert check == "model" or f"measured: {check} | {rows[check][0]}" in captured.err
     assert out.splitlines()[0].split() == ["check", "result", "figure", "goal"]
     assert len(method_names()) == 8
     for m in method_names():  # every method took its step through harness.run.run

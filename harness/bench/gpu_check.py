@@ -48,6 +48,16 @@ MFU_PARAMS = (0.4e9, 2.0e9)  # "a 0.5-1.5B model": Qwen2.5-0.5B has 0.49B parame
 Row = tuple[str, str, str, str]
 
 
+class Measured(list):
+    """Rows that are also printed to stderr the moment they are added: a check cut off by a time limit (a long
+    first compile, a slow sampler) has still shown everything it measured before it."""
+
+    def append(self, row: Row) -> None:
+        """Add `row` and print it at once."""
+        print("measured: " + " | ".join(row), file=sys.stderr, flush=True)
+        super().append(row)
+
+
 def peak_flops(device: str) -> tuple[float | None, str]:
     """(bf16 peak FLOP/s or None, the device's name) for the current device."""
     if device != "cuda":
@@ -61,7 +71,7 @@ def train_methods(cfg_dict: dict, steps: int) -> list[Row]:
     from harness.config import resolve_config
     from harness.run import run
     from methods.base import method_names
-    rows = []
+    rows = Measured()
     for m in method_names():
         start = time.perf_counter()
         try:
@@ -94,9 +104,12 @@ def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, st
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, min(tok.vocab_size, 32000), (batch, seq_len), generator=gen).tolist()
     examples = [Example(s[: seq_len // 2], s[seq_len // 2:]) for s in ids]
-    trainer.update(examples, sft.loss, None)  # warm-up: allocator, kernels
+    warm = time.perf_counter()
+    trainer.update(examples, sft.loss, None)  # warm-up: allocator, kernels (and a first compile)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
+    print(f"train speed: warm-up step {time.perf_counter() - warm:.1f} s; timing {steps} steps", file=sys.stderr,
+          flush=True)
     tokens0, start = trainer.cost.tokens["train"], time.perf_counter()
     for _ in range(steps):
         trainer.update(examples, sft.loss, None)
@@ -106,16 +119,19 @@ def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, st
     del trainer, model
     peak, name = peak_flops(device)
     label = "".join(f", {k}={v}" for k, v in (train or {}).items())
-    rows: list[Row] = [("train tokens/s", "ok", f"{tokens / seconds:,.0f} tok/s ({n / 1e6:,.1f}M params, "
-                        f"{batch}x{seq_len}, vocab {vocab}{label})", "—")]
+    rows = Measured()
+    rows.append(("train tokens/s", "ok", f"{tokens / seconds:,.0f} tok/s ({n / 1e6:,.1f}M params, "
+                 f"{batch}x{seq_len}, vocab {vocab}{label})", "—"))
     goal = f"≥ {GOALS['mfu']:.0%} for 0.5-1.5B"
     if peak is None:
-        return rows + [("MFU", "n/a", f"n/a ({name}: no peak in the table)", goal)]
+        rows.append(("MFU", "n/a", f"n/a ({name}: no peak in the table)", goal))
+        return rows
     mfu = flops(n, tokens, 0) / seconds / peak
     applies = MFU_PARAMS[0] <= n <= MFU_PARAMS[1]
     result = ("ok" if mfu >= GOALS["mfu"] else "FAIL") if applies else "ok"
-    return rows + [("MFU", result, f"{mfu:.1%} of {peak / 1e12:.0f} TFLOP/s ({name})"
-                    + ("" if applies else "; goal not applied to this size"), goal)]
+    rows.append(("MFU", result, f"{mfu:.1%} of {peak / 1e12:.0f} TFLOP/s ({name})"
+                 + ("" if applies else "; goal not applied to this size"), goal))
+    return rows
 
 
 def sampler_speed(path: str, device: str, backends: list[str], shapes: dict[str, tuple[int, int]],
@@ -129,7 +145,7 @@ def sampler_speed(path: str, device: str, backends: list[str], shapes: dict[str,
     vocab = min(tok.vocab_size, 32000)
     most = max(p for p, _ in shapes.values())
     prompts = [[gen.randrange(vocab) for _ in range(gen.randint(prompt_len // 2, prompt_len))] for _ in range(most)]
-    rows: list[Row] = []
+    rows = Measured()
     speed: dict[tuple[str, str], float] = {}
     for backend in [b for hf in backends for b in ((hf, "hf-generate") if hf == "hf" else (hf,))]:
         try:
