@@ -3,48 +3,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 
-from harness.cliargs import (Setting, add_settings, as_bool, as_int, as_int_list, as_methods, as_str, spellings,
-                             take_settings)
+from harness.cliargs import take_settings
+from harness.cliparsers import (RUN_SETTINGS, SWEEP_SETTINGS, UI_SETTINGS, add_fetch_parser, add_list_parser,
+                                add_run_parser, add_sweep_parser, add_ui_parser, main_parser)
 from harness.errors import HarnessError, TrainingDiverged
-
-EPILOG = """\
-examples:
-  harness list                                   worlds, tasks and methods
-  harness run --method sft                       SFT on the toy world, logged to MLflow
-  harness run --world micro --method sft         the same on the tiny test world (seconds)
-  harness run --method sft train.lr=3e-4 world.teacher_style=mild
-  harness run --method sft --preset my.yaml sft.kl_beta=0.05
-  harness sweep --methods all                    Optuna sweep over learning rates, every method
-  harness sweep --world micro trials=2           flags and key=value are two spellings of one setting
-  harness report                                 Pareto plots and tables rebuilt from MLflow
-  harness ui                                     the newest sweep's runs in MLflow (http://127.0.0.1:5000)
-"""
-
-
-def _single_seed(v) -> int:
-    """`harness run` trains one seed."""
-    seeds = as_int_list(v)
-    if len(seeds) != 1:
-        raise ValueError("takes one seed here (`harness sweep seeds=0,1,2` runs several)")
-    return seeds[0]
-
-
-RUN_SETTINGS = [Setting("world", ("world",), as_str), Setting("method", ("method",), as_str),
-                Setting("preset", ("preset",), as_str), Setting("experiment", ("experiment",), as_str),
-                Setting("seed", ("seed", "seeds"), _single_seed), Setting("quiet", ("quiet",), as_bool)]
-SWEEP_SETTINGS = [Setting("world", ("world",), as_str), Setting("methods", ("methods", "method"), as_methods),
-                  Setting("name", ("name", "experiment"), as_str), Setting("trials", ("trials",), as_int),
-                  Setting("seeds", ("seeds", "seed"), as_int_list), Setting("storage", ("storage",), as_str),
-                  Setting("workers", ("workers",), as_int), Setting("spec", ("spec",), as_str),
-                  Setting("preset", ("preset",), as_str), Setting("quiet", ("quiet",), as_bool)]
-UI_SETTINGS = [Setting("experiment", ("experiment", "name"), as_str), Setting("port", ("port",), as_int),
-               Setting("no_browser", ("no_browser",), as_bool)]
-
-
-def _fmt(desc: str, epilog: str = "") -> dict:
-    return {"description": desc, "epilog": epilog, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -180,95 +143,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    p = argparse.ArgumentParser(prog="harness", **_fmt(
-        "Measure what post-training methods cost in forgetting: train on a target task, "
-        "evaluate gain there and drop elsewhere, log everything to MLflow.", EPILOG))
+    p = main_parser()
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("list", help="show worlds, tasks and methods", **_fmt("Show worlds, tasks and methods."))
-    s.set_defaults(fn=cmd_list)
-
-    s = sub.add_parser("run", help="train and evaluate one run", **_fmt(
-        "Train one method on a world from its base model, evaluate every train.eval_every steps "
-        "(target gain, non-target drop with 95% CIs, PLD drift, KL to base, cost), and log one MLflow run.\n"
-        "Settings: defaults < world preset < --preset YAML < key=value overrides.",
-        textwrap.dedent("""\
-        examples:
-          harness run --method sft
-          harness run --world micro --method sft train.max_steps=20
-          harness run --method sft world.target=rev world.teacher_style=mild train.lr=3e-4
-          harness run --method sft --help-config       every setting, its default and meaning""")))
-    add_settings(s, RUN_SETTINGS, {
-        "world": "world preset: toy (default) or micro", "method": "method registry key (default: sft; see `harness "
-        "list`)", "preset": "YAML file of settings (sections world/train/eval/tracking/<method>)",
-        "experiment": "MLflow experiment (= tracking.experiment; default: harness)",
-        "seed": "fine-tuning seed (= train.seed)", "quiet": "no progress bars"}, {"preset": "FILE"})
-    s.add_argument("--help-config", action="store_true", help="list every setting with its default and exit")
-    s.add_argument("--dry-run", action="store_true", help=(
-        "print the resolved plan and the files it needs (present or not), load the world offline, and exit"))
-    s.add_argument("overrides", nargs="*", metavar="key=value", help=(
-        f"settings, e.g. train.lr=1e-4 sft.kl_beta=0.05; also {spellings(RUN_SETTINGS)} (same as the flags)"))
-    s.set_defaults(fn=cmd_run)
-
-    s = sub.add_parser("sweep", help="Optuna sweep over learning rates for many methods", **_fmt(
-        "One Optuna study per method over its declared search space (learning rate by default), every "
-        "(trial, seed) a nested MLflow run under a parent run per method. Re-running the same command resumes: "
-        "finished trials are kept, trials of a killed process are retried, nothing is computed twice.\n"
-        "Spec: sweeps/default.yaml < --spec FILE < key=value settings; a flag is the same setting as its "
-        "key=value (--world micro = world=micro), and both given must agree. In a terminal a live display shows "
-        "progress; in a log (file, CI, nohup), one line per finished run and a summary line every minute.",
-        textwrap.dedent("""\
-        examples:
-          harness sweep --methods all                      the main job on the toy world
-          harness sweep --methods sft,grpo --trials 6 --workers 2
-          harness sweep --world micro --trials 2 --name smoke   (= world=micro trials=2 name=smoke)
-          harness sweep world=micro train.max_steps=20     run settings apply to every trial
-          harness sweep --storage postgresql://u:pw@db/optuna --workers 4   (many machines: same command)""")))
-    add_settings(s, SWEEP_SETTINGS, {
-        "world": "world preset (default: the spec's, toy)",
-        "methods": "all, or a comma-separated list of methods and variants (default: the spec's)",
-        "name": "sweep name = MLflow experiment = Optuna study prefix (default: the spec's)",
-        "trials": "trials per method", "seeds": "comma-separated fine-tuning seeds run by every trial",
-        "storage": "Optuna storage URL (default: journal file optuna-<name>.log)",
-        "workers": "worker processes on this machine (torch threads split; default 1)",
-        "spec": "sweep spec YAML (default: sweeps/default.yaml)",
-        "preset": "YAML file of run settings for every trial (as `harness run --preset`)",
-        "quiet": "no live display: one line per finished run and a summary line now and then"},
-        {"spec": "FILE", "preset": "FILE", "methods": "LIST", "seeds": "LIST", "storage": "URL"})
-    s.add_argument("overrides", nargs="*", metavar="key=value", help=(
-        "spec fields (world=micro trials=2 objective=..., see sweeps/default.yaml) or run settings for every "
-        f"trial (train.max_steps=20); also {spellings(SWEEP_SETTINGS)} (same as the flags)"))
-    s.set_defaults(fn=cmd_sweep)
-
-    s = sub.add_parser("fetch", help="stage a real world's model and data for offline runs", **_fmt(
-        "Download what a real-world preset needs into the local caches: the base model at its revision (Hugging "
-        "Face hub cache), the lm-eval datasets not given as local files (datasets cache) and nltk's punkt_tab for "
-        "IFEval. Run it on a machine with network; afterwards `harness run --world NAME` needs none.",
-        textwrap.dedent("""\
-        examples:
-          harness fetch --world rbd-qwen2.5-1.5b-ifeval
-          harness fetch --world tms-qwen2.5-1.5b-math world.revision=<commit>""")))
-    s.add_argument("--world", help="real-world preset (see `harness list`); or --preset FILE defining the world")
-    s.add_argument("--preset", metavar="FILE", help="YAML file of settings layered over the world preset")
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. world.revision=<commit>")
-    s.set_defaults(fn=cmd_fetch)
+    add_list_parser(sub).set_defaults(fn=cmd_list)
+    add_run_parser(sub).set_defaults(fn=cmd_run)
+    add_sweep_parser(sub).set_defaults(fn=cmd_sweep)
+    add_fetch_parser(sub).set_defaults(fn=cmd_fetch)
 
     from reports.cli import add_report_parser
     add_report_parser(sub)
 
-    s = sub.add_parser("ui", help="browse runs in the MLflow UI (127.0.0.1)", **_fmt(
-        "Serve the MLflow UI on 127.0.0.1 for the harness's store (MLFLOW_TRACKING_URI or ./mlflow.db) and print "
-        "the URL of the newest sweep's runs table (parent run per method, trials nested); opens it where a "
-        "browser is available. Reads the store only: it never creates one.",
-        textwrap.dedent("""\
-        examples:
-          harness ui
-          harness ui --experiment default --port 5001 --no-browser""")))
-    add_settings(s, UI_SETTINGS, {"experiment": "sweep (MLflow experiment) to show (default: the newest sweep)",
-                                  "port": "port on 127.0.0.1 (default 5000)",
-                                  "no_browser": "only print the URL"})
-    s.add_argument("overrides", nargs="*", metavar="key=value", help=f"{spellings(UI_SETTINGS)} (same as the flags)")
-    s.set_defaults(fn=cmd_ui)
+    add_ui_parser(sub).set_defaults(fn=cmd_ui)
     return p
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -217,6 +218,29 @@ class Context:
         """Method statistics logged at the current step (e.g. coverage of a sampling round)."""
         self.extra_stats.update(stats)
         self._log({f"train/{k}": v for k, v in stats.items()}, self.step)
+
+    @contextmanager
+    def recording(self) -> Iterator[list[tuple[dict, int]]]:
+        """Yields a list that collects (a copy of the metrics, step) of everything logged inside the block.
+
+        What is logged still reaches the run's log; harness.phase_cache stores the list to replay it later.
+        """
+        logged: list[tuple[dict, int]] = []
+        log = self._log
+
+        def record(metrics: dict, step: int) -> None:
+            logged.append((dict(metrics), step))
+            log(metrics, step)
+        self._log = record
+        try:
+            yield logged
+        finally:
+            self._log = log
+
+    def replay(self, logged: list[tuple[dict, int]]) -> None:
+        """Log again, unchanged and at their own steps, the metrics a `recording()` block collected."""
+        for metrics, step in logged:
+            self._log(metrics, step)
 
     def close(self) -> None:
         """Remove scratch checkpoints."""

@@ -55,19 +55,11 @@ def reuse(ctx, name: str, parts: dict[str, Any], compute: Callable[[], T], enabl
         value, cost, logged = pickle.loads(path.read_bytes())
         for kind, n in cost.items():
             ctx.cost.add(kind, n)
-        for metrics, step in logged:
-            ctx._log(metrics, step)
+        ctx.replay(logged)
         return value, True
-    before, logged, log = dict(ctx.cost.tokens), [], ctx._log
-
-    def recording(metrics: dict, step: int) -> None:
-        logged.append((dict(metrics), step))
-        log(metrics, step)
-    ctx._log = recording
-    try:
+    before = dict(ctx.cost.tokens)
+    with ctx.recording() as logged:
         value = compute()
-    finally:
-        ctx._log = log
     cost = {k: v - before.get(k, 0) for k, v in ctx.cost.tokens.items() if v != before.get(k, 0)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two workers may compute one key at once: last rename wins

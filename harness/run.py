@@ -25,6 +25,7 @@ from harness.context import Context
 from harness.engine import Trainer
 from harness.evaluation import Evaluator
 from harness.modeling import check_device, load_model
+from harness.run_hooks import record_checkpoint, run_cost
 from harness.world import build_world
 from harness.sampler import build_sampler
 from harness.store import ensure_experiment, find_run, store_lock, tracking_uri
@@ -233,10 +234,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
         pld_history = [base.pld] if main else []
 
         def cost() -> dict[str, float]:
-            n, counted = sum(p.numel() for p in policy.parameters()), trainer.cost
-            return {"cost/train_tokens": counted.trained_tokens, "cost/gen_tokens": counted.tokens["gen"],
-                    "cost/train_s": trainer.train_seconds, "cost/gen_s": sampler.gen_seconds,
-                    "cost/eval_s": eval_seconds, "cost/wall_s": time.perf_counter() - t0, **counted.metrics(n)}
+            return run_cost(policy, trainer, sampler, eval_seconds, t0)
 
         def on_step(step: int, stats: dict) -> None:
             tr.buffer_metrics({f"train/{k}": v for k, v in stats.items()}, step)
@@ -265,13 +263,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
                 record(step, correct)
 
         def record(step: int, in_run: dict[str, dict[str, np.ndarray]]) -> None:  # rank 0: the evaluation of record
-            from harness.record_eval import record_eval, record_metrics
-            path = ctx.save_checkpoint(f"record-{step:06d}")
-            try:
-                res = record_eval(world, path, cfg.eval.record_backend, device=cfg.train.device)
-            finally:
-                ctx.delete_checkpoint(path)
-            tr.log_metrics(record_metrics(res, in_run), step)
+            tr.log_metrics(record_checkpoint(ctx, step, in_run), step)
 
         if main:
             zero = eval_metrics(world, base, {sp: base.correct_arrays(sp) for sp in base.correct}, [base.pld], 0.0,

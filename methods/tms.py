@@ -50,6 +50,8 @@ from harness.modeling import DTYPES
 from harness.phase_cache import reuse
 from methods.base import LossOutput, Method, SweepParam, register
 from methods._sft_family import ExpertLabelConfig, expert_examples, expert_items, nll_loss
+from methods._tms_mixture import checkpoint_steps, draw_epochs, drawn_prompts, mix
+from methods._tms_mixture import checkpoint_weights, draw_plan  # noqa: F401  (still importable from methods.tms)
 from methods.common import sample_and_verify
 
 
@@ -78,30 +80,6 @@ class TMSConfig(ExpertLabelConfig):
     schedule: Literal["uniform", "early_first"] = "uniform"
     """Checkpoint choice: uniform (paper), or early_first (ablation, GUESS): weight ∝ (1−p)(T−t+1) + p at
     student progress p = step/max_steps, i.e. early checkpoints favoured at the start, uniform at the end."""
-
-
-def checkpoint_steps(teacher_steps: int, checkpoints: int) -> list[int]:
-    """Teacher steps after which to snapshot: ceil(k·S/T) for k = 1..T, distinct (θ0 excluded)."""
-    return sorted({math.ceil(k * teacher_steps / checkpoints) for k in range(1, checkpoints + 1)})
-
-
-def checkpoint_weights(n: int, schedule: str, progress: float) -> np.ndarray:
-    """Probabilities [n] of choosing checkpoint t = 1..n (earliest first) at student progress in [0, 1]."""
-    if schedule == "uniform":
-        return np.full(n, 1.0 / n)
-    w = (1 - progress) * np.arange(n, 0, -1, dtype=float) + progress  # [n]; n..1 at p=0, flat at p=1
-    return w / w.sum()
-
-
-def draw_plan(n: int, alpha: float, weights: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch of q_α for n prompts: whether each gets its expert label (prob. α), else which checkpoint t ~ weights."""
-    return rng.random(n) < alpha, rng.choice(len(weights), size=n, p=weights)   # [n] bool, [n] checkpoint index
-
-
-def mix(expert: list[Example], answers, plan: tuple[np.ndarray, np.ndarray]) -> list[Example]:
-    """One example per prompt i: expert[i] where the plan says so, else answers[t][i] of its drawn checkpoint t."""
-    use_expert, pick = plan
-    return [e if u else answers[t][i] for i, (e, u, t) in enumerate(zip(expert, use_expert, pick))]
 
 
 @register
@@ -136,13 +114,10 @@ class TMS(Method):
         at = checkpoint_steps(steps, c.checkpoints)
         teacher = ctx.draw_batches(TrainData(self._expert), steps)
         per_epoch = math.ceil(len(items) / ctx.run_cfg.train.batch_size)
-        progress = [min(1.0, e * per_epoch / ctx.max_steps) for e in range(math.ceil(ctx.max_steps / per_epoch))]
-        self._plans = [draw_plan(len(items), c.alpha, checkpoint_weights(len(at), c.schedule, p), ctx.rng)
-                       for p in progress]
+        self._plans = draw_epochs(len(items), c.alpha, len(at), c.schedule, per_epoch, ctx.max_steps, ctx.rng)
         self._epoch = 0
         folder = ctx.scratch_dir(c.scratch_dir)
-        needs = [sorted({int(i) for use, pick in self._plans for i in np.flatnonzero(~use & (pick == t))})
-                 for t in range(len(at))]  # the prompts drawn to snapshot t in some epoch
+        needs = drawn_prompts(self._plans, len(at))
 
         def teach_and_harvest() -> tuple[list[dict[int, Example]], list[float]]:
             answers, accs = [], []

@@ -28,18 +28,16 @@ entry: "," (the worked style's step separator) for the paper's "\\n\\n"
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from pydantic import Field
 
 from harness.data import Example, TrainData
 from methods._policy_gradient import draw_items, group_stats
+from methods._trapo_prefix import MICRO_GROUPS, guidance, prefix_end
 from methods.base import LossOutput, Method, MethodConfig, SweepParam, register
 from methods.common import group_advantages, masked_mean, sample_and_verify
-
-# Micro-groups: (rollouts, guidance ratio, cumulative-success threshold): guided iff successes so far < threshold.
-MICRO_GROUPS = ((4, 0.0, 0), (2, 0.25, 2), (1, 0.5, 4), (1, 1.0, 7))
 
 
 class Sample(NamedTuple):
@@ -49,22 +47,6 @@ class Sample(NamedTuple):
     n_prefix: int
     trsft: bool  # whether its prefix carries the TrSFT loss
     reward: float
-
-
-def guidance(stage: int, successes: int) -> float:
-    """Expert-prefix ratio of micro-group `stage` (0-based) given the cumulative successes before it."""
-    _, rho, threshold = MICRO_GROUPS[stage]
-    return rho if successes < threshold else 0.0
-
-
-def prefix_end(label_ids: list[int], rho: float, is_break: Callable[[int], bool]) -> int:
-    """Expert tokens in a ρ-prefix: past the first break after ⌊ρL⌋ if it lies before (ρ+0.3)L, else ⌊ρL⌋."""
-    L = len(label_ids)
-    if rho >= 1:
-        return L
-    threshold = int(L * rho)
-    idx = next((i for i, t in enumerate(label_ids) if i > threshold and is_break(t)), None)
-    return idx + 1 if idx is not None and idx < L * (rho + 0.3) else threshold
 
 
 def trsft_loss(logp: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -1,0 +1,34 @@
+"""What harness.run logs at an evaluation besides the in-run metrics: the cost so far and the evaluation of record."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from harness.context import Context
+    from harness.engine import Trainer
+    from harness.sampler import Sampler
+
+
+def run_cost(policy: torch.nn.Module, trainer: Trainer, sampler: Sampler, eval_s: float,
+             t0: float) -> dict[str, float]:
+    """The run's cost/ metrics so far: tokens, seconds by phase (wall since `t0`) and FLOPs by kind of pass."""
+    n, counted = sum(p.numel() for p in policy.parameters()), trainer.cost
+    return {"cost/train_tokens": counted.trained_tokens, "cost/gen_tokens": counted.tokens["gen"],
+            "cost/train_s": trainer.train_seconds, "cost/gen_s": sampler.gen_seconds,
+            "cost/eval_s": eval_s, "cost/wall_s": time.perf_counter() - t0, **counted.metrics(n)}
+
+
+def record_checkpoint(ctx: Context, step: int, in_run: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """The record/ metrics of the policy at `step`: saved, scored by `record_eval` with the run's backend, deleted."""
+    # Looked up at each call, so a replaced harness.record_eval.record_eval (tests/test_fsdp.py) is what runs.
+    from harness.record_eval import record_eval, record_metrics
+    path = ctx.save_checkpoint(f"record-{step:06d}")
+    try:
+        res = record_eval(ctx.world, path, ctx.run_cfg.eval.record_backend, device=ctx.run_cfg.train.device)
+    finally:
+        ctx.delete_checkpoint(path)
+    return record_metrics(res, in_run)
