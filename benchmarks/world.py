@@ -42,6 +42,8 @@ from harness.errors import HarnessError, unknown
 from harness.world import EvalTask, Item, World, cache_root
 
 from harness.greedy import STOP  # toy responses are one line
+from benchmarks.toy_eval import TASK_PREFIX, toy_task_config
+from benchmarks.toy_presets import WORLD_PRESETS  # noqa: F401  (imported from here by the harness)
 
 
 class _Strict(BaseModel):
@@ -77,7 +79,10 @@ class PretrainConfig(_Strict):
     p_correct_favoured: float = 0.8
     """Target task: probability of the correct mode on prompts whose feature favours it."""
     p_correct_other: float = 0.2
-    """Target task: probability of the correct mode on the other prompts."""
+    """Target task: probability of the correct mode on the other prompts (~70%). Greedy accuracy does not depend
+    on it while it stays below 0.5, but sampled coverage does: it is the knob of Self-SFT's stale data
+    (`sweeps/self-sft-coverage.yaml` sets 0.02, where samples drawn once from θ0 cover ~38% of the training
+    prompts and per-epoch samples ~98%)."""
     hint_frac: float = Field(0.0, ge=0, le=1)
     """Share of the target task's pretraining sequences whose context carries a hint, as Hinted Decoding shows
     it (`idft.hint_template`'s default "{label}:{prompt}", label = the world's teacher label for that payload),
@@ -169,28 +174,6 @@ def _key_dump(cfg: WorldConfig, **kw) -> dict:
 def _hash(data: dict) -> str:
     """12 hex digits of the sha256 of a dump's canonical JSON."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
-
-
-# Presets: a world name maps to overrides of the whole run config (world, train, eval).
-WORLD_PRESETS: dict[str, dict] = {
-    # 100 steps of 16 sequences (RL: 4 prompts x 8 samples): every method saturates or forgets within them on
-    # toy (README "Budget"; harness/bench/run_costs.py prints where a run's time goes).
-    "toy": {"train": {"max_steps": 100, "batch_size": 16, "micro_batch_size": 16},
-            "grpo": {"prompts_per_step": 4}, "trapo": {"prompts_per_step": 4},
-            # TMS's teacher at one stated rate, where SFT has left the format dip on every default target, so its
-            # checkpoints write fluent answers whatever student rate is swept (README, TMS row).
-            "tms": {"teacher_lr": 1e-3}},
-    "micro": {
-        "world": {
-            "tasks": ["sort", "rev", "add", "max"], "n_train": 128, "n_eval": 40, "n_eval_nontarget": 40,
-            "n_heldout": 24,
-            "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
-                      "max_positions": 48},
-            "pretrain": {"steps": 1000, "batch_size": 64, "warmup_steps": 20},
-        },
-        "train": {"max_steps": 8, "batch_size": 8, "micro_batch_size": 8, "eval_every": 4},
-    },
-}
 
 
 class Task:
@@ -287,7 +270,7 @@ class ToyWorld(World):
         splits = self.eval_splits()
         for t in self.tasks:
             names = {sp: f"{TASK_PREFIX}{t}" if sp == "eval" else f"{TASK_PREFIX}{sp}_{t}" for sp in splits}
-            configs = {names[sp]: _toy_task_config(self, names[sp], splits[sp][t], gen_kwargs) for sp in splits}
+            configs = {names[sp]: toy_task_config(self.verify, names[sp], splits[sp][t], gen_kwargs) for sp in splits}
             docs = {sp: [(names[sp], i) for i in range(len(splits[sp][t]))] for sp in splits}
             out.append(EvalTask(task=t, lm_tasks=configs, metric="acc", docs=docs, restrict=False))
         return out
@@ -303,32 +286,3 @@ class ToyWorld(World):
             return self.cfg.base_model
         from benchmarks.pretrain import ensure_base
         return str(ensure_base(self, self.cache_dir / "base", progress=progress))
-
-
-TASK_PREFIX = "harness_"  # lm-eval task names are global; keep ours from colliding with built-ins
-
-
-def _toy_task_config(world: ToyWorld, name: str, items: list[Item], gen_kwargs: dict) -> dict:
-    """An inline lm-eval task config (lm-eval task `name`) over one split of a toy task, scored by `world.verify`.
-
-    A `custom_dataset` of {prompt, answer, idx} rows, `doc_to_text` a bare field name (a jinja template is
-    recompiled per document, ~2 ms each), and a `process_results` that calls `world.verify` -- the very
-    function training rewards use, so evaluation and reward cannot drift apart.
-    """
-    import datasets
-
-    rows = [{"prompt": it.prompt, "answer": it.answer, "idx": i} for i, it in enumerate(items)]
-
-    def dataset(**_metadata) -> dict:  # lm-eval calls it as fn(**metadata, **dataset_kwargs)
-        return {"test": datasets.Dataset.from_list(rows)}
-
-    def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-        return {"acc": world.verify(items[doc["idx"]], results[0])}
-
-    return {
-        "task": name, "custom_dataset": dataset, "test_split": "test",
-        "output_type": "generate_until", "doc_to_text": "prompt", "doc_to_target": "answer",
-        "process_results": process_results, "generation_kwargs": dict(gen_kwargs),
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0},
-    }
