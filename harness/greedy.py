@@ -122,6 +122,12 @@ def argmax_pick(logits: torch.Tensor, live: torch.Tensor, step: int) -> torch.Te
 
 
 @torch.no_grad()
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name `model.forward` takes its KV cache by: transformers renamed `past_key_values` to `cache` (5.24 warns
+    on the old name; 5.20, vLLM's pin, lacks the new)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, max_new_tokens: int, eos: list[int],
                              stop: _StopOnStrings | None = None,
                              pick: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = argmax_pick
@@ -134,8 +140,7 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, max_n
     harness.sampler's per-row draws when sampling.
     """
     cache = DynamicCache()
-    # transformers renamed `past_key_values` to `cache` (5.24 warns on the old name; 5.20, vLLM's pin, lacks the new)
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    key = cache_argument(model)
     pos = attn.long().cumsum(-1) - 1
     pos.masked_fill_(attn == 0, 1)  # as generate does; padded positions are masked anyway
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: cache})

@@ -23,10 +23,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from harness.data import Example, collate
 from harness.engine import forward
 from harness.errors import HarnessError
+from harness.greedy import cache_argument
 from harness.logprobs import phi
 from methods.common import correct_examples, masked_mean, sample_and_verify
 
@@ -44,16 +46,18 @@ class _Stream:
             self.attn[i, T - len(p):] = 1
         ids, self.attn = ids.to(device), self.attn.to(device)
         pos = (self.attn.cumsum(-1) - 1).clamp(min=0)                             # [B, T] positions ignore padding
-        out = model(input_ids=ids, attention_mask=self.attn, position_ids=pos, use_cache=True)
-        self.cache, self.logits = out.past_key_values, out.logits[:, -1].float()  # [B, V]
+        self.cache, self.key = DynamicCache(), cache_argument(model)
+        out = model(input_ids=ids, attention_mask=self.attn, position_ids=pos, use_cache=True,
+                    **{self.key: self.cache})
+        self.logits = out.logits[:, -1].float()                                   # [B, V]
         self.next_pos = self.attn.sum(-1, keepdim=True)                           # [B, 1]
 
     def step(self, tokens: torch.Tensor) -> None:
         """Append one token per row ([B]) and refresh the next-token logits."""
         self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], dim=1)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.attn, position_ids=self.next_pos,
-                         past_key_values=self.cache, use_cache=True)
-        self.cache, self.logits = out.past_key_values, out.logits[:, -1].float()
+                         use_cache=True, **{self.key: self.cache})                # the cache grows in place
+        self.logits = out.logits[:, -1].float()
         self.next_pos = self.next_pos + 1
 
 
