@@ -178,7 +178,7 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
     tables = {"claims.csv": claims, "dial.csv": dial.drop(columns="values", errors="ignore"),
               "matched_gain.csv": matched, "front.csv": front,
               "predictors.csv": stats,
-              "checkpoints.csv": fr.ckpts, "runs.csv": fr.runs}
+              "checkpoints.csv": fr.all_ckpts, "runs.csv": fr.all_runs}  # every arm, told apart by `arm`
     for m in F.ordered(styles, front):
         tables[f"front_{m}.csv"] = front[front["method"] == m]
     for name, df in tables.items():

@@ -245,12 +245,16 @@ def test_minimal_runs_still_give_every_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = init_store(uri)
     exp = ensure_experiment("bare")
-    for i, (g, d) in enumerate([(3.0, 1.0), (-2.0, 0.5)]):
-        rid = client.create_run(exp, tags={"kind": "run", "method": "sft" if i else "grpo"}).info.run_id
+    for i, (g, d) in enumerate([(3.0, 1.0), (-2.0, 0.5), (1.0, 0.2)]):
+        arm = {"arm": "sft@mild"} if i == 2 else {}  # a variant arm (the dial's SFT on milder labels)
+        rid = client.create_run(exp, tags={"kind": "run", "method": "sft" if i else "grpo", **arm}).info.run_id
         client.log_batch(rid, metrics=[Metric("target_gain", g, 0, 5), Metric("nontarget_drop", d, 0, 5)])
         client.set_terminated(rid, "FINISHED")
     files = build_report("bare", tmp_path / "out", client=client)
     assert all(p.stat().st_size > 0 for p in files.values()) and len(files) >= 20
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")  # the tables of every run hold the variant arms too
+    assert sorted(runs["arm"]) == ["grpo", "sft", "sft@mild"]
+    assert sorted(pd.read_csv(tmp_path / "out" / "checkpoints.csv")["arm"]) == ["grpo", "sft", "sft@mild"]
 
 
 CHROMIUM = shutil.which("chromium") or (Path("/usr/bin/chromium").exists() and "/usr/bin/chromium")
