@@ -121,13 +121,13 @@ def argmax_pick(logits: torch.Tensor, live: torch.Tensor, step: int) -> torch.Te
     return logits.argmax(-1)
 
 
-@torch.no_grad()
 def cache_argument(model: torch.nn.Module) -> str:
     """The name `model.forward` takes its KV cache by: transformers renamed `past_key_values` to `cache` (5.24 warns
     on the old name; 5.20, vLLM's pin, lacks the new)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+@torch.no_grad()
 def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, max_new_tokens: int, eos: list[int],
                              stop: _StopOnStrings | None = None,
                              pick: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = argmax_pick

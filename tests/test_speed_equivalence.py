@@ -257,3 +257,17 @@ def test_a_run_with_warm_caches_logs_what_a_cold_one_does(micro_world, tmp_path,
     # Only one base run, though the second run did not search for it.
     df = mlflow.search_runs(experiment_names=[cfg.tracking.experiment])
     assert (df["tags.kind"] == "base").sum() == 1
+
+
+def test_the_decode_loop_builds_no_autograd_graph_whoever_calls_it(micro_world):
+    # its callers run under no_grad or inference_mode today; the loop must not rely on that (a graph per step
+    # would hold every step's activations)
+    _, model, tok = micro_world
+    grad_enabled: list[bool] = []
+    handle = model.register_forward_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
+    try:
+        ids = torch.tensor([tok.encode("sort 3 1 2:", add_special_tokens=False)])
+        greedy.decode_dropping_finished(model, ids, torch.ones_like(ids), 4, [tok.eos_token_id])
+    finally:
+        handle.remove()
+    assert grad_enabled and not any(grad_enabled)
