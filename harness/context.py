@@ -173,12 +173,13 @@ class Context:
     def sampler_for(self, path: Path | str, load: Callable[[], torch.nn.Module]) -> Sampler:
         """A sampler over a saved model (a checkpoint, or the base): the run's vLLM engine loads the folder; with
         transformers, `load()` gives the frozen model to sample from. Under several ranks each samples its share of
-        every call (unless the model is sharded, as `base` is under FSDP)."""
+        every call (in step with the others where the model is sharded, as `base` is under FSDP)."""
         if hasattr(self.sampler, "from_checkpoint"):
             return rank_sharded(self.sampler.from_checkpoint(path))
         model = load()
         return rank_sharded(HFSampler(model, self.tokenizer, self.sampler.batch_size, self.cost,
-                                      seed=self.run_cfg.train.seed, stream=Path(path).name), model)  # own draws
+                                      seed=self.run_cfg.train.seed, stream=Path(path).name),  # its own draws
+                            lockstep=fsdp.is_sharded(model))
 
     def delete_checkpoint(self, path: Path) -> None:
         """Free a checkpoint's disk space as soon as it is no longer needed (sharded: rank 0's, once all are done)."""

@@ -246,9 +246,9 @@ class Trainer:
               on_eval: Callable[[int], None]) -> None:
         """Ask the method for data until the step budget is spent; evaluate every `eval_every` steps.
 
-        With N processes every rank calls `method.data` identically (same seeds, same weights: rollouts are
-        generated redundantly on every rank in this first version), `on_step` gets the whole step's statistics
-        on every rank, and `on_eval` runs on rank 0 only while the others wait.
+        With N processes every rank calls `method.data` identically (same seeds, same weights; each rank samples
+        its share of the rollouts and gets all of them, harness.sampler.RankShardedSampler), `on_step` gets the
+        whole step's statistics on every rank, and `on_eval` runs on rank 0 only while the others wait.
         """
         phase = 0
         while self.step < self.cfg.max_steps:

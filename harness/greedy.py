@@ -130,14 +130,16 @@ def cache_argument(model: torch.nn.Module) -> str:
 @torch.no_grad()
 def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, max_new_tokens: int, eos: list[int],
                              stop: _StopOnStrings | None = None,
-                             pick: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = argmax_pick
-                             ) -> list[list[int]]:
+                             pick: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = argmax_pick,
+                             lockstep: Callable[[bool], bool] | None = None) -> list[list[int]]:
     """New tokens per row of a left-padded batch, each ending at (and including) its end token or stop string.
 
     The same forward passes as `generate` would run, except that rows which ended are removed from the batch and
     its KV cache, so later steps cost only what is still being written. `pick(logits [b, V], live, step)` chooses
     the next token of the b rows still live (`live`: their indices in the original batch): greedy by default,
-    harness.sampler's per-row draws when sampling.
+    harness.sampler's per-row draws when sampling. `lockstep(finished here) -> finished everywhere`: for a model
+    sharded over ranks (FSDP), whose every forward pass gathers layers collectively, so each rank must run as
+    many as the others: a rank whose rows have all ended keeps passing its last batch, outputs discarded.
     """
     cache = DynamicCache()
     key = cache_argument(model)
@@ -149,15 +151,24 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, max_n
     last = pos[:, -1]
     end = torch.tensor(eos, dtype=torch.long, device=ids.device)
     tokens: list[list[int]] = [[] for _ in range(len(ids))]
+    idle = False  # lockstep: every row here has ended, the passes go on for the other ranks
     for step in range(max_new_tokens):
-        for row, t in zip(live.tolist(), nxt.tolist()):
-            tokens[row].append(t)
-        done = torch.isin(nxt, end) if len(eos) else torch.zeros_like(nxt, dtype=torch.bool)
-        if stop is not None:
-            done |= stop.hit([tokens[r] for r in live.tolist()]).to(done.device)
-        if step == max_new_tokens - 1 or bool(done.all()):
+        if not idle:
+            for row, t in zip(live.tolist(), nxt.tolist()):
+                tokens[row].append(t)
+            done = torch.isin(nxt, end) if len(eos) else torch.zeros_like(nxt, dtype=torch.bool)
+            if stop is not None:
+                done |= stop.hit([tokens[r] for r in live.tolist()]).to(done.device)
+        if step == max_new_tokens - 1:
             break
-        if bool(done.any()):
+        if lockstep is None and bool(done.all()):
+            break
+        if lockstep is not None:
+            if lockstep(idle or bool(done.all())):
+                break
+            if not idle and bool(done.all()):
+                idle, done = True, torch.zeros_like(done)  # keep the batch as it is: its passes are discarded
+        if not idle and bool(done.any()):
             keep = (~done).nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
             attn, last, live, nxt = attn[keep], last[keep], live[keep.cpu()], nxt[keep]
@@ -165,7 +176,8 @@ def decode_dropping_finished(model, ids: torch.Tensor, attn: torch.Tensor, max_n
         last = last + 1
         out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=last[:, None], use_cache=True,
                     **{key: cache})
-        nxt = pick(out.logits[:, -1], live, step + 1)
+        if not idle:
+            nxt = pick(out.logits[:, -1], live, step + 1)
     return tokens
 
 

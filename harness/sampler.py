@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -97,6 +97,12 @@ class HFSampler:
         self.cost = cost if cost is not None else Cost()
         self.gen_seconds = 0.0
         self.seed, self.stream, self.calls = seed, stream, 0
+        self.lockstep: Callable[[bool], bool] | None = None  # set for a sharded model (RankShardedSampler)
+
+    def can_lockstep(self) -> bool:
+        """Whether this sampler can decode in step with other ranks: its own loop, which `generate` is not."""
+        return self.own_loop is not False and plain_argmax_greedy(self.model) and \
+            plain_argmax_greedy(self.model, sampling=True)
 
     @property
     def gen_tokens(self) -> int:
@@ -120,6 +126,8 @@ class HFSampler:
         device = next(self.model.parameters()).device
         greedy = temperature <= 0
         own_loop = plain_argmax_greedy(self.model, sampling=not greedy) if self.own_loop is None else self.own_loop
+        if self.lockstep is not None and not own_loop:
+            raise RuntimeError("a lockstep sampler decodes with its own loop; `generate` cannot keep ranks in step")
         call, self.calls = self.calls, self.calls + 1
         try:
             for s in range(0, len(rows), self.batch_size):
@@ -133,7 +141,8 @@ class HFSampler:
                     pick = argmax_pick if greedy else RowDraws(row_uniforms(
                         [(self.seed, self.stream, call, keys[i], j) for i, j, _ in chunk], max_new_tokens), temperature, top_p)
                     resps = [(r, bool(r) and r[-1] == eos) for r in
-                             decode_dropping_finished(self.model, ids, attn, max_new_tokens, [eos], pick=pick)]
+                             decode_dropping_finished(self.model, ids, attn, max_new_tokens, [eos], pick=pick,
+                                                      lockstep=self.lockstep)]
                 else:
                     gen = self.model.generate(
                         input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
@@ -159,14 +168,19 @@ class HFSampler:
 class RankShardedSampler:
     """Data-parallel rollouts: each of N ranks samples its share prompts[rank::N], and every rank gets all of them.
 
-    HFSampler keys each row's draws (VLLMSampler each request's seed) by its index in the whole call, so the completions are the ones one process
-    would sample (up to padding's rounding) and N ranks train on the same data as one, generating N times less
-    each. The other ranks' prefill and generated tokens are added to this rank's counter: cost stays the call's.
-    Not for FSDP, whose forward passes need every rank in step.
+    HFSampler keys each row's draws (VLLMSampler each request's seed) by its index in the whole call, so the
+    completions are the ones one process would sample (up to padding's rounding) and N ranks train on the same
+    data as one, generating N times less each. The other ranks' prefill and generated tokens are added to this
+    rank's counter: cost stays the call's. `lockstep` (a sharded model, FSDP: every forward pass gathers layers
+    collectively): every share is padded to the same size with copies of a prompt whose samples are dropped
+    uncounted, and the inner sampler decodes in step with the other ranks (HFSampler.lockstep).
     """
 
-    def __init__(self, inner: Sampler):
-        self.inner = inner
+    def __init__(self, inner: Sampler, lockstep: bool = False):
+        self.inner, self.lockstep = inner, lockstep
+        if lockstep:
+            from harness import distributed
+            inner.lockstep = lambda done_here: distributed.all_reduce_sum([0.0 if done_here else 1.0])[0] == 0.0
 
     def __getattr__(self, name: str):  # batch_size, gen_seconds, model, ... are the inner sampler's
         return getattr(self.inner, name)
@@ -184,13 +198,18 @@ class RankShardedSampler:
                  max_new_tokens: int = 32, **kwargs) -> list[list[Completion]]:
         """`n` completions per prompt, in prompt order, on every rank (`kwargs`: the inner sampler's options)."""
         from harness import distributed
-        mine = list(range(distributed.rank(), len(prompts), distributed.world_size()))
+        size, N = len(prompts), distributed.world_size()
+        mine = list(range(distributed.rank(), size, N))
+        filler = [mine[-1] if mine else 0] * (-(-size // N) - len(mine)) if self.lockstep and size else []
         before = dict(self.inner.cost.tokens)
-        done = self.inner.generate([prompts[i] for i in mine], n, temperature, top_p, max_new_tokens, indices=mine,
-                                   **kwargs)
+        done = self.inner.generate([prompts[i] for i in mine + filler], n, temperature, top_p, max_new_tokens,
+                                   indices=mine + filler, **kwargs)
+        for completions in done[len(mine):]:  # the filler's passes only kept this rank in step: not the call's cost
+            self.inner.cost.add("prefill", -sum(len(c.prompt_ids) for c in completions))
+            self.inner.cost.add("gen", -sum(len(c.response_ids) for c in completions))
         spent = {k: v - before.get(k, 0) for k, v in self.inner.cost.tokens.items()}
         out: list[list[Completion]] = [[] for _ in prompts]
-        for r, (idx, completions, used) in enumerate(distributed.all_gather_object((mine, done, spent))):
+        for r, (idx, completions, used) in enumerate(distributed.all_gather_object((mine, done[:len(mine)], spent))):
             for i, c in zip(idx, completions):
                 out[i] = c
             if r != distributed.rank():
@@ -199,14 +218,16 @@ class RankShardedSampler:
         return out
 
 
-def rank_sharded(sampler: Sampler, model: torch.nn.Module | None = None) -> Sampler:
-    """`sampler`, sampling only its share on each rank when there are several (RankShardedSampler) -- unless it
-    decodes a sharded `model`, whose forward passes need every rank in step (every rank then samples every prompt)."""
-    from harness import distributed, fsdp
-    if (distributed.world_size() == 1 or isinstance(sampler, RankShardedSampler)
-            or (model is not None and fsdp.is_sharded(model))):
+def rank_sharded(sampler: Sampler, lockstep: bool = False) -> Sampler:
+    """`sampler`, sampling only its share on each rank when there are several (RankShardedSampler); `lockstep`
+    for a sharded model (FSDP), where a sampler that cannot decode in step (`generate`) samples every prompt on
+    every rank instead."""
+    from harness import distributed
+    if distributed.world_size() == 1 or isinstance(sampler, RankShardedSampler):
         return sampler
-    return RankShardedSampler(sampler)
+    if lockstep and not (isinstance(sampler, HFSampler) and sampler.can_lockstep()):
+        return sampler
+    return RankShardedSampler(sampler, lockstep)
 
 
 def build_sampler(cfg, policy: torch.nn.Module, tokenizer) -> Sampler:
@@ -222,5 +243,4 @@ def build_sampler(cfg, policy: torch.nn.Module, tokenizer) -> Sampler:
                               batch_size=cfg.rollout_batch_size, **extra)
     else:
         sampler = HFSampler(policy, tokenizer, cfg.rollout_batch_size, seed=cfg.train.seed)
-    # fsdp: the policy is sharded once the engine wraps it (after this), so every rank decodes every prompt
-    return rank_sharded(sampler) if cfg.train.parallel == "ddp" else sampler
+    return rank_sharded(sampler, lockstep=cfg.train.parallel == "fsdp")  # the engine shards the policy later

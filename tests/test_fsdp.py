@@ -4,7 +4,7 @@ One launch of 2 CPU processes trains the cases of test_distributed.py with the p
 tiny Llama (untied head, a one-example step that leaves rank 1 only filler passes), one bf16-autocast scoring
 pass with gradients, SFT with a k2 penalty (the sharded reference scored inside the loss), on-policy SFT and GRPO (μ = 2,
 β > 0: π_old and reference log-probs; also over uneven, padded shares with gradient checkpointing) on the micro world (tied
-embeddings), 3 steps each; then a full checkpoint written by rank 0 and read by both, `reset_to_base` into the
+embeddings), 3 steps each, each rank sampling its share of the rollouts in lockstep with the other; then a full checkpoint written by rank 0 and read by both, `reset_to_base` into the
 shards, and one `harness.run.run` that evaluates on rank 0 from the gathered copy and saves checkpoints of record
 (inside an evaluation and after the last one). The pytest process runs the same in one process (where
 `train.parallel=fsdp` is the ordinary path) and compares.
@@ -158,6 +158,8 @@ def test_two_sharded_ranks_match_one_process(launched, case, micro_world):
     assert diff <= max(ATOL, FLOOR_FACTOR * floor[case]) and diff < MAX_DIFF, (diff, floor[case])
     if case != "engine":
         assert got["steps"] == ref["steps"] == STEPS and got["cost"] == ref["cost"]  # filler passes uncounted
+        # each rank sampled its share of every call in step with the other (grpo_uneven: shares of 2 and 1 prompts)
+        assert (got["sampler"], ref["sampler"]) == ("RankShardedSampler", "HFSampler")
     assert len(got["stats"]) == len(ref["stats"])
     for g, s in zip(got["stats"], ref["stats"]):
         assert g["trained_tokens"] == s["trained_tokens"]

@@ -271,3 +271,26 @@ def test_the_decode_loop_builds_no_autograd_graph_whoever_calls_it(micro_world):
     finally:
         handle.remove()
     assert grad_enabled and not any(grad_enabled)
+
+
+def test_lockstep_decoding_keeps_passing_until_every_rank_is_done(micro_world):
+    # One process standing in for a rank whose rows end first: the tokens are those of plain decoding, and the
+    # loop keeps running forward passes (outputs discarded) until the others say they are done too.
+    world, model, tok = micro_world
+    prompts = [tok.encode(p, add_special_tokens=False) for p in _prompts(world, 3)]
+    T = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (T - len(p)) + p for p in prompts])
+    attn = (torch.arange(T)[None] >= torch.tensor([T - len(p) for p in prompts])[:, None]).long()
+    plain = greedy.decode_dropping_finished(model, ids, attn, 20, [tok.eos_token_id])
+    passes, asked = [], []
+    handle = model.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        others_end_at = max(map(len, plain)) + 3  # the slowest rank needs 3 more steps than this one
+        locked = greedy.decode_dropping_finished(
+            model, ids, attn, 20, [tok.eos_token_id],
+            lockstep=lambda done_here: asked.append(done_here) or (done_here and len(asked) >= others_end_at))
+    finally:
+        handle.remove()
+    assert locked == plain and all(t[-1] == tok.eos_token_id for t in plain)
+    assert len(passes) == others_end_at  # the prefill, then one pass per step until the others were done
+    assert asked[-4:] == [True] * 4 and not any(asked[:len(max(plain, key=len)) - 1])
