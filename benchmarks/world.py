@@ -43,7 +43,6 @@ from harness.world import EvalTask, Item, World, cache_root
 
 from harness.greedy import STOP  # toy responses are one line
 from benchmarks.toy_eval import TASK_PREFIX, toy_task_config
-from benchmarks.toy_presets import WORLD_PRESETS  # noqa: F401  (imported from here by the harness)
 
 
 class _Strict(BaseModel):

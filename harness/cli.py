@@ -3,17 +3,36 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from harness.cliargs import take_settings
 from harness.cliparsers import (RUN_SETTINGS, SWEEP_SETTINGS, UI_SETTINGS, add_fetch_parser, add_list_parser,
                                 add_run_parser, add_sweep_parser, add_ui_parser, main_parser)
 from harness.errors import HarnessError, TrainingDiverged
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+
+def config_help(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) rows for every field, recursing into sub-sections (`harness run --help-config`)."""
+    from pydantic import BaseModel
+    rows = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += config_help(ann, f"{prefix}{name}.")
+        elif name != "method_args":
+            default = f.default_factory() if f.default_factory is not None else f.default
+            rows.append((f"{prefix}{name}", repr(default), (f.description or "").strip()))
+    return rows
+
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print worlds, tasks and methods."""
     from benchmarks.tasks import FAMILIES
-    from benchmarks.world import WORLD_PRESETS, WorldConfig
+    from benchmarks.toy_presets import WORLD_PRESETS
+    from benchmarks.world import WorldConfig
     from methods.base import get_method, method_names
 
     from benchmarks.real import preset_lines
@@ -52,7 +71,7 @@ def _run_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Resolve the config and train one run."""
-    from harness.config import config_help, resolve_config
+    from harness.config import resolve_config
     from methods.base import get_method
 
     over = _run_overrides(args)

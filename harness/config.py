@@ -14,7 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from benchmarks.real import RealWorldConfig, preset_files
-from benchmarks.world import WORLD_PRESETS, WorldConfig
+from benchmarks.toy_presets import WORLD_PRESETS
+from benchmarks.world import WorldConfig
 from harness.errors import HarnessError, unknown
 
 
@@ -289,16 +290,3 @@ def world_presets() -> dict[str, dict]:
     for name, path in preset_files().items():
         out[name] = load_yaml_mapping(path, "world preset")
     return out
-
-
-def config_help(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) rows for every field, recursing into sub-sections."""
-    rows = []
-    for name, f in model.model_fields.items():
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows += config_help(ann, f"{prefix}{name}.")
-        elif name != "method_args":
-            default = f.default_factory() if f.default_factory is not None else f.default
-            rows.append((f"{prefix}{name}", repr(default), (f.description or "").strip()))
-    return rows

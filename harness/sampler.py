@@ -232,7 +232,7 @@ def rank_sharded(sampler: Sampler, lockstep: bool = False) -> Sampler:
 
 def build_sampler(cfg, policy: torch.nn.Module, tokenizer) -> Sampler:
     """The run's sampler over the policy: `train.sampler` picks transformers (`hf`) or an in-process vLLM engine;
-    under DDP each rank samples its share of every call (RankShardedSampler)."""
+    under several ranks each samples its share of every call (RankShardedSampler; in lockstep under FSDP)."""
     from harness import distributed
     if cfg.train.sampler == "vllm":
         from harness.vllm_sampler import VLLMSampler

@@ -157,8 +157,9 @@ class VLLMSampler:
     """Samples the policy through one in-process vllm.LLM; a Sampler (harness.sampler) like HFSampler.
 
     `dtype`: the engine's weights (pushes cast the policy's); `rank` ($RANK by default) varies the engine's own
-    seed (every request carries its own, keyed by the prompt's index in the whole call); `engine_kwargs` go to vllm.LLM (enforce_eager, max_num_seqs, max_num_batched_tokens,
-    logprobs_mode="processed_logprobs" for log-probs after temperature, distributed_executor_backend).
+    seed (every request carries its own, keyed by the prompt's index in the whole call); `engine_kwargs` go to
+    vllm.LLM (enforce_eager, max_num_seqs, max_num_batched_tokens, logprobs_mode="processed_logprobs" for
+    log-probs after temperature, distributed_executor_backend).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, gpu_memory_utilization: float = 0.3,

@@ -1,12 +1,15 @@
 """TMS's trajectory mixture q_α = α·q + (1−α)·m: when the teacher is snapshotted, which checkpoint a prompt draws,
-and the epoch of examples a draw makes (methods/tms.py runs the algorithm; these are its pure, seeded parts)."""
+and the epoch of examples a draw makes, and what keys the teacher phase's reuse (methods/tms.py runs the
+algorithm; these are its pure, seeded parts)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
+from harness.baseline import checkpoint_hash
 from harness.data import Example
+from harness.distributed import fingerprint
 
 
 def checkpoint_steps(teacher_steps: int, checkpoints: int) -> list[int]:
@@ -44,3 +47,12 @@ def drawn_prompts(plans: list[tuple[np.ndarray, np.ndarray]], checkpoints: int) 
     """For each checkpoint t, the prompts drawn to it in some epoch (ascending): all its snapshot must answer."""
     return [sorted({int(i) for use, pick in plans for i in np.flatnonzero(~use & (pick == t))})
             for t in range(checkpoints)]
+
+
+def teacher_phase_inputs(ctx, cfg, needs: list[list[int]], teacher: list[list[Example]]) -> dict:
+    """Everything the teacher run and its harvest read (harness.phase_cache's key). Nothing here reads the swept
+    student rate when `cfg.teacher_lr` is set, so each seed's teacher runs once a sweep."""
+    train = ctx.run_cfg.train.model_dump(exclude={"lr"} if cfg.teacher_lr else set())
+    return {"world": ctx.world.data_key(), "base": checkpoint_hash(ctx.base_path), "train": train,
+            "tms": cfg.model_dump(exclude={"scratch_dir", "reuse_teacher"}), "needs": needs,
+            "teacher": (fingerprint([e for b in teacher for e in b]), [len(b) for b in teacher])}

@@ -43,15 +43,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from harness.baseline import checkpoint_hash
 from harness.data import Example, TrainData
-from harness.distributed import fingerprint
 from harness.modeling import DTYPES
 from harness.phase_cache import reuse
 from methods.base import LossOutput, Method, SweepParam, register
 from methods._sft_family import ExpertLabelConfig, expert_examples, expert_items, nll_loss
-from methods._tms_mixture import checkpoint_steps, draw_epochs, drawn_prompts, mix
-from methods._tms_mixture import checkpoint_weights, draw_plan  # noqa: F401  (still importable from methods.tms)
+from methods._tms_mixture import checkpoint_steps, draw_epochs, drawn_prompts, mix, teacher_phase_inputs
 from methods.common import sample_and_verify
 
 
@@ -140,11 +137,7 @@ class TMS(Method):
             ctx.train_steps(teacher, self.loss, prefix="teacher", on_step=harvest, lr=c.teacher_lr)
             return answers, accs
 
-        # Nothing here reads the swept student rate when teacher_lr is set: each seed's teacher runs once a sweep.
-        train = ctx.run_cfg.train.model_dump(exclude={"lr"} if c.teacher_lr else set())
-        inputs = {"world": ctx.world.data_key(), "base": checkpoint_hash(ctx.base_path), "train": train,
-                  "tms": c.model_dump(exclude={"scratch_dir", "reuse_teacher"}), "needs": needs,
-                  "teacher": (fingerprint([e for b in teacher for e in b]), [len(b) for b in teacher])}
+        inputs = teacher_phase_inputs(ctx, c, needs, teacher)
         (self._answers, accs), reused = reuse(ctx, "tms-teacher", inputs, teach_and_harvest, enabled=c.reuse_teacher)
         ctx.reset_to_base()
         ctx.log({"teacher_steps": float(steps), "checkpoints": float(len(self._answers)),

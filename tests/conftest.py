@@ -27,7 +27,8 @@ def pytest_configure(config) -> None:
 @pytest.fixture(scope="session")
 def micro_world(tmp_path_factory):
     """(world, model, tokenizer) of the `micro` preset; pretraining takes ~10-30 s, so it is shared."""
-    from benchmarks.world import WORLD_PRESETS, ToyWorld, WorldConfig
+    from benchmarks.toy_presets import WORLD_PRESETS
+    from benchmarks.world import ToyWorld, WorldConfig
     from harness.modeling import load_model
 
     with pytest.MonkeyPatch.context() as mp:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.world import WORLD_PRESETS, ToyWorld, WorldConfig
+from benchmarks.toy_presets import WORLD_PRESETS
+from benchmarks.world import ToyWorld, WorldConfig
 from harness.errors import HarnessError
 from harness.evaluation import Evaluator, LiveLM, greedy_generate
 

@@ -11,7 +11,8 @@ import pytest
 from benchmarks.pretrain import (HINT_TEMPLATE, VOCAB_CHARS, encode_sequence, pretraining_pairs,
                                  pretraining_texts)
 from benchmarks.tasks import FAMILIES
-from benchmarks.world import WORLD_PRESETS, ToyWorld, WorldConfig
+from benchmarks.toy_presets import WORLD_PRESETS
+from benchmarks.world import ToyWorld, WorldConfig
 from harness.modeling import build_char_tokenizer
 
 

@@ -118,7 +118,8 @@ def test_vllm_spec_and_command(record_env, tmp_path):
 
 
 def test_failures_are_one_line_errors(record_env, tmp_path, monkeypatch):
-    from benchmarks.world import WORLD_PRESETS, ToyWorld, WorldConfig
+    from benchmarks.toy_presets import WORLD_PRESETS
+    from benchmarks.world import ToyWorld, WorldConfig
     from harness import record_eval as rec_mod
     from harness.errors import HarnessError
 

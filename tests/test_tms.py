@@ -12,7 +12,8 @@ from safetensors import safe_open
 
 from harness.context import Context
 from harness.data import Example, TrainData, collate
-from methods.tms import TMS, TMSConfig, checkpoint_steps, checkpoint_weights, draw_plan, mix
+from methods._tms_mixture import checkpoint_steps, checkpoint_weights, draw_plan, mix
+from methods.tms import TMS, TMSConfig
 from method_harness import build, train
 
 

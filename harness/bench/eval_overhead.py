@@ -17,7 +17,7 @@ import time
 
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run both evaluations `--repeats` times and print the times and their ratio."""
-    from benchmarks.world import WORLD_PRESETS
+    from benchmarks.toy_presets import WORLD_PRESETS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", default="micro", choices=sorted(WORLD_PRESETS))
