@@ -12,6 +12,7 @@ import math
 import random
 import shutil
 import string
+import sys
 import time
 from itertools import islice
 from pathlib import Path
@@ -33,18 +34,30 @@ POOL_PER_TASK = 4000
 HINT_TEMPLATE = "{label}:{prompt}"
 
 
-def ensure_base(world, path: Path, progress: bool = True) -> Path:
-    """Return the cached base folder, pretraining it first if absent (safe across processes)."""
+def ensure_base(world, path: Path, progress: bool = True, rebuild: bool = False) -> Path:
+    """Return the cached base folder: the project's shipped base when one matches the world's key, else pretrained
+    here first (safe across processes). `rebuild` discards the cached copy and pretrains on this machine."""
+    from benchmarks import shipped_bases
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
+        if rebuild:
+            shutil.rmtree(path, ignore_errors=True)
         if (path / "model.safetensors").exists():
             return path
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model, tok, seconds = pretrain_base(world, progress=progress)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "pretrain_seconds.txt").write_text(f"{seconds:.1f}\n")
+        shipped = None if rebuild else shipped_bases.shipped_base(world.cfg.base_key())
+        problem = shipped_bases.verify(shipped) if shipped else None
+        if shipped and not problem:
+            shipped_bases.install(shipped, tmp)
+        else:
+            if problem:
+                print(f"warning: not using the shipped base ({problem}); pretraining one here", file=sys.stderr)
+            model, tok, seconds = pretrain_base(world, progress=progress)
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "pretrain_seconds.txt").write_text(f"{seconds:.1f}\n")
         tmp.rename(path)
     return path
 

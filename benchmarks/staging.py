@@ -51,7 +51,9 @@ def requirements(cfg) -> list[Requirement]:
         from harness.world import build_world
         world = build_world(cfg)
         base = world.cache_dir / "base"
-        return [Requirement("toy base model (pretrained on first use, ~1-2 min)", str(base), base.exists())]
+        from benchmarks.shipped_bases import shipped_base
+        how = "shipped, installed on first use" if shipped_base(cfg.base_key()) else "pretrained on first use, ~12 min"
+        return [Requirement(f"toy base model ({how})", str(base), base.exists())]
     from harness.modeling import local_model
     out = []
     try:
@@ -74,11 +76,16 @@ def requirements(cfg) -> list[Requirement]:
     return out
 
 
-def fetch(cfg, progress: bool = True) -> list[Requirement]:
-    """Download what a real world needs into the local caches (needs network); prints and returns the requirements
-    after."""
+def fetch(cfg, progress: bool = True, rebuild_base: bool = False) -> list[Requirement]:
+    """Stage what a world needs into the local caches: a real world's downloads (needs network), a toy world's base
+    (shipped or pretrained; `rebuild_base` pretrains it here); prints and returns the requirements after."""
     if cfg.kind != "real":
+        from harness.world import build_world
+        build_world(cfg).base_path(progress=progress, rebuild=rebuild_base)
         return _report(requirements(cfg))
+    if rebuild_base:
+        raise HarnessError("--rebuild-base is for toy worlds, whose base the harness pretrains; a real world's base "
+                           "is its model folder or hub id")
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         raise HarnessError("HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set: `harness fetch` needs the network; unset "
                            "them on a machine that has it")

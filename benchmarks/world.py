@@ -279,9 +279,10 @@ class ToyWorld(World):
         """Folder holding this world's base model and base scores (keyed by what determines the base)."""
         return cache_root() / "worlds" / f"{self.cfg.name}-{self.cfg.base_key()}"
 
-    def base_path(self, progress: bool = True) -> str:
-        """Path (or hub id) of the base model, pretraining the toy base on first use."""
+    def base_path(self, progress: bool = True, rebuild: bool = False) -> str:
+        """Path (or hub id) of the base model: the shipped base installed, or the toy base pretrained, on first use
+        (`rebuild`: pretrained here, replacing the cached copy)."""
         if self.cfg.base_model is not None:
             return self.cfg.base_model
         from benchmarks.pretrain import ensure_base
-        return str(ensure_base(self, self.cache_dir / "base", progress=progress))
+        return str(ensure_base(self, self.cache_dir / "base", progress=progress, rebuild=rebuild))

@@ -107,7 +107,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.world is None and args.preset is None:
         raise HarnessError("`harness fetch` needs --world NAME (see `harness list`) or --preset FILE with a real world")
     cfg, _ = resolve_config(world=args.world, preset=args.preset, overrides=list(args.overrides))
-    return 0 if all(r.present is not False for r in fetch(cfg.world)) else 2
+    return 0 if all(r.present is not False for r in fetch(cfg.world, rebuild_base=args.rebuild_base)) else 2
 
 
 def _sweep_inputs(args: argparse.Namespace) -> tuple[str | None, list[str], dict]:

@@ -120,16 +120,21 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def add_fetch_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `harness fetch`; returns the new parser."""
-    s = subparsers.add_parser("fetch", help="stage a real world's model and data for offline runs", **_fmt(
-        "Download what a real-world preset needs into the local caches: the base model at its revision (Hugging "
+    s = subparsers.add_parser("fetch", help="stage a world's model and data for offline runs", **_fmt(
+        "Stage what a world needs into the local caches. A real-world preset: the base model at its revision (Hugging "
         "Face hub cache), the lm-eval datasets not given as local files (datasets cache) and nltk's punkt_tab for "
-        "IFEval. Run it on a machine with network; afterwards `harness run --world NAME` needs none.",
+        "IFEval; run it on a machine with network, afterwards `harness run --world NAME` needs none. A toy world: "
+        "its base, the project's shipped copy when one matches the world's config, else pretrained here.",
         textwrap.dedent("""\
         examples:
           harness fetch --world rbd-qwen2.5-1.5b-ifeval
-          harness fetch --world tms-qwen2.5-1.5b-math world.revision=<commit>""")))
+          harness fetch --world tms-qwen2.5-1.5b-math world.revision=<commit>
+          harness fetch --world toy --rebuild-base""")))
     s.add_argument("--world", help="real-world preset (see `harness list`); or --preset FILE defining the world")
     s.add_argument("--preset", metavar="FILE", help="YAML file of settings layered over the world preset")
+    s.add_argument("--rebuild-base", action="store_true",
+                   help="toy worlds: pretrain the base on this machine instead of installing the shipped one "
+                        "(replaces the cached copy)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. world.revision=<commit>")
     return s
 
