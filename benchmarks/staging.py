@@ -52,7 +52,8 @@ def requirements(cfg) -> list[Requirement]:
         world = build_world(cfg)
         base = world.cache_dir / "base"
         from benchmarks.shipped_bases import shipped_base
-        how = "shipped, installed on first use" if shipped_base(cfg.base_key()) else "pretrained here on first use: minutes on a CPU"
+        how = ("shipped, installed on first use" if shipped_base(cfg.base_key())
+               else "pretrained here on first use: minutes on a CPU")
         return [Requirement(f"toy base model ({how})", str(base), base.exists())]
     from harness.modeling import local_model
     out = []
