@@ -33,7 +33,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from benchmarks.tasks import FAMILIES
     from benchmarks.toy_presets import WORLD_PRESETS
     from benchmarks.world import WorldConfig
-    from methods.base import get_method, method_names
+    from harness.method import get_method, method_names
 
     from benchmarks.real import preset_lines
 
@@ -72,7 +72,7 @@ def _run_overrides(args: argparse.Namespace) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     """Resolve the config and train one run."""
     from harness.config import resolve_config
-    from methods.base import get_method
+    from harness.method import get_method
 
     over = _run_overrides(args)
     if args.help_config:
@@ -113,7 +113,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def _sweep_inputs(args: argparse.Namespace) -> tuple[str | None, list[str], dict]:
     """(spec file, spec key=value tokens, explicit spec fields) from a sweep's flags and key=value settings."""
     from harness.config import RunConfig, deep_merge, load_yaml_mapping, parse_overrides
-    from methods.base import method_names
+    from harness.method import method_names
 
     rest = take_settings(args, SWEEP_SETTINGS, args.overrides)
     # A run setting (train.max_steps=20, world.target=rev, sft.kl_beta=0.05) means what it means for

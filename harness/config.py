@@ -243,7 +243,7 @@ def _format_validation(e: ValidationError, prefix: str, model: type[BaseModel]) 
 def resolve_config(world: str | None = None, method: str | None = None, preset: str | Path | None = None,
                    overrides: list[str] | dict | None = None) -> tuple[RunConfig, Any]:
     """Build and validate a RunConfig and the method's typed config from all layers of settings."""
-    from methods.base import METHODS, get_method
+    from harness.method import METHODS, get_method
 
     layers: list[dict] = []
     if preset is not None:

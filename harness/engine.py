@@ -29,7 +29,7 @@ from harness.cost import Cost
 from harness.data import Example, TrainData, collate
 from harness.errors import TrainingDiverged
 from harness.logprobs import compile_scoring, phi as phi_of, token_logprobs
-from methods.base import LossOutput, Method
+from harness.method import LossOutput, Method
 
 PHI_THRESHOLDS = (1, 3, 5)
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     job = json.loads(Path(args[0]).read_text())
     from harness.config import RunConfig
     from harness.run import run
-    from methods.base import get_method
+    from harness.method import get_method
     cfg = RunConfig.model_validate(job["run"])
     mcfg = get_method(cfg.method).Config.model_validate(job["method"])
     run(cfg, mcfg, parent_run_id=job["parent_run_id"], progress=False, extra_tags=job["tags"])

@@ -30,7 +30,7 @@ from harness.world import build_world
 from harness.sampler import build_sampler
 from harness.store import ensure_experiment, find_run, store_lock, tracking_uri
 from harness.tracking import RunTracker, flatten
-from methods.base import MethodConfig, get_method
+from harness.method import MethodConfig, get_method
 
 PACKAGES = ("torch", "transformers", "lm-eval", "mlflow", "optuna")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-_SKIP = ("base", "common")
+_SKIP = ("common",)
 
 
 def load_all() -> None:

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from harness.data import Example
 from harness.errors import HarnessError
-from methods.base import LossOutput, Method, MethodConfig
+from harness.method import LossOutput, Method, MethodConfig
 from methods.common import Sampled, correct_examples, coverage, masked_mean, sample_and_verify
 
 

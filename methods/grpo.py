@@ -35,7 +35,7 @@ from pydantic import Field
 from harness.data import Example, TrainData
 from methods._policy_gradient import (KL_ESTIMATORS, LOSS_REDUCTION, clipped_surrogate, draw_items, group_stats,
                                       token_scale)
-from methods.base import LossOutput, Method, MethodConfig, SweepParam, register
+from harness.method import LossOutput, Method, MethodConfig, SweepParam, register
 from methods.common import example_logp, group_advantages, masked_mean, sample_and_verify
 
 

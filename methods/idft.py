@@ -45,7 +45,7 @@ from harness.data import TrainData
 from harness.logprobs import phi as phi_of
 from methods._hinted import hinted_examples
 from methods._sft_family import ExpertLabelConfig, expert_examples, expert_items
-from methods.base import LossOutput, Method, SweepParam, register
+from harness.method import LossOutput, Method, SweepParam, register
 from methods.common import masked_mean
 
 

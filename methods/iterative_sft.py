@@ -35,7 +35,7 @@ from pydantic import Field
 
 from harness.data import TrainData
 from methods._sft_family import SelfSampleConfig, SFTFamily, expert_examples, expert_items, self_examples
-from methods.base import SweepParam, register
+from harness.method import SweepParam, register
 
 
 class IterativeSFTConfig(SelfSampleConfig):

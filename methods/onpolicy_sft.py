@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from harness.data import TrainData
 from methods._sft_family import SelfSampleConfig, SFTFamily, self_examples
-from methods.base import SweepParam, register
+from harness.method import SweepParam, register
 
 
 class OnPolicySFTConfig(SelfSampleConfig):

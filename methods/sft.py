@@ -20,7 +20,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from harness.data import TrainData
-from methods.base import LossOutput, Method, SweepParam, register
+from harness.method import LossOutput, Method, SweepParam, register
 from methods._sft_family import ExpertLabelConfig, expert_examples, expert_items, nll_loss
 from methods.common import k2, masked_mean, reference_logp
 

@@ -46,7 +46,7 @@ from pydantic import Field
 from harness.data import Example, TrainData
 from harness.modeling import DTYPES
 from harness.phase_cache import reuse
-from methods.base import LossOutput, Method, SweepParam, register
+from harness.method import LossOutput, Method, SweepParam, register
 from methods._sft_family import ExpertLabelConfig, expert_examples, expert_items, nll_loss
 from methods._tms_mixture import checkpoint_steps, draw_epochs, drawn_prompts, mix, teacher_phase_inputs
 from methods.common import sample_and_verify

@@ -36,7 +36,7 @@ from pydantic import Field
 from harness.data import Example, TrainData
 from methods._policy_gradient import draw_items, group_stats
 from methods._trapo_prefix import MICRO_GROUPS, guidance, prefix_end
-from methods.base import LossOutput, Method, MethodConfig, SweepParam, register
+from harness.method import LossOutput, Method, MethodConfig, SweepParam, register
 from methods.common import group_advantages, masked_mean, sample_and_verify
 
 

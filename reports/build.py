@@ -145,7 +145,7 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
     import matplotlib.pyplot as plt
 
     from harness.store import init_store
-    from methods.base import method_names
+    from harness.method import method_names
 
     client = client or init_store()
     fr = load(experiment, client)

@@ -162,7 +162,7 @@ def experiment_note(spec: SweepSpec, arms: list[str], cfgs: dict[str, Any], expe
 def parent_note(spec: SweepSpec, arm: str, cfg: Any, space: dict, experiment_id: str, parent_id: str,
                 command: str, front: list[dict] | None = None) -> str:
     """A parent run's description: the arm, its search space and seeds, its command, report and Pareto set."""
-    from methods.base import get_method
+    from harness.method import get_method
     method = get_method(arm_method(spec, arm))
     seeds = arm_seeds(spec, arm)
     lines = [

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from harness.config import deep_merge, resolve_config
 from harness.errors import HarnessError
-from methods.base import SweepParam
+from harness.method import SweepParam
 from sweeps import progress as P
 from sweeps.describe import log_progress
 from sweeps.isolation import run_isolated, worker_devices

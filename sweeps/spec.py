@@ -111,7 +111,7 @@ def load_spec(path: str | Path | None = None, cli: list[str] | None = None, **fi
 
 def resolve_methods(spec: SweepSpec) -> list[str]:
     """The spec's arms (method names and variant names), validated against the registry."""
-    from methods.base import get_method, method_names
+    from harness.method import get_method, method_names
     for name, v in spec.variants.items():
         if name in method_names():
             raise HarnessError(f"sweep variant {name!r} has a method's name; rename it (e.g. {name}@style)")

@@ -25,7 +25,7 @@ from filelock import FileLock
 from optuna.trial import TrialState
 
 from harness.errors import HarnessError
-from methods.base import SweepParam, get_method
+from harness.method import SweepParam, get_method
 from sweeps.spec import SweepSpec, arm_method
 
 STALE_AFTER_S = 300.0

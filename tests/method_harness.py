@@ -8,7 +8,7 @@ from harness.config import resolve_config
 from harness.context import Context
 from harness.engine import Trainer
 from harness.sampler import build_sampler
-from methods.base import get_method
+from harness.method import get_method
 
 
 def build(micro_world, method: str, overrides: list[str] | tuple = ()):

@@ -63,7 +63,7 @@ def test_other_methods_sections_are_ignored_for_shared_presets():
 
 
 def test_every_method_default_config_validates():
-    from methods.base import method_names
+    from harness.method import method_names
     for name in method_names():
         cfg, m = resolve_config(world="micro", method=name)
         assert cfg.method_args == m.model_dump()

@@ -10,7 +10,7 @@ from harness.config import TrainConfig
 from harness.data import Example, TrainData, collate
 from harness.engine import Trainer, lr_lambda
 from harness.errors import TrainingDiverged
-from methods.base import LossOutput
+from harness.method import LossOutput
 
 
 def tiny_model(seed: int = 0) -> LlamaForCausalLM:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from harness.bench import gpu_check
-from methods.base import method_names
+from harness.method import method_names
 
 TINY = ["--device", "cpu", "--backend", "hf", "--steps", "1", "--grpo", "4", "2", "--bulk", "8", "1",
         "--prompt-len", "12", "--max-new-tokens", "3", "--mfu", "2", "2", "16"]

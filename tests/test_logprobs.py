@@ -16,7 +16,7 @@ from harness.engine import Trainer, forward, fused_adamw_available
 from harness.errors import HarnessError
 from harness import logprobs
 from harness.logprobs import token_kl, token_logprobs
-from methods.base import LossOutput, get_method, method_names
+from harness.method import LossOutput, get_method, method_names
 
 V = 50
 

@@ -235,7 +235,7 @@ def test_shipped_presets_validate(preset, monkeypatch, tmp_path):
     """Every shipped preset resolves for every method, and its dry run lists what it needs (here: missing)."""
     from benchmarks.staging import requirements
     from harness.config import resolve_config
-    from methods.base import method_names
+    from harness.method import method_names
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache: the model is reported missing
     for m in method_names():

@@ -9,7 +9,7 @@ from method_harness import build, train
 
 from harness.cli import main
 from harness.errors import HarnessError
-from methods.base import get_method, method_names
+from harness.method import get_method, method_names
 
 EXPECTED = ["sft", "self_sft", "iterative_sft", "onpolicy_sft", "tms", "idft", "trapo", "grpo"]
 # Smaller settings so every method's two steps take about a second on micro.

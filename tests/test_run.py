@@ -11,7 +11,7 @@ from harness.cli import main
 from harness.config import resolve_config
 from harness.errors import HarnessError, TrainingDiverged
 from harness.run import run
-from methods.base import LossOutput
+from harness.method import LossOutput
 from methods.sft import SFT
 
 REQUIRED = ["target_gain", "nontarget_drop", "target_gain_lo", "target_gain_hi", "nontarget_drop_lo",

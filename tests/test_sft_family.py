@@ -181,7 +181,7 @@ def test_iterative_sft_rounds_restart_and_expert_round0(make, restart):
 def test_expert_label_filter_is_one_setting_of_sft_idft_and_tms(make, name):
     from harness.errors import HarnessError
     from methods._sft_family import ExpertLabelConfig, expert_items
-    from methods.base import get_method
+    from harness.method import get_method
     assert issubclass(get_method(name).Config, ExpertLabelConfig)
     assert get_method(name).Config.model_fields["filter_labels"].default is True
     for keep_all, n in ((False, 3), (True, 4)):

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from harness.errors import HarnessError
-from methods.base import SweepParam
+from harness.method import SweepParam
 from sweeps.driver import run_sweep
 from sweeps.study import grid, open_storage
 from sweeps.spec import load_spec
@@ -42,7 +42,7 @@ def test_spec_errors_name_the_field(tmp_path):
 
 
 def test_variants_are_arms_of_all_and_must_not_shadow_a_method(tmp_path):
-    from methods.base import method_names
+    from harness.method import method_names
     from sweeps.spec import arm_method, arm_overrides, arm_seeds, resolve_methods
     spec = load_spec(None)   # the default spec declares the dial's variants
     assert resolve_methods(spec) == method_names() + ["sft@mild", "sft@own"]

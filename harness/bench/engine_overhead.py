@@ -20,7 +20,7 @@ from harness.config import resolve_config
 from harness.data import collate
 from harness.engine import Trainer, forward
 from harness.run import prepare_world
-from methods.base import get_method
+from harness.method import get_method
 
 
 def bare_step(model, opt, batch, clip: float) -> None:

@@ -70,7 +70,7 @@ def train_methods(cfg_dict: dict, steps: int) -> list[Row]:
     """(b): every registered method through harness.run.run; ok iff it took `steps` steps with finite metrics."""
     from harness.config import resolve_config
     from harness.run import run
-    from methods.base import method_names
+    from harness.method import method_names
     rows = Measured()
     for m in method_names():
         start = time.perf_counter()
@@ -95,7 +95,7 @@ def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, st
     from harness.data import Example
     from harness.engine import Trainer
     from harness.modeling import load_model
-    from methods.base import get_method
+    from harness.method import get_method
     model, tok = load_model(path, device=device)  # fp32 weights under bf16 autocast, as runs train
     cfg = TrainConfig(batch_size=batch, micro_batch_size=micro, precision="bf16" if device == "cuda" else "fp32",
                       device=device, max_steps=steps + 1, threads=None if device == "cuda" else 1, lr=1e-6,

@@ -96,7 +96,7 @@ def _measure(kind: str, impl: str, tokens: int, threads: int) -> dict[str, float
     from harness import engine, metrics
     from harness.config import TrainConfig
     from harness.data import collate
-    from methods.base import LossOutput
+    from harness.method import LossOutput
     from methods.common import reference_logp
 
     torch.set_num_threads(threads)

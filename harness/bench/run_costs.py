@@ -30,7 +30,7 @@ from typing import Iterator
 
 from harness.config import resolve_config
 from harness.run import run
-from methods.base import method_names
+from harness.method import method_names
 
 TIMING = ("cost/train_s", "cost/gen_s", "cost/eval_s", "cost/wall_s")
 

@@ -1,4 +1,4 @@
-"""The Method interface and the method registry.
+"""The Method contract and the method registry (plugins in `methods/` register at their definition site).
 
 A method answers two questions and the engine does the rest:
   data(ctx, phase) -> TrainData | None   what to train on next (None: training is over)
