@@ -116,6 +116,11 @@ class EvalConfig(_Strict):
     backend in a fresh process, logged as `record/...` beside the in-run numbers; `none` skips it."""
     record_steps: list[int] = Field(default_factory=list)
     """Steps, besides the last, whose checkpoints get the evaluation of record."""
+    record_model_args: dict[str, Any] = Field(default_factory=dict)
+    """lm-eval model_args for the evaluation of record, over the harness's (e.g. `{max_model_len: 4096}`); vLLM's
+    gpu_memory_utilization is otherwise sized from the GPU memory free beside the run."""
+    record_timeout_s: int = Field(10800, ge=1)
+    """Seconds the evaluation of record's process may run before it is killed (one-line error)."""
 
 
 class TrackingConfig(_Strict):
