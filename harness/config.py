@@ -24,6 +24,7 @@ def _world_kind(value: Any) -> str:
     return value.get("kind", "toy") if isinstance(value, dict) else getattr(value, "kind", "toy")
 
 
+VLLM_MAX_TEMPERATURE = 2.0  # vLLM 0.33's SamplingParams raises above it (shared/REAL-SCALE-NOTES.md §8)
 WORLD_KINDS: dict[str, type[BaseModel]] = {"toy": WorldConfig, "real": RealWorldConfig}
 AnyWorldConfig = Annotated[Union[Annotated[WorldConfig, Tag("toy")], Annotated[RealWorldConfig, Tag("real")]],
                            Discriminator(_world_kind)]
@@ -74,7 +75,9 @@ class TrainConfig(_Strict):
     float32 (AdamW updates need fp32 weights), and `reset_to_base` reloads float32 weights from disk."""
     sampler: Literal["hf", "vllm"] = "hf"
     """Generation backend for rollouts and own samples: `hf` (transformers generate) or `vllm` (one in-process
-    engine that receives the policy's weights when they changed; CUDA only, `make setup-gpu`)."""
+    engine that receives the policy's weights when they changed; CUDA only, `make setup-gpu`). vLLM samples a bf16
+    copy of the fp32 policy: its data is slightly off-policy, so runs are tagged `sampler` and `harness report`
+    will not compare arms sampled by different backends unless told (`--mixed-samplers`)."""
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
     """Fraction of the GPU's memory vLLM may take (weights, activations, KV cache) beside the training run."""
     vllm_sleep: bool = False
@@ -283,6 +286,10 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
     except ValidationError as e:
         raise _format_validation(e, f"{method_name}.", cls.Config) from None
     cfg.method_args = mcfg.model_dump()
+    hot = cfg.method_args.get("temperature")
+    if cfg.train.sampler == "vllm" and isinstance(hot, (int, float)) and hot > VLLM_MAX_TEMPERATURE:
+        raise HarnessError(f"{method_name}.temperature={hot:g} is above what vLLM samples at "
+                           f"({VLLM_MAX_TEMPERATURE:g}: SamplingParams raises); lower it or use train.sampler=hf")
     if cfg.world.kind == "toy":  # validates task and target names before anything is computed (a real world
         from harness.world import build_world  # loads its tasks and data: `harness run --dry-run` checks it)
         build_world(cfg.world)
