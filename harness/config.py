@@ -73,6 +73,9 @@ class TrainConfig(_Strict):
     """dtype of frozen model copies: the base (KL to base, reference log-probs, sampling from the base) and the
     checkpoints a method samples from (TMS). bfloat16 halves their memory; the trained policy always loads in
     float32 (AdamW updates need fp32 weights), and `reset_to_base` reloads float32 weights from disk."""
+    fsdp_eval_dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of rank 0's unsharded policy copy that evaluation and checkpoints read under `parallel=fsdp`; bfloat16
+    halves it (what lets the 7B preset evaluate on 4 x 80 GB; `--dry-run` prints the estimate against the GPU)."""
     sampler: Literal["hf", "vllm"] = "hf"
     """Generation backend for rollouts and own samples: `hf` (transformers generate) or `vllm` (one in-process
     engine that receives the policy's weights when they changed; CUDA only, `make setup-gpu`). vLLM samples a bf16
