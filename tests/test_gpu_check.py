@@ -41,6 +41,13 @@ def test_cpu_hf_smoke_run_passes_and_prints_every_row(tmp_path, monkeypatch, cap
     assert rows["train tokens/s"][0] == "ok" and rows["MFU"][0] == "n/a"
     assert rows["sample hf grpo 4x2"][0] == "ok" and rows["sample hf bulk 8x1"][0] == "ok"
     assert rows["vllm/hf grpo"] == ["skip", "—", "≥ 6x HF"] and rows["vllm/hf bulk"] == ["skip", "—", "≥ 20x HF"]
+    # the paths real use runs: what could not run here says why, and fails nothing
+    assert rows["push key after AdamW step"][:2] == ["ok", "foreach AdamW step changed the key"]
+    assert rows["push vllm after AdamW step"][0] == rows["sleep -> train -> wake"][0] == "not installed"
+    result, figure, _ = rows["record eval hf"]
+    assert result == "ok" and figure.startswith("22 docs in ")  # IFEval val 4 + eval 8, ARC-Easy val 4 + eval 6
+    assert rows["two ranks (nccl)"][:2] == ["not run", "needs --device cuda"]
+    assert "tok/s" in rows["sample hf grpo 4x2"][1]
     assert "FAIL" not in out and "rows without failure" in out
 
 
