@@ -173,7 +173,8 @@ def save_for_engine(model: torch.nn.Module, tokenizer, folder: Path) -> Path:
 class VLLMSampler:
     """Samples the policy through one in-process vllm.LLM; a Sampler (harness.sampler) like HFSampler.
 
-    `dtype`: the engine's weights (pushes cast the policy's); `rank` ($RANK by default) varies the engine's own
+    `dtype`: the engine's weights (pushes cast the policy's: runs sample a bf16 copy of the fp32 policy, so
+    `sampler=vllm` data are slightly off-policy; runs are tagged `sampler` and reports keep backends apart); `rank` ($RANK by default) varies the engine's own
     seed (every request carries its own, keyed by the prompt's index in the whole call); `engine_kwargs` go to
     vllm.LLM (enforce_eager, max_num_seqs, max_num_batched_tokens, logprobs_mode="processed_logprobs" for
     log-probs after temperature, distributed_executor_backend).
