@@ -142,4 +142,7 @@ def dry_run(cfg) -> int:
     sizes = {sp: {t: len(v) for t, v in world.eval_splits()[sp].items()} for sp in ("val", "eval")}
     print(f"ready: {len(world.train_items)} training items, {len(world.heldout_items)} held-out, "
           f"validation {sizes['val']}, eval {sizes['eval']}")
+    if cfg.train.parallel == "fsdp" and cfg.world.kind == "real":  # rank 0's evaluation memory vs the GPU present
+        from harness.fsdp import dry_run_line
+        print(dry_run_line(cfg.train, world.base_path(progress=False)))
     return 0

@@ -24,6 +24,7 @@ def _world_kind(value: Any) -> str:
     return value.get("kind", "toy") if isinstance(value, dict) else getattr(value, "kind", "toy")
 
 
+VLLM_MAX_TEMPERATURE = 2.0  # vLLM 0.33's SamplingParams raises above it (shared/REAL-SCALE-NOTES.md §8)
 WORLD_KINDS: dict[str, type[BaseModel]] = {"toy": WorldConfig, "real": RealWorldConfig}
 AnyWorldConfig = Annotated[Union[Annotated[WorldConfig, Tag("toy")], Annotated[RealWorldConfig, Tag("real")]],
                            Discriminator(_world_kind)]
@@ -72,9 +73,14 @@ class TrainConfig(_Strict):
     """dtype of frozen model copies: the base (KL to base, reference log-probs, sampling from the base) and the
     checkpoints a method samples from (TMS). bfloat16 halves their memory; the trained policy always loads in
     float32 (AdamW updates need fp32 weights), and `reset_to_base` reloads float32 weights from disk."""
+    fsdp_eval_dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of rank 0's unsharded policy copy that evaluation and checkpoints read under `parallel=fsdp`; bfloat16
+    halves it (what lets the 7B preset evaluate on 4 x 80 GB; `--dry-run` prints the estimate against the GPU)."""
     sampler: Literal["hf", "vllm"] = "hf"
     """Generation backend for rollouts and own samples: `hf` (transformers generate) or `vllm` (one in-process
-    engine that receives the policy's weights when they changed; CUDA only, `make setup-gpu`)."""
+    engine that receives the policy's weights when they changed; CUDA only, `make setup-gpu`). vLLM samples a bf16
+    copy of the fp32 policy: its data is slightly off-policy, so runs are tagged `sampler` and `harness report`
+    will not compare arms sampled by different backends unless told (`--mixed-samplers`)."""
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
     """Fraction of the GPU's memory vLLM may take (weights, activations, KV cache) beside the training run."""
     vllm_sleep: bool = False
@@ -116,6 +122,11 @@ class EvalConfig(_Strict):
     backend in a fresh process, logged as `record/...` beside the in-run numbers; `none` skips it."""
     record_steps: list[int] = Field(default_factory=list)
     """Steps, besides the last, whose checkpoints get the evaluation of record."""
+    record_model_args: dict[str, Any] = Field(default_factory=dict)
+    """lm-eval model_args for the evaluation of record, over the harness's (e.g. `{max_model_len: 4096}`); vLLM's
+    gpu_memory_utilization is otherwise sized from the GPU memory free beside the run."""
+    record_timeout_s: int = Field(10800, ge=1)
+    """Seconds the evaluation of record's process may run before it is killed (one-line error)."""
 
 
 class TrackingConfig(_Strict):
@@ -278,6 +289,10 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
     except ValidationError as e:
         raise _format_validation(e, f"{method_name}.", cls.Config) from None
     cfg.method_args = mcfg.model_dump()
+    hot = cfg.method_args.get("temperature")
+    if cfg.train.sampler == "vllm" and isinstance(hot, (int, float)) and hot > VLLM_MAX_TEMPERATURE:
+        raise HarnessError(f"{method_name}.temperature={hot:g} is above what vLLM samples at "
+                           f"({VLLM_MAX_TEMPERATURE:g}: SamplingParams raises); lower it or use train.sampler=hf")
     if cfg.world.kind == "toy":  # validates task and target names before anything is computed (a real world
         from harness.world import build_world  # loads its tasks and data: `harness run --dry-run` checks it)
         build_world(cfg.world)

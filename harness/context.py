@@ -85,7 +85,7 @@ class Context:
         if self._twin is None:
             def load(dtype: str) -> torch.nn.Module:
                 return load_model(self.base_path, dtype=dtype, device="cpu", **self.world.load_kwargs())[0]
-            self._twin = fsdp.Twin(load, "float32", self.run_cfg.train.frozen_dtype)
+            self._twin = fsdp.Twin(load, *fsdp.eval_dtypes(self.run_cfg.train))
         return self._twin
 
     def gather_for_evaluation(self) -> None:

@@ -27,9 +27,11 @@ for each other's gathers until HARNESS_DIST_TIMEOUT_S, where DDP's `check_same` 
 
 Evaluation runs on rank 0 alone, which a sharded model cannot do: at each evaluation point every rank joins
 `full_state` (the full state dict, gathered to rank 0's CPU) and rank 0 loads it into an unsharded copy of the
-policy (`Twin`) that evaluation, PLD, KL to the base and checkpoints read; the base it is compared with is an
-unsharded copy loaded from disk. Both stay in CPU memory between evaluations and visit rank 0's device only while
-it evaluates. Checkpoints are full weights written by rank 0 (no sharded checkpoints).
+policy (`Twin`, in `train.fsdp_eval_dtype`) that evaluation, PLD, KL to the base and checkpoints read; the base it
+is compared with is an unsharded copy loaded from disk (in `train.frozen_dtype`). Both stay in CPU memory between
+evaluations and visit rank 0's device only while it evaluates, next to its shards: at 7.6B parameters on 4 ranks
+(a bf16 base) ~32 GiB of shards + a 28 GiB fp32 policy copy + a 14 GiB base copy, 74 of an 80 GB GPU's 74.5 GiB
+before activations; with a bf16 policy copy ~60 GiB (`eval_memory`, printed by `harness run --dry-run`). Checkpoints are full weights written by rank 0 (no sharded checkpoints), in the copy's dtype.
 
 Tested on CPU with 2 gloo processes (tests/test_fsdp.py). On a GPU, one NCCL rank (an H200, torch 2.11) gave the
 unsharded model's gradients bit for bit, with and without bf16 autocast, tied or untied head, chunked or not; N GPUs
@@ -163,6 +165,54 @@ def lockstep_share(examples: list, mine: list) -> list:
     fields a method writes on the filler are never trained on this rank (and are its true values anyway).
     """
     return mine + examples[-1:] * (math.ceil(len(examples) / distributed.world_size()) - len(mine))
+
+
+_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def eval_dtypes(cfg: TrainConfig) -> tuple[str, str]:
+    """(policy copy, base copy) dtypes of rank 0's unsharded evaluation copies (`train.fsdp_eval_dtype`)."""
+    return cfg.fsdp_eval_dtype, cfg.frozen_dtype
+
+
+def eval_memory(n_params: int, ranks: int, cfg: TrainConfig) -> dict[str, float]:
+    """Bytes on rank 0's GPU while it evaluates, by part (activations and KV cache not counted).
+
+    Its shards: fp32 weights, gradients and AdamW's two moments (16 bytes per parameter over `ranks`) and the
+    sharded base in `frozen_dtype`; then the unsharded copies of the policy and the base (`eval_dtypes`)."""
+    policy, base = eval_dtypes(cfg)
+    return {"shards": n_params * (16 + _BYTES[cfg.frozen_dtype]) / ranks, "policy copy": n_params * _BYTES[policy],
+            "base copy": n_params * _BYTES[base]}
+
+
+def eval_memory_line(n_params: int, ranks: int, cfg: TrainConfig, gpu_bytes: int | None, gpu: str) -> str:
+    """The dry-run's estimate of rank 0's evaluation memory, against the GPU present (or saying none is)."""
+    parts = eval_memory(n_params, ranks, cfg)
+    gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+    policy, base = eval_dtypes(cfg)
+    text = (f"fsdp evaluation on rank 0 of {ranks}: ~{gib(sum(parts.values()))} = shards {gib(parts['shards'])} + "
+            f"policy copy {gib(parts['policy copy'])} ({policy}) + base copy {gib(parts['base copy'])} ({base}), "
+            f"before activations")
+    if gpu_bytes is None:
+        return text + "; no GPU here to compare with"
+    if sum(parts.values()) <= 0.9 * gpu_bytes:
+        return text + f"; fits the {gib(gpu_bytes)} of {gpu}"
+    return text + (f"; does NOT fit the {gib(gpu_bytes)} of {gpu}: set train.fsdp_eval_dtype=bfloat16 and "
+                   f"train.frozen_dtype=bfloat16, or use more ranks")
+
+
+def dry_run_line(cfg: TrainConfig, model_path: str) -> str:
+    """`eval_memory_line` for the model saved in `model_path` (parameters counted on the meta device), the ranks
+    launched (WORLD_SIZE) or else the GPUs present, against the first GPU's memory."""
+    import os
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+    with torch.device("meta"):
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path)).parameters())
+    cuda = torch.cuda.is_available()
+    ranks = int(os.environ.get("WORLD_SIZE") or (torch.cuda.device_count() if cuda else 1))
+    gpu_bytes = torch.cuda.get_device_properties(0).total_memory if cuda else None
+    return eval_memory_line(n, max(ranks, 1), cfg, gpu_bytes, torch.cuda.get_device_name(0) if cuda else "")
 
 
 class Twin:

@@ -37,8 +37,18 @@ from harness.evaluation import requested_docs
 
 BACKENDS = ("hf", "vllm")
 SPEC_NAME, SAMPLES_NAME, LOG_NAME = "record_spec.json", "record_samples.json", "record_eval.log"
-# What vLLM is given unless extra_model_args says otherwise (max_model_len is sized from the world's prompts).
+# What vLLM is given unless extra_model_args says otherwise (max_model_len is sized from the world's prompts;
+# gpu_memory_utilization from the memory free on the GPU when the child starts, `vllm_memory_fraction`).
 VLLM_DEFAULTS: dict[str, Any] = {"dtype": "auto", "gpu_memory_utilization": 0.8}
+VLLM_MIN_FRACTION = 0.05  # below this share of the GPU an engine holds hardly any KV cache: refuse instead
+CHILD_CONTEXT_BYTES = 2 << 30  # what the child's own CUDA context and vLLM's start-up take before it measures
+DEFAULT_TIMEOUT_S = 3 * 3600
+# A launcher's variables (torchrun, torchelastic): inherited, lm-eval's HF backend (accelerate) would build a
+# multi-GPU state, join a process group of ranks that do not exist and evaluate 1/N of the docs, or hang.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                  "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                  "TORCH_NCCL_ASYNC_ERROR_HANDLING")
+RANK_PREFIXES = ("TORCHELASTIC_", "PET_")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,6 +105,31 @@ def _max_model_len(world, checkpoint: Path, specs: list) -> int:
     return min(need, int(cap)) if cap else need
 
 
+def vllm_memory_fraction(requested: float | None = None) -> float | None:
+    """The gpu_memory_utilization a fresh vLLM engine can start with beside this process; None without CUDA.
+
+    vLLM 0.33 refuses to start when the free memory is below `gpu_memory_utilization` x the GPU's total, and the
+    parent still holds the policy, optimizer state, base and maybe its own engine: the share is what is free now
+    (after giving back torch's cached blocks), less the child's own start-up. `requested` (record_model_args) is
+    checked against the same bound."""
+    import torch
+    if not torch.cuda.is_available():
+        return requested
+    torch.cuda.empty_cache()  # blocks this process cached but does not use count as taken for vLLM
+    free, total = torch.cuda.mem_get_info()
+    fits = math.floor(100 * (free - CHILD_CONTEXT_BYTES) / total) / 100
+    gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+    if requested is not None and requested > fits:
+        raise HarnessError(f"eval.record_model_args asks vLLM for gpu_memory_utilization={requested} "
+                           f"({gib(requested * total)}) but {gib(free)} of {gib(total)} is free beside the run; "
+                           f"lower it to {max(fits, 0):.2f} or leave it out (sized from the free memory)")
+    if fits < VLLM_MIN_FRACTION:
+        raise HarnessError(f"only {gib(free)} of {gib(total)} is free beside the run: too little for the evaluation "
+                           f"of record's vLLM engine; use eval.record_backend=hf, train.vllm_sleep=true, or a "
+                           f"smaller train.vllm_gpu_memory_utilization")
+    return requested if requested is not None else fits
+
+
 def build_spec(world, checkpoint: Path, backend: str = "hf", out_dir: Path | None = None, device: str = "cpu",
                batch_size: int | str | None = None, extra_model_args: dict | None = None,
                splits: tuple[str, ...] = ("val", "eval")) -> dict[str, Any]:
@@ -120,6 +155,9 @@ def build_spec(world, checkpoint: Path, backend: str = "hf", out_dir: Path | Non
         batch_size = 16 if batch_size is None else batch_size
     else:
         model_args |= VLLM_DEFAULTS
+        fraction = vllm_memory_fraction((extra_model_args or {}).get("gpu_memory_utilization"))
+        if fraction is not None:
+            model_args["gpu_memory_utilization"] = fraction
         if not (extra_model_args or {}).keys() & {"max_model_len", "max_length"}:
             model_args["max_model_len"] = _max_model_len(world, checkpoint, specs)
         batch_size = "auto" if batch_size is None else batch_size
@@ -143,7 +181,8 @@ def command(spec_path: Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    """The child's environment: offline, on the repository, one process (a launcher's rank variables removed)."""
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES and not k.startswith(RANK_PREFIXES)}
     env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
     env.setdefault("HF_DATASETS_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -162,12 +201,13 @@ def _tail(log: Path, n: int = 3, width: int = 400) -> str:
 
 def record_eval(world, checkpoint: Path, backend: str = "hf", out_dir: Path | None = None, device: str = "cpu",
                 batch_size: int | str | None = None, extra_model_args: dict | None = None,
-                timeout_s: int | None = None, splits: tuple[str, ...] = ("val", "eval")):
+                timeout_s: int = DEFAULT_TIMEOUT_S, splits: tuple[str, ...] = ("val", "eval")):
     """Score a saved checkpoint with lm-eval (backend `hf` or `vllm`) in a subprocess, on the world's splits.
 
     Returns a `harness.evaluation.EvalResult`: per split and task, 0/1 correctness in the world's item order and
     the responses, read like the in-run Evaluator reads them. Raises a one-line HarnessError when the world's
-    tasks cannot be rebuilt in another process (toy world) or the subprocess fails or times out.
+    tasks cannot be rebuilt in another process (toy world), too little GPU memory is free for a vLLM engine, or the
+    subprocess fails or runs past `timeout_s`.
     """
     from harness.evaluation import EvalResult, Evaluator, read_split
 

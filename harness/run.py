@@ -209,7 +209,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
     resolved = cfg.model_dump(mode="json")
     final: dict[str, float] = {}
     if main:
-        tags = {"method": cfg.method, **world.tags(), "seed": str(cfg.train.seed),
+        tags = {"method": cfg.method, **world.tags(), "seed": str(cfg.train.seed), "sampler": cfg.train.sampler,
                 "base_checkpoint": base.checkpoint, "kind": "run", "git_commit": _git_commit(),
                 "python": platform.python_version(), **_versions(), **(extra_tags or {})}
         if distributed.world_size() > 1:

@@ -28,7 +28,9 @@ def record_checkpoint(ctx: Context, step: int, in_run: dict[str, dict[str, np.nd
     from harness.record_eval import record_eval, record_metrics
     path = ctx.save_checkpoint(f"record-{step:06d}")
     try:
-        res = record_eval(ctx.world, path, ctx.run_cfg.eval.record_backend, device=ctx.run_cfg.train.device)
+        ev = ctx.run_cfg.eval
+        res = record_eval(ctx.world, path, ev.record_backend, device=ctx.run_cfg.train.device,
+                          extra_model_args=dict(ev.record_model_args), timeout_s=ev.record_timeout_s)
     finally:
         ctx.delete_checkpoint(path)
     return record_metrics(res, in_run)

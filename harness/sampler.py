@@ -182,8 +182,18 @@ class RankShardedSampler:
             from harness import distributed
             inner.lockstep = lambda done_here: distributed.all_reduce_sum([0.0 if done_here else 1.0])[0] == 0.0
 
-    def __getattr__(self, name: str):  # batch_size, gen_seconds, model, ... are the inner sampler's
+    def __getattr__(self, name: str):  # batch_size, model, ... are the inner sampler's
         return getattr(self.inner, name)
+
+    @property
+    def gen_seconds(self) -> float:
+        """The inner sampler's seconds: `sampler.gen_seconds += t` (methods timing their own loops) must reach the
+        counter cost/gen_s reads, not set a new attribute on the wrapper that hides it."""
+        return self.inner.gen_seconds
+
+    @gen_seconds.setter
+    def gen_seconds(self, value: float) -> None:
+        self.inner.gen_seconds = value
 
     @property
     def cost(self) -> Cost:

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from harness.cost import Cost
 from harness.errors import HarnessError
@@ -70,10 +71,26 @@ def checkpoint_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
                 yield k, fh.get_tensor(k)
 
 
+_OPTIMIZER_STEPS = [0]  # optimizer steps taken in this process (any optimizer): bumped by the hook below
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+# Version counters alone miss updates: torch's fused AdamW kernel writes the parameters without bumping their
+# `_version` (torch 2.13, CPU and CUDA), and foreach ops on DTensors bump the local shard's, not the wrapper's.
+# Every optimizer step of the process is counted instead: a step of some other model costs one needless push.
+register_optimizer_step_post_hook(_count_step)
+
+
 def weights_key(model: torch.nn.Module) -> tuple | None:
-    """Changes whenever a parameter is written in place or replaced; None where no version is kept (push always)."""
+    """Changes whenever an optimizer steps, or a parameter is written in place or replaced; None where no version is
+    kept (push always)."""
     versions = weights_version(model)
-    return None if versions is None else (versions, tuple(p.data_ptr() for p in model.parameters()))
+    if versions is None:
+        return None
+    return _OPTIMIZER_STEPS[0], versions, tuple(p.data_ptr() for p in model.parameters())
 
 
 def checkpoint_key(folder: Path) -> tuple:
@@ -156,7 +173,8 @@ def save_for_engine(model: torch.nn.Module, tokenizer, folder: Path) -> Path:
 class VLLMSampler:
     """Samples the policy through one in-process vllm.LLM; a Sampler (harness.sampler) like HFSampler.
 
-    `dtype`: the engine's weights (pushes cast the policy's); `rank` ($RANK by default) varies the engine's own
+    `dtype`: the engine's weights (pushes cast the policy's: runs sample a bf16 copy of the fp32 policy, so
+    `sampler=vllm` data are slightly off-policy; runs are tagged `sampler` and reports keep backends apart); `rank` ($RANK by default) varies the engine's own
     seed (every request carries its own, keyed by the prompt's index in the whole call); `engine_kwargs` go to
     vllm.LLM (enforce_eager, max_num_seqs, max_num_batched_tokens, logprobs_mode="processed_logprobs" for
     log-probs after temperature, distributed_executor_backend).
@@ -201,11 +219,12 @@ class VLLMSampler:
         return CheckpointSampler(self, Path(path))
 
     def close(self) -> None:
-        """Drop the engine and its saved folder (the GPU memory goes when nothing else holds the engine)."""
+        """Drop the engine and its saved folder, and free its memory before anything builds a second engine."""
+        import gc
         self.llm = None
+        gc.collect()  # vLLM's engine objects refer to each other: without a collection the cycle keeps its memory
+        torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
         self._folder.cleanup()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def _push(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load weights by HF name into the engine's model; cached KV blocks of the old weights are dropped."""
@@ -227,6 +246,9 @@ class VLLMSampler:
                   for i in keys]
         try:
             if self.sleep_mode:
+                # What training grew into while vLLM slept stays reserved by torch's allocator unless given back:
+                # wake_up could then run out of memory (TRL empties the cache before every wake for this reason).
+                torch.cuda.empty_cache()
                 self.llm.wake_up(tags=["weights"])  # before load_weights, or the writes go to unmapped memory
             if key is None or key != self._loaded:
                 self._push(weights())

@@ -21,6 +21,7 @@ from reports import dial as D
 from reports import figures as F
 from reports import figures_tables as T
 from reports.frame import Frames, final_checkpoints, load
+from reports.samplers import check_samplers
 
 PNG_DPI = 200
 
@@ -135,12 +136,13 @@ def _html_table(df: pd.DataFrame, digits: int = 1) -> str:
 
 
 def build_report(experiment: str | None, out: Path | None = None, *, log_artifacts: bool = True,
-                 client=None) -> dict[str, Path]:
+                 client=None, mixed_samplers: bool = False) -> dict[str, Path]:
     """Write every figure, table and page for `experiment` into `out`; returns {file name: path}.
 
     `experiment=None` picks the most recently updated experiment with runs tagged kind=run; `out=None` means
     `reports/out/<experiment>/`. With `log_artifacts`, every file is also logged under `report/` on each
-    parent run (kind=parent) of the experiment.
+    parent run (kind=parent) of the experiment. Runs sampled by different backends (tag `sampler`) are refused
+    unless `mixed_samplers` (then the summary says so).
     """
     import matplotlib.pyplot as plt
 
@@ -149,6 +151,7 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
 
     client = client or init_store()
     fr = load(experiment, client)
+    mixed = check_samplers(fr.all_runs, fr.experiment, mixed_samplers)
     out = Path(out) if out is not None else Path("reports") / "out" / slug(fr.experiment)
     out.mkdir(parents=True, exist_ok=True)
     styles = F.method_styles(method_names(), fr.runs["method"].dropna().unique().tolist())
@@ -187,7 +190,7 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
 
     overview = _overview(fr, styles)
     md, body = _pages(fr, styles, sections, overview, matched, stats, front, out, (g, claims, dial))
-    (out / "summary.md").write_text(md)
+    (out / "summary.md").write_text(f"> {mixed}\n\n{md}" if mixed else md)
     (out / "report.html").write_text(body)
     files["summary.md"], files["report.html"] = out / "summary.md", out / "report.html"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.cliargs import Setting, add_settings, as_bool, as_str, spellings, take_settings
 
 REPORT_SETTINGS = [Setting("experiment", ("experiment", "name"), as_str), Setting("out", ("out",), as_str),
-                   Setting("no_log", ("no_log",), as_bool)]
+                   Setting("no_log", ("no_log",), as_bool), Setting("mixed_samplers", ("mixed_samplers",), as_bool)]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return cmd_crossworld(args, client)
     t0 = time.perf_counter()
     files = build_report(args.experiment, Path(args.out) if args.out else None, log_artifacts=not args.no_log,
-                         client=client)
+                         client=client, mixed_samplers=bool(args.mixed_samplers))
     seconds = time.perf_counter() - t0
     page = files["report.html"]
     out = page.parent
@@ -82,7 +82,9 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
         "experiment": "MLflow experiment (= sweep name); default: the most recently updated one with runs; "
                       "several, comma-separated: one table of the core effect across them (crossworld.csv/.md/.html)",
         "out": "output directory (default: reports/out/<experiment>/)",
-        "no_log": "do not log the files as artifacts of the parent runs"}, {"out": "DIR"})
+        "no_log": "do not log the files as artifacts of the parent runs",
+        "mixed_samplers": "compare runs whose data were sampled by different backends (tag `sampler`: hf, vllm); "
+                          "refused otherwise, since vLLM samples a bf16 copy of the policy"}, {"out": "DIR"})
     s.add_argument("overrides", nargs="*", metavar="key=value",
                    help=f"{spellings(REPORT_SETTINGS)} (same as the flags)")
     s.set_defaults(fn=cmd_report)

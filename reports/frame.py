@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from reports.samplers import run_samplers
+
 CHECKPOINT_METRICS = ("target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
                       "nontarget_drop_hi", "val/target_gain", "val/nontarget_drop", "pld_drift", "pld_rise",
                       "kl_to_base", "cost/flops")
@@ -60,6 +62,7 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     for name, col in _TAGS.items():
         out[name] = _col(df, col)
     out["arm"] = out["arm"].fillna(out["method"])  # runs outside a sweep: their method is their arm
+    out["sampler"] = run_samplers(df)  # which backend drew the run's data (reports.samplers)
     out["lr"] = pd.to_numeric(_col(df, "params.train.lr"), errors="coerce")
     out["world_seed"] = pd.to_numeric(_col(df, "params.world.seed"), errors="coerce")
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce").astype("Int64")

@@ -87,7 +87,7 @@ def autocast_case() -> dict:
 
 def _stub_record(out: Path, tag: str):
     """harness.record_eval's two entry points, replaced: keep a copy of each checkpoint of record, score nothing."""
-    def record_eval(world, path, backend="hf", out_dir=None, device="cpu"):
+    def record_eval(world, path, backend="hf", out_dir=None, device="cpu", **_):
         shutil.copytree(path, out / f"{tag}-{Path(path).name}")
     return record_eval, lambda res, in_run: {"record/stub": 1.0}
 

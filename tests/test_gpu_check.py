@@ -41,6 +41,13 @@ def test_cpu_hf_smoke_run_passes_and_prints_every_row(tmp_path, monkeypatch, cap
     assert rows["train tokens/s"][0] == "ok" and rows["MFU"][0] == "n/a"
     assert rows["sample hf grpo 4x2"][0] == "ok" and rows["sample hf bulk 8x1"][0] == "ok"
     assert rows["vllm/hf grpo"] == ["skip", "—", "≥ 6x HF"] and rows["vllm/hf bulk"] == ["skip", "—", "≥ 20x HF"]
+    # the paths real use runs: what could not run here says why, and fails nothing
+    assert rows["push key after AdamW step"][:2] == ["ok", "foreach AdamW step changed the key"]
+    assert rows["push vllm after AdamW step"][0] == rows["sleep -> train -> wake"][0] == "not installed"
+    result, figure, _ = rows["record eval hf"]
+    assert result == "ok" and figure.startswith("22 docs in ")  # IFEval val 4 + eval 8, ARC-Easy val 4 + eval 6
+    assert rows["two ranks (nccl)"][:2] == ["not run", "needs --device cuda"]
+    assert "tok/s" in rows["sample hf grpo 4x2"][1]
     assert "FAIL" not in out and "rows without failure" in out
 
 
@@ -83,3 +90,26 @@ def test_shape_builds_a_random_model_of_that_size_and_checks_select(tmp_path, mo
     assert gpu_check.main(["--device", "cpu", "--train", "train.no_such=1"]) == 2
     assert gpu_check.main(["--device", "cpu", "--train", "eval.batch_size=1"]) == 2
     assert gpu_check.main(["--device", "cpu", "--model", str(tmp_path), "--shape", "mini"]) == 2
+
+
+def test_the_first_compile_gets_a_budget_and_its_time_is_a_row(tmp_path, monkeypatch):
+    import time
+
+    from harness.engine import Trainer
+    from harness.tiny import build_tiny_model
+    model = str(build_tiny_model(tmp_path / "m", "qwen2"))
+    real, calls = Trainer.update, []
+
+    def slow_first(self, *a, **kw):  # the warm-up step stands in for a first compile that takes 3 s
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(3)
+        return real(self, *a, **kw)
+    monkeypatch.setattr(Trainer, "update", slow_first)
+    monkeypatch.setattr("harness.engine.compile_scoring", lambda model: None)  # the stand-in above is the compile
+    rows = {r[0]: r[1:] for r in gpu_check.train_speed(model, "cpu", 2, 2, 8, 1, {"compile": True}, 1)}
+    assert rows == {"train compile": ("FAIL", "first compile not done within 1 s", "≤ 1 s")}
+    calls.clear()
+    rows = {r[0]: r[1:] for r in gpu_check.train_speed(model, "cpu", 2, 2, 8, 1, {"compile": True}, 60)}
+    result, figure, goal = rows["train compile"]
+    assert result == "ok" and float(figure.split()[-2]) >= 3 and goal == "≤ 60 s" and "train tokens/s" in rows

@@ -138,3 +138,76 @@ def test_failures_are_one_line_errors(record_env, tmp_path, monkeypatch):
     toy = ToyWorld(WorldConfig(name="micro", **WORLD_PRESETS["micro"]["world"]))
     with pytest.raises(HarnessError, match="evaluation of record is for real worlds"):
         rec_mod.record_eval(toy, ckpt)
+
+
+# --- the GPU path (issue 26): memory, the child's environment, the run's settings --------------------------------
+GiB = 2**30
+
+
+def vllm_refuses(spec: dict, free: int, total: int) -> bool:
+    """vLLM 0.33's start-up check (vllm/v1/worker/utils.py): free memory below gpu_memory_utilization x total."""
+    return free < spec["model_args"]["gpu_memory_utilization"] * total
+
+
+def test_vllm_memory_is_sized_from_what_is_free_beside_the_trainer(record_env, tmp_path, monkeypatch):
+    from harness import record_eval as rec_mod
+    from harness.errors import HarnessError
+    world, _, _, ckpt = record_env
+    free, total, emptied = 30 * GiB, 80 * GiB, []  # the parent holds ~50 GB: policy, AdamW state, base, engine
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (free, total))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    spec = rec_mod.build_spec(world, ckpt, backend="vllm", out_dir=tmp_path)
+    # (30 - 2 GiB for the child's own context) / 80 = 0.35, rounded down to the hundredth
+    assert spec["model_args"]["gpu_memory_utilization"] == 0.35 and emptied
+    assert not vllm_refuses(spec, free - rec_mod.CHILD_CONTEXT_BYTES, total)
+    assert vllm_refuses({"model_args": {"gpu_memory_utilization": 0.8}}, free, total)  # lm-eval's default would
+    ok = rec_mod.build_spec(world, ckpt, backend="vllm", out_dir=tmp_path, extra_model_args={"gpu_memory_utilization": 0.3})
+    assert ok["model_args"]["gpu_memory_utilization"] == 0.3
+    with pytest.raises(HarnessError, match=r"gpu_memory_utilization=0.5 .*30.0 GiB of 80.0 GiB is free.*lower it to 0.35"):
+        rec_mod.build_spec(world, ckpt, backend="vllm", extra_model_args={"gpu_memory_utilization": 0.5})
+    free = 5 * GiB
+    with pytest.raises(HarnessError, match="only 5.0 GiB of 80.0 GiB is free.*eval.record_backend=hf"):
+        rec_mod.build_spec(world, ckpt, backend="vllm")
+
+
+def test_the_child_runs_as_one_process_whatever_launched_the_parent(record_env, tmp_path, monkeypatch):
+    from harness import record_eval as rec_mod
+    from harness.errors import HarnessError
+    world, _, _, ckpt = record_env
+    launcher = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
+                "ROLE_RANK": "0", "ROLE_NAME": "default", "ROLE_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x", "TORCHELASTIC_RESTART_COUNT": "0",
+                "GROUP_WORLD_SIZE": "1"}
+    for k, v in launcher.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("HARNESS_KEEP_ME", "yes")
+    dump = tmp_path / "env.json"
+    monkeypatch.setattr(rec_mod, "command", lambda spec: [sys.executable, "-c",
+                        f"import json, os; json.dump(dict(os.environ), open({str(dump)!r}, 'w'))"])
+    with pytest.raises(HarnessError, match="evaluation of record failed"):  # the stand-in writes no samples
+        rec_mod.record_eval(world, ckpt, out_dir=tmp_path / "out")
+    env = json.loads(dump.read_text())
+    assert not set(launcher) & set(env) and env["HARNESS_KEEP_ME"] == "yes" and env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_the_run_passes_its_model_args_and_a_timeout(monkeypatch, tmp_path):
+    import inspect
+    from types import SimpleNamespace
+    from harness import record_eval as rec_mod
+    from harness.config import EvalConfig
+    from harness.run_hooks import record_checkpoint
+    assert inspect.signature(rec_mod.record_eval).parameters["timeout_s"].default == rec_mod.DEFAULT_TIMEOUT_S
+    assert EvalConfig().record_timeout_s == 10800 and EvalConfig().record_model_args == {}
+    seen = {}
+    monkeypatch.setattr(rec_mod, "record_eval", lambda world, path, backend, **kw: seen.update(kw, backend=backend))
+    monkeypatch.setattr(rec_mod, "record_metrics", lambda res, in_run: {})
+    cfg = SimpleNamespace(eval=EvalConfig(record_backend="vllm", record_model_args={"max_model_len": 2048},
+                                          record_timeout_s=600), train=SimpleNamespace(device="cuda"))
+    deleted = []
+    ctx = SimpleNamespace(world=None, run_cfg=cfg, save_checkpoint=lambda name: tmp_path / name,
+                          delete_checkpoint=deleted.append)
+    record_checkpoint(ctx, 3, {})
+    assert seen == {"backend": "vllm", "device": "cuda", "extra_model_args": {"max_model_len": 2048},
+                    "timeout_s": 600} and deleted == [tmp_path / "record-000003"]

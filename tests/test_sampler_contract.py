@@ -407,3 +407,82 @@ def test_a_checkpoint_views_share_draws_what_its_whole_call_draws(setup, tmp_pat
     share = make_sampler(backend, model, tok).from_checkpoint(tmp_path / "ckpt").generate(
         prompts[1::2], n=2, temperature=1.0, max_new_tokens=6, indices=[1, 3])
     assert [[c.response_ids for c in row] for row in share] == [[c.response_ids for c in whole[i]] for i in (1, 3)]
+
+
+# --- the GPU path's findings (issue 26), on the fake engine ------------------------------------------------------
+@pytest.mark.parametrize("setup", VLLM_BACKENDS, indirect=True)
+@pytest.mark.parametrize("kernel", ["foreach", "fused"])
+def test_an_adamw_step_pushes_the_new_weights(setup, kernel):
+    # torch's fused AdamW writes the parameters without bumping their version counters: the push must still follow
+    _, sampler, model, tok, prompts = setup
+    pushes, real_push = [], sampler._push
+    sampler._push = lambda w: (pushes.append(1), real_push(w))
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        greedy(sampler, prompts[:1])  # the engine holds the current weights (a test before may have reloaded them)
+        pushes.clear()
+        opt = torch.optim.AdamW(model.parameters(), lr=0.05, **{kernel: True})
+        model(torch.tensor([prompts[0]])).logits.sum().backward()
+        opt.step(), opt.zero_grad()
+        got = greedy(sampler, prompts[:1])
+        assert pushes == [1]
+        assert got[0] == greedy_by_hand(model, prompts[0], 8, tok.eos_token_id)  # the stepped weights sampled
+    finally:
+        model.load_state_dict(saved)
+        del sampler._push
+
+
+def test_weights_key_changes_after_adamw_foreach_and_fused_steps():
+    model = torch.nn.Linear(3, 3)
+    for kernel in ("foreach", "fused"):
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1, **{kernel: True})
+        model(torch.ones(2, 3)).sum().backward()
+        key = vs.weights_key(model)
+        opt.step()
+        assert vs.weights_key(model) != key, kernel
+
+
+def test_sleep_mode_empties_torchs_cache_before_every_wake(tiny, monkeypatch):
+    from harness.modeling import load_model
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module())
+    model, tok = load_model(str(tiny))
+    sampler = vs.VLLMSampler(model, tok, enable_sleep_mode=True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: sampler.llm.events.append("empty_cache"))
+    greedy(sampler, prompts_of(tok)[:1])
+    greedy(sampler, prompts_of(tok)[:1])
+    events = sampler.llm.events
+    wakes = [i for i, e in enumerate(events) if e == "wake:weights"]
+    assert len(wakes) == 2 and all(events[i - 1] == "empty_cache" for i in wakes)
+
+
+def test_close_frees_the_engine_before_a_second_one_starts(tiny, monkeypatch):
+    import gc
+    import weakref
+    from harness.modeling import load_model
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module())
+    model, tok = load_model(str(tiny))
+    sampler = vs.VLLMSampler(model, tok)
+    sampler.llm.myself = sampler.llm  # vLLM's engine objects refer to each other: a cycle only gc frees
+    engine, emptied = weakref.ref(sampler.llm), []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(engine() is None))
+    gc.disable()  # so only close() can collect it
+    try:
+        sampler.close()
+        assert engine() is None and emptied == [True]  # gone, then torch's cache emptied
+    finally:
+        gc.enable()
+
+
+def test_a_two_rank_wrappers_seconds_reach_the_inner_counter(monkeypatch):
+    # methods add the seconds of their own decoding loops (`ctx.sampler.gen_seconds += ...`); cost/gen_s reads it
+    from harness import distributed
+    from harness.run_hooks import run_cost
+    from harness.sampler import RankShardedSampler
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    inner = HFSampler(torch.nn.Linear(1, 1), None)
+    inner.gen_seconds = 1.5
+    wrapper = RankShardedSampler(inner)
+    wrapper.gen_seconds += 2.0
+    assert inner.gen_seconds == 3.5 and wrapper.gen_seconds == 3.5
+    trainer = SimpleNamespace(cost=inner.cost, train_seconds=0.0)
+    assert run_cost(torch.nn.Linear(1, 1), trainer, wrapper, 0.0, 0.0)["cost/gen_s"] == 3.5

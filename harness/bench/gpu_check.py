@@ -1,19 +1,22 @@
 """GPU readiness check, offline: `python -m harness.bench.gpu_check [--device cuda|cpu] [--backend hf|vllm|both]
-[--model PATH | --shape NAME] [--checks train,speed,sample] [--steps N]`.
+[--model PATH | --shape NAME] [--checks train,speed,paths,sample] [--steps N] [--compile-budget S]`.
 
 (a) a small saved model: --model (a save_pretrained folder), else a tiny Qwen2 built here and taught to
 answer briefly, or with --shape a random model of a published size (speed figures where no checkpoint is at hand); (b) every method for --steps steps through `harness.run.run` on a real-world preset
 (IFEval target, ARC-Easy retention, local data files written here), bf16 autocast on cuda, fp32 on cpu;
 (d) training tokens/s and model FLOPs utilisation, 6·N·tokens / seconds / the GPU's bf16 peak, through
-the engine's own update; (c) sampler throughput, HF vs vLLM, bf16, on the same random-token prompts at a
-GRPO-sized batch and a bulk batch. Prints one table (check, result, figure, goal) and exits 1 on any
-FAIL. A goal counts where it applies: speed-ups with both backends on cuda, MFU for 0.4-2B parameters.
+the engine's own update; (e) the paths real use runs (harness.bench.gpu_paths): the weight push after an AdamW step, sleep -> training ->
+wake, the evaluation of record beside a trainer, two NCCL ranks; (c) sampler throughput (sequences and tokens/s),
+HF vs vLLM, bf16, on the same random-token prompts at a GRPO-sized batch and a bulk batch. Prints each row as it is
+measured, then one table (check, result, figure, goal), and exits 1 on any FAIL: rows that could not run here
+("not installed", "needs cuda", "not run", "skip") do not count. A goal counts where it applies: speed-ups with
+both backends on cuda, MFU for 0.4-2B parameters; with train.compile=true the first compile must finish within
+--compile-budget seconds (its time is printed).
 Runs log to a private temporary MLflow store and cache, removed at the end.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import random
@@ -21,15 +24,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
 from harness.config import deep_merge
 from harness.cost import flops
 from harness.errors import HarnessError
-from harness.bench.gpu_inputs import offline_inputs, preset
-from harness.tiny import build_tiny_model, write_punkt_tab
+from harness.bench import gpu_paths
+from harness.bench.gpu_inputs import Measured, Row, offline_inputs, preset, private_env, time_limit, vllm_missing
+from harness.tiny import build_tiny_model
 
 # Dense bf16 tensor-core peaks in FLOP/s (vendor data sheets), matched in order against torch's device name.
 PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("A100", 312e12),
@@ -43,19 +47,8 @@ SHAPES = {
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                          num_key_value_heads=2, max_position_embeddings=4096),
 }
-CHECKS = ("train", "speed", "sample")
+CHECKS = ("train", "speed", "paths", "sample")
 MFU_PARAMS = (0.4e9, 2.0e9)  # "a 0.5-1.5B model": Qwen2.5-0.5B has 0.49B parameters, 1.5B has 1.54B
-Row = tuple[str, str, str, str]
-
-
-class Measured(list):
-    """Rows that are also printed to stderr the moment they are added: a check cut off by a time limit (a long
-    first compile, a slow sampler) has still shown everything it measured before it."""
-
-    def append(self, row: Row) -> None:
-        """Add `row` and print it at once."""
-        print("measured: " + " | ".join(row), file=sys.stderr, flush=True)
-        super().append(row)
 
 
 def peak_flops(device: str) -> tuple[float | None, str]:
@@ -87,10 +80,11 @@ def train_methods(cfg_dict: dict, steps: int) -> list[Row]:
 
 
 def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, steps: int,
-                train: dict | None = None) -> list[Row]:
+                train: dict | None = None, compile_budget: int | None = None) -> list[Row]:
     """(d): engine updates (SFT loss) on random sequences; tokens/s and MFU against the GPU's bf16 peak.
 
-    `train`: TrainConfig settings of the engine under test (e.g. compile, fused_adamw)."""
+    `train`: TrainConfig settings of the engine under test (e.g. compile, fused_adamw); with compile, the warm-up
+    step (the first compile) gets `compile_budget` seconds and its time is a row."""
     from harness.config import TrainConfig
     from harness.data import Example
     from harness.engine import Trainer
@@ -104,12 +98,23 @@ def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, st
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, min(tok.vocab_size, 32000), (batch, seq_len), generator=gen).tolist()
     examples = [Example(s[: seq_len // 2], s[seq_len // 2:]) for s in ids]
+    rows = Measured()
+    compiling = bool((train or {}).get("compile"))
     warm = time.perf_counter()
-    trainer.update(examples, sft.loss, None)  # warm-up: allocator, kernels (and a first compile)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync()
-    print(f"train speed: warm-up step {time.perf_counter() - warm:.1f} s; timing {steps} steps", file=sys.stderr,
-          flush=True)
+    try:
+        with time_limit(compile_budget if compiling else None):
+            trainer.update(examples, sft.loss, None)  # warm-up: allocator, kernels (and a first compile)
+            sync()
+    except TimeoutError:
+        rows.append(("train compile", "FAIL", f"first compile not done within {compile_budget} s",
+                     f"≤ {compile_budget} s"))
+        return rows
+    warm = time.perf_counter() - warm
+    print(f"train speed: warm-up step {warm:.1f} s; timing {steps} steps", file=sys.stderr, flush=True)
+    if compiling:
+        rows.append(("train compile", "ok", f"warm-up step with the first compile {warm:.1f} s",
+                     f"≤ {compile_budget} s"))
     tokens0, start = trainer.cost.tokens["train"], time.perf_counter()
     for _ in range(steps):
         trainer.update(examples, sft.loss, None)
@@ -119,7 +124,6 @@ def train_speed(path: str, device: str, batch: int, micro: int, seq_len: int, st
     del trainer, model
     peak, name = peak_flops(device)
     label = "".join(f", {k}={v}" for k, v in (train or {}).items())
-    rows = Measured()
     rows.append(("train tokens/s", "ok", f"{tokens / seconds:,.0f} tok/s ({n / 1e6:,.1f}M params, "
                  f"{batch}x{seq_len}, vocab {vocab}{label})", "—"))
     goal = f"≥ {GOALS['mfu']:.0%} for 0.5-1.5B"
@@ -148,6 +152,9 @@ def sampler_speed(path: str, device: str, backends: list[str], shapes: dict[str,
     rows = Measured()
     speed: dict[tuple[str, str], float] = {}
     for backend in [b for hf in backends for b in ((hf, "hf-generate") if hf == "hf" else (hf,))]:
+        if backend == "vllm" and vllm_missing(device):
+            rows.append(("sample vllm", vllm_missing(device), "—", "—"))
+            continue
         try:
             start = time.perf_counter()
             if backend == "vllm":
@@ -160,12 +167,13 @@ def sampler_speed(path: str, device: str, backends: list[str], shapes: dict[str,
             startup = time.perf_counter() - start
             sampler.generate(prompts[:4], n=2, temperature=1.0, max_new_tokens=max_new)  # warm-up
             for shape, (p, n) in shapes.items():
-                start = time.perf_counter()
+                start, tokens = time.perf_counter(), sampler.cost.tokens["gen"]
                 sampler.generate(prompts[:p], n=n, temperature=1.0, max_new_tokens=max_new)
-                speed[backend, shape] = p * n / (time.perf_counter() - start)
+                seconds, tokens = time.perf_counter() - start, sampler.cost.tokens["gen"] - tokens
+                speed[backend, shape] = p * n / seconds
                 started = f" (engine start {startup:.0f} s)" if backend == "vllm" else ""
-                rows.append((f"sample {backend} {shape} {p}x{n}", "ok", f"{speed[backend, shape]:,.1f} seq/s{started}",
-                             "—"))
+                rows.append((f"sample {backend} {shape} {p}x{n}", "ok", f"{speed[backend, shape]:,.1f} seq/s, "
+                             f"{tokens / seconds:,.0f} tok/s{started}", "—"))
         except Exception as e:  # noqa: BLE001
             rows.append((f"sample {backend}", "FAIL", f"{type(e).__name__}: {str(e)[:80]}", "—"))
     for shape, (p, n) in shapes.items():
@@ -174,33 +182,14 @@ def sampler_speed(path: str, device: str, backends: list[str], shapes: dict[str,
                          "—"))
         goal = f"≥ {GOALS[shape]:.0f}x HF"
         if ("hf", shape) not in speed or ("vllm", shape) not in speed:
-            rows.append((f"vllm/hf {shape}", "skip" if "vllm" not in backends else "FAIL", "—", goal))
+            skip = "vllm" not in backends or vllm_missing(device)
+            rows.append((f"vllm/hf {shape}", "skip" if skip else "FAIL", "—", goal))
             continue
         ratio = speed["vllm", shape] / speed["hf", shape]
         applies = device == "cuda"
         rows.append((f"vllm/hf {shape}", "ok" if ratio >= GOALS[shape] or not applies else "FAIL", f"{ratio:.1f}x",
                      goal))
     return rows
-
-
-@contextlib.contextmanager
-def private_env(root: Path) -> Iterator[None]:
-    """HARNESS_CACHE, MLflow store and NLTK data under `root` while the check runs; the caller's values after."""
-    want = {"HARNESS_CACHE": str(root / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-            "NLTK_DATA": str(write_punkt_tab(root / "nltk"))}
-    old = {k: os.environ.get(k) for k in want}
-    os.environ.update(want)
-    import nltk  # lm-eval's IFEval checks punkt_tab at import: point an already-imported nltk at ours too
-    nltk.data.path.insert(0, want["NLTK_DATA"])
-    try:
-        yield
-    finally:
-        nltk.data.path.remove(want["NLTK_DATA"])
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def table(rows: list[Row]) -> str:
@@ -225,6 +214,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--checks", default=",".join(CHECKS),
                     help="comma-separated subset of train (every method), speed (tokens/s, MFU), sample (samplers)")
     ap.add_argument("--steps", type=int, default=3, help="steps per method, and timed steps of the MFU check")
+    ap.add_argument("--compile-budget", type=int, default=240, metavar="S",
+                    help="seconds the first compile may take in the speed check with train.compile=true")
     ap.add_argument("--grpo", type=int, nargs=2, default=[32, 5], metavar=("PROMPTS", "SAMPLES"))
     ap.add_argument("--bulk", type=int, nargs=2, default=[1024, 1], metavar=("PROMPTS", "SAMPLES"))
     ap.add_argument("--prompt-len", type=int, default=128, help="longest random prompt (shortest: half)")
@@ -278,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[tuple[str, Callable[[], list[Row]]]] = [
             ("train", lambda: train_methods(deep_merge(preset(model, data, args.steps, args.device), {"train": train}),
                                             args.steps)),
-            ("speed", lambda: train_speed(model, args.device, *args.mfu, args.steps, train)),
+            ("speed", lambda: train_speed(model, args.device, *args.mfu, args.steps, train, args.compile_budget)),
+            ("paths", lambda: gpu_paths.rows(model, args.device, backends, preset(model, data, 1, args.device)["world"])),
             ("sample", lambda: sampler_speed(model, args.device, backends, {"grpo": tuple(args.grpo),
                                              "bulk": tuple(args.bulk)}, args.prompt_len, args.max_new_tokens,
                                              args.hf_batch))]

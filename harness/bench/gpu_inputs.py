@@ -1,10 +1,17 @@
-"""The GPU check's offline inputs: local IFEval/ARC-Easy files, a tiny taught Qwen2, and the run config over them."""
+"""The GPU check's offline inputs (local IFEval/ARC-Easy files, a tiny taught Qwen2, the run config over them, a
+private cache and store) and its row helpers (rows printed as measured, time limits, why vLLM rows cannot run)."""
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import os
+import signal
+import sys
 from pathlib import Path
+from typing import Iterator
 
-from harness.tiny import build_tiny_model, teach, write_task_data
+from harness.tiny import build_tiny_model, teach, write_punkt_tab, write_task_data
 
 
 def preset(model: str, data: dict, steps: int, device: str) -> dict:
@@ -39,3 +46,60 @@ def offline_inputs(root: Path) -> tuple[dict, str]:
     model = teach(build_tiny_model(root / "tiny-qwen2", "qwen2"), [r["prompt"] for r in rows],
                   [ANSWERS[i % len(ANSWERS)] for i in range(len(rows))])
     return {**data, "sft": str(sft)}, str(model)
+
+
+@contextlib.contextmanager
+def private_env(root: Path) -> Iterator[None]:
+    """HARNESS_CACHE, MLflow store and NLTK data under `root` while the check runs; the caller's values after."""
+    want = {"HARNESS_CACHE": str(root / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+            "NLTK_DATA": str(write_punkt_tab(root / "nltk"))}
+    old = {k: os.environ.get(k) for k in want}
+    os.environ.update(want)
+    import nltk  # lm-eval's IFEval checks punkt_tab at import: point an already-imported nltk at ours too
+    nltk.data.path.insert(0, want["NLTK_DATA"])
+    try:
+        yield
+    finally:
+        nltk.data.path.remove(want["NLTK_DATA"])
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+Row = tuple[str, str, str, str]
+
+
+class Measured(list):
+    """Rows that are also printed to stderr the moment they are added: a check cut off by a time limit (a long
+    first compile, a slow sampler) has still shown everything it measured before it."""
+
+    def append(self, row: Row) -> None:
+        """Add `row` and print it at once."""
+        print("measured: " + " | ".join(row), file=sys.stderr, flush=True)
+        super().append(row)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int | None) -> Iterator[None]:
+    """Raise TimeoutError in the main thread after `seconds` (None: no limit)."""
+    if not seconds:
+        yield
+        return
+    def expire(signum, frame):
+        raise TimeoutError(f"not done within {seconds} s")
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(int(seconds))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def vllm_missing(device: str) -> str | None:
+    """Why the vLLM rows cannot run here (None when they can): a row result, not a failure."""
+    if importlib.util.find_spec("vllm") is None:
+        return "not installed"
+    return None if device == "cuda" else "needs cuda"
