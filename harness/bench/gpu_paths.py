@@ -30,7 +30,7 @@ def _trainer(path: str, device: str):
     from harness.data import Example
     from harness.engine import Trainer
     from harness.modeling import load_model
-    from methods.base import get_method
+    from harness.method import get_method
     model, tok = load_model(path, device=device)
     cfg = TrainConfig(batch_size=4, micro_batch_size=2, device=device, lr=1e-3, max_steps=100,
                       precision="bf16" if device == "cuda" else "fp32", fused_adamw=device == "cuda",
