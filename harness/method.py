@@ -63,6 +63,9 @@ class Method:
     # still fill `batch.entropy` for φ and statistics), which keeps the backward free of vocabulary-sized terms;
     # a method that puts the entropy into its loss must set it, or that term silently gets no gradient.
     needs_entropy_grad: ClassVar[bool] = False
+    # The method's own settings for a smoke run (two steps on micro in about a second): tests and check scripts
+    # read them from the registry, so a new method needs no edit outside its file.
+    smoke: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg

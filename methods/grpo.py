@@ -69,6 +69,7 @@ class GRPO(Method):
     paper = "DeepSeekMath, arXiv 2402.03300; as used in Retaining by Doing, arXiv 2510.18874"
     order = 7
     Config = GRPOConfig
+    smoke = {"prompts_per_step": 8}
     sweep = {"train.lr": SweepParam(1e-5, 3e-4), "grpo.beta": SweepParam(choices=(0.0, 0.05))}
 
     @property

@@ -56,6 +56,7 @@ class IterativeSFT(SFTFamily):
     paper = "TMS arXiv 2602.03073 (iterative-SFT baseline); ReST^EM arXiv 2312.06585; STaR arXiv 2203.14465"
     order = 2
     Config = IterativeSFTConfig
+    smoke = {"samples": 8}
     sweep = {"train.lr": SweepParam(1e-5, 3e-4),
              "iterative_sft.rounds": SweepParam(choices=(2, 3, 4)),
              "iterative_sft.restart_from_base": SweepParam(choices=(False, True))}

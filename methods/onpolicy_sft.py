@@ -37,6 +37,7 @@ class OnPolicySFT(SFTFamily):
     paper = "Retaining by Doing, arXiv 2510.18874 (Iterative-SFT, per-epoch on-policy data)"
     order = 3
     Config = OnPolicySFTConfig
+    smoke = {"samples": 8}
     sweep = {"train.lr": SweepParam(1e-5, 3e-4),
              "onpolicy_sft.temperature": SweepParam(0.5, 1.2, log=False)}
 

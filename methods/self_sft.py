@@ -35,6 +35,7 @@ class SelfSFT(SFTFamily):
     paper = "Retaining by Doing, arXiv 2510.18874 (Self-SFT)"
     order = 1
     Config = SelfSFTConfig
+    smoke = {"samples": 8}
     sweep = {"train.lr": SweepParam(1e-5, 3e-4),
              "self_sft.temperature": SweepParam(0.5, 1.2, log=False)}
 

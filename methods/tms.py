@@ -86,6 +86,7 @@ class TMS(Method):
     paper = "Trajectory-Mixed Supervision, arXiv 2602.03073"
     order = 4
     Config = TMSConfig
+    smoke = {"checkpoints": 2, "teacher_steps": 2}
     sweep = {"train.lr": SweepParam(1e-4, 1e-3), "tms.alpha": SweepParam(choices=(0.0, 0.25, 0.5))}
 
     def data(self, ctx, phase: int) -> TrainData:

@@ -75,6 +75,7 @@ class TRAPO(Method):
     paper = "TRAPO, Su et al., arXiv 2512.17636 (ICLR 2026)"
     order = 6
     Config = TRAPOConfig
+    smoke = {"prompts_per_step": 4}
     sweep = {"train.lr": SweepParam(1e-5, 3e-4)}
     reduction = "sequence"
     needs_entropy_grad = True  # the entropy bonus −entropy_coef·H is part of the loss
