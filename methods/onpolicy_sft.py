@@ -17,9 +17,16 @@ GUESSES as Self-SFT (k=4, T=0.8, keep ≤ 1; config fields). Continuing the
 optimizer and schedule across epochs is a GUESS. The number of epochs is not
 a setting: epochs follow until the engine's step budget is spent (an epoch's
 length is its kept examples / batch size, so it shrinks when coverage falls);
-if an epoch keeps no sample the run ends there.
+if an epoch keeps no sample the run ends there. `prompts_per_epoch` = P makes
+an epoch a pass over the next P training prompts (consecutive slices, wrapping
+round), as if the training set were P prompts drawn afresh each epoch: the
+policy is then resampled every ~P / batch size steps (sweeps/default.yaml sets
+32: every 2 steps, so the arm differs from Self-SFT long before either reaches
+the matched gain).
 """
 from __future__ import annotations
+
+from pydantic import Field
 
 from harness.data import TrainData
 from methods._sft_family import SelfSampleConfig, SFTFamily, self_examples
@@ -28,6 +35,10 @@ from methods.base import SweepParam, register
 
 class OnPolicySFTConfig(SelfSampleConfig):
     """Per-epoch on-policy SFT's settings: how the current policy is sampled each epoch."""
+
+    prompts_per_epoch: int | None = Field(None, ge=1)
+    """Training prompts sampled (and trained on) per epoch, the next ones in order, wrapping round; None: all of
+    them (RbD's epoch). A smaller P resamples the policy every ~P / batch size optimizer steps."""
 
 
 @register
@@ -42,4 +53,8 @@ class OnPolicySFT(SFTFamily):
 
     def data(self, ctx, phase: int) -> TrainData:
         # `phase` counts data() calls = epochs; the sampler is bound to the live policy.
-        return TrainData(self_examples(ctx, self.cfg, epoch=float(phase)))
+        items, p = ctx.world.train_items, self.cfg.prompts_per_epoch
+        if p is not None and p < len(items):
+            start = phase * p % len(items)
+            items = (items[start:] + items[:start])[:p]
+        return TrainData(self_examples(ctx, self.cfg, items=items, epoch=float(phase)))
