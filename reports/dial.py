@@ -35,11 +35,17 @@ POWER_WORLDS = 2_000      # simulated worlds behind an "inconclusive" verdict's 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "reproduced", "contradicted", "inconclusive", "not tested"
 
 
-def dial(fr: Frames, g: float, method: str = "sft") -> pd.DataFrame:
-    """The off-policy dial: per teacher style, the base's NLL of its labels and `method`'s drop at g."""
+def dial(fr: Frames, g: float, method: str = "sft", lr: float | None = None) -> pd.DataFrame:
+    """The off-policy dial: per teacher style, the base's NLL of its labels and `method`'s drop at g.
+
+    lr: None reads each style at its learning rate chosen on validation (the claims' rule); a declared rate reads
+    every style's runs at that rate only (a recipe whose dial arms train one stated rate: README, "Budget").
+    """
     runs = fr.all_runs if fr.all_runs is not None else fr.runs
     ck = fr.all_ckpts if fr.all_ckpts is not None else fr.ckpts
     ck = ck[ck["method"] == method]
+    if lr is not None:
+        ck, runs = ck[np.isclose(ck["lr"], lr)], runs[np.isclose(runs["lr"], lr)]
     if ck.empty or not np.isfinite(g):
         return pd.DataFrame()
     per_seed = drop_at_gain(ck, g, by="teacher_style")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from reports.dial import dial_test, dial_verdict, rank_contrast_test, style_rank_test
+from reports.dial import dial, dial_test, dial_verdict, rank_contrast_test, style_rank_test
 
 # log label NLL of the five styles (own, sparse, mild, partial, worked), as on the micro base (nats/answer)
 X = np.log([2.0, 12.4, 49.5, 75.3, 144.0])
@@ -123,3 +123,32 @@ def test_power_on_monotone_dose_responses(name, mu, tau, sds, power):
     r = dial_test(X, _worlds(np.random.default_rng(11), tau, sds, mu=mu))
     assert r["up"].mean() >= power, f"{name}: power {r['up'].mean():.3f}"
     assert r["down"].mean() <= 0.01
+
+
+
+def _run(seed, lr, style, drop):
+    """One SFT run: the base at step 0, then validation and eval both at gain 60 and drop `drop` at step 50."""
+    df = pd.DataFrame({"step": [0, 50], "val/target_gain": [0.0, 60], "target_gain": [0.0, 60],
+                       "val/nontarget_drop": [0.0, drop], "nontarget_drop": [0.0, drop]})
+    df["nontarget_drop_lo"], df["nontarget_drop_hi"] = df["nontarget_drop"] - 1, df["nontarget_drop"] + 1
+    df["target_gain_lo"], df["target_gain_hi"] = df["target_gain"] - 2, df["target_gain"] + 2
+    df["method"], df["arm"], df["seed"], df["lr"], df["teacher_style"] = "sft", f"sft@{style}", seed, lr, style
+    df["run_id"] = f"{style}-{seed}-{lr}"
+    for k in ("kl_to_base", "pld_drift", "pld_rise"):
+        df[k] = df["step"] / 50.0
+    return df
+
+
+def test_dial_at_a_declared_learning_rate_reads_only_its_runs():
+    from reports.frame import Frames
+    parts = [_run(s, lr, style, d * k) for s in range(3) for style, d in (("worked", 30 + s), ("own", 0.5 * s))
+             for lr, k in ((1e-3, 1), (1e-4, 2))]                 # 1e-4: the same gain, twice the drop
+    ck = pd.concat(parts, ignore_index=True)
+    runs = ck.groupby("run_id").tail(1).copy()
+    runs["base/label_nll_seq"] = runs["teacher_style"].map({"worked": 150.0, "own": 1.0})
+    fr = Frames("t", runs, ck, pd.DataFrame(), pd.DataFrame(), runs, ck)
+    # g = 30 is crossed halfway to step 50, so the read drop is half the step-50 drop: worked seeds 30, 31, 32
+    # (mean 31) at 1e-3, twice that at 1e-4; own 0, 0.5, 1 (mean 0.5), twice at 1e-4
+    assert dial(fr, 30.0, lr=1e-4)["drop_at_g"].tolist() == pytest.approx([0.5, 31.0])
+    assert dial(fr, 30.0, lr=1e-3)["drop_at_g"].tolist() == pytest.approx([0.25, 15.5])
+    assert dial(fr, 30.0)["drop_at_g"].tolist() == pytest.approx([0.25, 15.5])   # validation picks the lower drop
