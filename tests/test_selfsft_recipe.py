@@ -38,19 +38,33 @@ def test_rbd_epochs_make_onpolicy_sft_identical_to_self_sft_at_first(micro_world
     assert torch.equal(a, b)
 
 
-def test_short_epochs_slice_the_prompts_in_order_and_wrap(micro_world):
+def _slices(micro_world, kept):
+    """The prompt slices on-policy SFT samples over 3 epochs of 48 prompts, `kept(i)` examples on its i-th call."""
     ctx, method, _ = build(micro_world, "onpolicy_sft", COMMON + ["onpolicy_sft.prompts_per_epoch=48"])
     seen = []
     sample = method.data.__globals__["self_examples"]
-    method.data.__globals__["self_examples"] = lambda c, cfg, items, **kw: (seen.append(items), [])[1]
+    method.data.__globals__["self_examples"] = lambda c, cfg, items, **kw: (seen.append(items), kept(len(seen)))[1]
     try:
-        for phase in range(3):
-            method.data(ctx, phase)
+        data = [method.data(ctx, phase) for phase in range(3)]
     finally:
         method.data.__globals__["self_examples"] = sample
-    items = ctx.world.train_items                                       # 128 on micro
-    assert [len(s) for s in seen] == [48, 48, 48]
+    return ctx.world.train_items, seen, data
+
+
+def test_short_epochs_slice_the_prompts_in_order_and_wrap(micro_world):
+    items, seen, _ = _slices(micro_world, lambda i: ["example"])
+    assert len(items) == 128 and [len(s) for s in seen] == [48, 48, 48]
     assert seen[0] == items[:48] and seen[1] == items[48:96] and seen[2] == items[96:] + items[:16]
+
+
+def test_a_slice_without_a_correct_sample_passes_to_the_next(micro_world):
+    items, seen, data = _slices(micro_world, lambda i: [] if i == 2 else [f"ex{i}"])
+    # epoch 1's slice (48..95) keeps nothing: the same epoch samples the next slice (96..127, 0..15) instead
+    assert [d.examples for d in data] == [["ex1"], ["ex3"], ["ex4"]]
+    assert seen[2] == items[96:] + items[:16] and seen[3] == items[16:64]
+    _, seen, data = _slices(micro_world, lambda i: [])
+    # a whole pass (ceil(128 / 48) = 3 slices) keeps none: that epoch is empty, so the engine ends the run
+    assert len(seen) == 9 and all(d.examples == [] for d in data)
 
 
 def test_short_epochs_resample_several_times_and_differ_from_self_sft(micro_world):
