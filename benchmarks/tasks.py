@@ -34,7 +34,8 @@ STEP_SEPARATOR = ","
 # Ordered from the far (off-policy) end to the on-policy end; `benchmarks.world.TeacherStyle` lists the same names.
 TEACHER_STYLES = ("worked", "partial", "mild", "sparse", "own")
 # `sparse` writes the delimiter on 1 prompt in SPARSE_EVERY (declared before any run, to sit near the geometric
-# middle of `own`'s and `mild`'s label NLL on toy's earlier table: (3 × 1.2 + 49.1) / 4 ≈ 13 nats, sqrt(1.2 × 49.1) ≈ 7.7).
+# middle of `own`'s and `mild`'s label NLL on toy's earlier table: (3 × 1.2 + 49.1) / 4 ≈ 13 nats against
+# sqrt(1.2 × 49.1) ≈ 7.7).
 SPARSE_EVERY = 4
 SPLITS = ("train", "val", "eval", "heldout")
 
@@ -80,7 +81,7 @@ class TaskFamily:
 
 
 def _sparse_pick(payload: str) -> bool:
-    """Whether `sparse` writes the delimiter on this payload (1 in SPARSE_EVERY, by a hash independent of the split's)."""
+    """Whether `sparse` writes the delimiter on this payload (1 in SPARSE_EVERY; a hash independent of the split's)."""
     return int(hashlib.md5(f"sparse:{payload}".encode()).hexdigest(), 16) % SPARSE_EVERY == 0
 
 

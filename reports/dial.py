@@ -9,8 +9,9 @@ mean but their seeds scatter very differently (SFT on `own` varies by tenths of 
 ordering of the means is not uniform and it rejected in up to 10% of simulated worlds. So "grows" also needs a
 Welch test of the rank contrast Σ (rank of x − mean rank) · mean drop, whose variance is the styles' own seed
 variances (valid in that case, anti-conservative when the style means themselves vary). Rejecting only when both
-reject (an intersection–union test) keeps the level under either null. A per-seed regression would count k × seeds points for k values of the NLL (pseudo-replication: in
-simulated worlds whose style means are unrelated to the NLL it rejected in 22–35% of them). With k styles the
+reject (an intersection–union test) keeps the level under either null. A per-seed regression would count k × seeds
+points for k values of the NLL (pseudo-replication: in simulated worlds whose style means are unrelated to the NLL
+it rejected in 17–35% of them, issue 25 and tests/test_dial.py). With k styles the
 smallest attainable p is 1/k!, so at least MIN_STYLES = 4 (1/24 < 0.05) are needed; tests/test_dial.py calibrates
 the level under a style-level null and shows the power on a monotone dose–response.
 """
@@ -132,7 +133,7 @@ def rank_contrast_test(x: np.ndarray, seeds: np.ndarray) -> dict[str, np.ndarray
 
 def dial_test(x: np.ndarray, seeds: np.ndarray, alpha: float = S.ALPHA) -> dict[str, np.ndarray | float]:
     """The dial's test on style-level data ([k, n] or [W, k, n] seed values): "up" when the style permutation test
-    and the rank-contrast test both find a rise (p ≤ alpha), "down" when both find a fall; p is the larger of the two."""
+    and the rank-contrast test both find a rise (p ≤ alpha), "down" when both find a fall; p is the larger one."""
     a = np.asarray(seeds, dtype=float) if not isinstance(seeds, (list, tuple)) else seeds
     means = a.mean(-1) if isinstance(a, np.ndarray) else np.array([np.mean(v) for v in a])
     r, c = style_rank_test(x, means, alpha), rank_contrast_test(x, a)

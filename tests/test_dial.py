@@ -75,7 +75,8 @@ def test_verdicts_use_the_four_labels():
 def _worlds(rng, tau, sds, mu=0.0, seeds=5):
     """[WORLDS, 5, seeds] drops: style means mu + N(0, tau²) per world, seed noise N(0, sd²) per style on top."""
     means = np.asarray(mu, dtype=float) + tau * rng.standard_normal((WORLDS, len(X)))
-    return means[:, :, None] + np.asarray(sds, dtype=float)[None, :, None] * rng.standard_normal((WORLDS, len(X), seeds))
+    noise = np.asarray(sds, dtype=float)[None, :, None] * rng.standard_normal((WORLDS, len(X), seeds))
+    return means[:, :, None] + noise
 
 
 # Style-level nulls: the style means are unrelated to the NLL (iid across styles, or one shared value), seed noise
