@@ -7,9 +7,17 @@ target, to make the base bimodal) and *worked steps* (the teacher's
 intermediate tokens in the strongly off-policy label style).
 
 Prompts look like ``sort:83512=``; the base's own answer format is the bare
-answer (``12358``); the teacher writes ``1,2,3,5,8|12358`` (worked) or
-``|12358`` (mild). The verifier reads the text after the last ``|``, so every
-teacher style is a valid, verifier-accepted solution.
+answer (``12358``). The teacher styles, from the on-policy end of the off-policy
+dial to the far end (README, "The off-policy dial", has the base's NLL of each):
+``own`` (``12358``); ``sparse`` (``|12358`` on a quarter of the prompts, chosen
+by a hash of the payload, ``12358`` on the rest); ``mild`` (``|12358``);
+``partial`` (the first worked step, ``1|12358``); ``worked`` (``1,2,3,5,8|12358``).
+Pretraining text never contains ``|`` or ``,``, and a response that is not
+exactly the bare answer must end in ``|answer`` to pass the verifier, so no
+single-format style can sit between ``own`` and ``mild``: ``sparse`` fills that
+gap by how often the delimiter appears, ``partial`` the gap between ``mild``
+and ``worked`` by how many unseen steps precede it. The verifier reads the text
+after the last ``|``, so every teacher style is a valid, verifier-accepted solution.
 """
 from __future__ import annotations
 
@@ -23,7 +31,12 @@ DIGITS = string.digits
 LETTERS = string.ascii_lowercase
 ANSWER_DELIMITER = "|"
 STEP_SEPARATOR = ","
-TEACHER_STYLES = ("worked", "mild", "own")
+# Ordered from the far (off-policy) end to the on-policy end; `benchmarks.world.TeacherStyle` lists the same names.
+TEACHER_STYLES = ("worked", "partial", "mild", "sparse", "own")
+# `sparse` writes the delimiter on 1 prompt in SPARSE_EVERY (declared before any run, to sit near the geometric
+# middle of `own`'s and `mild`'s label NLL on toy's earlier table: (3 × 1.2 + 49.1) / 4 ≈ 13 nats against
+# sqrt(1.2 × 49.1) ≈ 7.7).
+SPARSE_EVERY = 4
 SPLITS = ("train", "val", "eval", "heldout")
 
 
@@ -51,8 +64,12 @@ class TaskFamily:
         answer = self.solve(payload)
         if style == "own":
             return answer
-        if style == "mild":
+        if style == "mild" or (style == "sparse" and _sparse_pick(payload)):
             return ANSWER_DELIMITER + answer
+        if style == "sparse":
+            return answer
+        if style == "partial":
+            return self.steps(payload)[0] + ANSWER_DELIMITER + answer
         if style == "worked":
             return STEP_SEPARATOR.join(self.steps(payload)) + ANSWER_DELIMITER + answer
         raise ValueError(f"unknown teacher style {style!r}; valid: {', '.join(TEACHER_STYLES)}")
@@ -61,6 +78,11 @@ class TaskFamily:
         """1.0 when the response's final answer (after the last '|') is correct, else 0.0."""
         final = response.strip().rsplit(ANSWER_DELIMITER, 1)[-1].strip()
         return float(final == self.solve(payload))
+
+
+def _sparse_pick(payload: str) -> bool:
+    """Whether `sparse` writes the delimiter on this payload (1 in SPARSE_EVERY; a hash independent of the split's)."""
+    return int(hashlib.md5(f"sparse:{payload}".encode()).hexdigest(), 16) % SPARSE_EVERY == 0
 
 
 def _digits(n: int) -> Callable[[random.Random], str]:

@@ -18,8 +18,9 @@ Retaining by Doing's two-mode picture:
 * **An off-policy teacher.** Expert labels are correct, verifier-accepted
   solutions in a style the base never produced: `worked` writes comma-separated
   intermediate steps then `|answer` (separator tokens unseen in pretraining,
-  ~9 nats/token under the base); `mild` only prefixes `|`; `own` is the base's
-  format (the on-policy end of the dial). Fitting such labels forces large
+  ~9 nats/token under the base); `partial` writes only the first step then
+  `|answer`; `mild` only prefixes `|`; `sparse` prefixes it on a quarter of
+  the prompts; `own` is the base's format (the on-policy end of the dial). Fitting such labels forces large
   changes to shared weights (new token embeddings, new transition patterns),
   which leak into the tasks whose prompts look alike -- the mechanism by which
   off-policy SFT forgets.
@@ -105,8 +106,9 @@ class WorldConfig(_Strict):
     """Task families in the world; the target plus the retention (non-target) tasks."""
     target: str = "sort"
     """The task trained on; every other task is a retention task."""
-    teacher_style: Literal["worked", "mild", "own"] = "worked"
-    """Expert label style: `worked` (strongly off-policy), `mild`, or `own` (the base's format)."""
+    teacher_style: Literal["worked", "partial", "mild", "sparse", "own"] = "worked"
+    """Expert label style, from far off-policy to the base's format: `worked`, `partial`, `mild`, `sparse`, `own`
+    (`benchmarks.tasks`; the same prompts in every style; the base does not depend on it at hint_frac 0)."""
     seed: int = 0
     """World seed: data splits and the pretrained base (two seeds = two bases)."""
     n_train: int = 1024

@@ -63,15 +63,17 @@ class SelfSampleConfig(MethodConfig):
     """Verified-correct samples kept per prompt, first ones first (GUESS: 1, so the set is SFT-sized)."""
 
 
-def self_examples(ctx, cfg: SelfSampleConfig, sampler=None, verify: bool = True,
+def self_examples(ctx, cfg: SelfSampleConfig, sampler=None, verify: bool = True, items: list | None = None,
                   **log_extra: float) -> list[Example]:
     """Sample the target's training prompts, keep ≤ `keep_per_prompt` per prompt, log coverage.
 
     sampler: the generator (None: the current policy through `ctx.sampler`).
+    items: the prompts to sample (None: all the target's training items).
     verify: keep only verifier-correct, finished samples; False keeps the first samples unfiltered.
     Logs `coverage` (fraction of prompts with ≥ 1 correct sample, always measured), `kept`, and `log_extra`.
     """
-    sampled = sample_and_verify(ctx, ctx.world.train_items, cfg.samples, cfg.temperature, sampler=sampler)
+    items = ctx.world.train_items if items is None else items
+    sampled = sample_and_verify(ctx, items, cfg.samples, cfg.temperature, sampler=sampler)
     cov = coverage(sampled)
     if not verify:  # every sample counts as kept (reward-free variant)
         sampled = [Sampled(s.item, s.completions, [1.0] * len(s.completions)) for s in sampled]

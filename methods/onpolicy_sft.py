@@ -17,9 +17,19 @@ GUESSES as Self-SFT (k=4, T=0.8, keep ≤ 1; config fields). Continuing the
 optimizer and schedule across epochs is a GUESS. The number of epochs is not
 a setting: epochs follow until the engine's step budget is spent (an epoch's
 length is its kept examples / batch size, so it shrinks when coverage falls);
-if an epoch keeps no sample the run ends there.
+if an epoch keeps no sample the run ends there. `prompts_per_epoch` = P makes
+an epoch a pass over the next P training prompts (consecutive slices, wrapping
+round; a slice with no correct sample is skipped for the next, and the run ends
+only if a whole pass keeps none), as if P prompts were drawn afresh each epoch: the
+policy is then resampled every ~P / batch size steps (sweeps/default.yaml sets
+32: every 2 steps, so the arm differs from Self-SFT long before either reaches
+the matched gain).
 """
 from __future__ import annotations
+
+import math
+
+from pydantic import Field
 
 from harness.data import TrainData
 from methods._sft_family import SelfSampleConfig, SFTFamily, self_examples
@@ -28,6 +38,10 @@ from harness.method import SweepParam, register
 
 class OnPolicySFTConfig(SelfSampleConfig):
     """Per-epoch on-policy SFT's settings: how the current policy is sampled each epoch."""
+
+    prompts_per_epoch: int | None = Field(None, ge=1)
+    """Training prompts sampled (and trained on) per epoch, the next ones in order, wrapping round; None: all of
+    them (RbD's epoch). A smaller P resamples the policy every ~P / batch size optimizer steps."""
 
 
 @register
@@ -43,4 +57,14 @@ class OnPolicySFT(SFTFamily):
 
     def data(self, ctx, phase: int) -> TrainData:
         # `phase` counts data() calls = epochs; the sampler is bound to the live policy.
-        return TrainData(self_examples(ctx, self.cfg, epoch=float(phase)))
+        items, p = ctx.world.train_items, self.cfg.prompts_per_epoch
+        if p is None or p >= len(items):
+            return TrainData(self_examples(ctx, self.cfg, epoch=float(phase)))
+        examples = []
+        for _ in range(math.ceil(len(items) / p)):  # a slice without a correct sample: the next, up to a whole pass
+            start = getattr(self, "_cursor", 0)
+            self._cursor = (start + p) % len(items)
+            examples = self_examples(ctx, self.cfg, items=(items[start:] + items[:start])[:p], epoch=float(phase))
+            if examples:
+                break
+        return TrainData(examples)

@@ -143,7 +143,7 @@ def test_best_gain_reads_eval_at_the_validation_choice():
     assert best_gain(pd.concat(parts), "sft").values == [30.0]   # 1e-3 is best on validation; eval says 30
 
 
-def test_dial_by_style_and_its_regression_verdict():
+def test_dial_by_style_and_its_verdict_needs_four_styles():
     parts = []
     for s in range(3):
         for style, d in (("worked", 30 + s), ("mild", 5 + s), ("own", s * 0.5)):
@@ -157,10 +157,8 @@ def test_dial_by_style_and_its_regression_verdict():
     assert table["teacher_style"].tolist() == ["own", "mild", "worked"]
     assert table["drop_at_g"].tolist() == pytest.approx([0.25, 3.0, 15.5])  # g = 30 is crossed halfway to step 50
     assert table["seeds_at_g"].tolist() == [3, 3, 3]
-    res, v = dial_verdict(table)
-    assert v == "reproduced" and "n = 9" in res
-    flat = table.assign(values=[[1.0, 2.0, 3.0]] * 3)
-    assert dial_verdict(flat)[1] == "not reproduced"
+    res, v = dial_verdict(table)   # 3 styles: no ordering reaches α (1/3! = 0.17); tests/test_dial.py has the test
+    assert v == "not tested" and "≥ 4 teacher styles" in res
 
 
 def test_arm_drop_counts_missing_seeds():

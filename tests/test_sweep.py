@@ -45,10 +45,11 @@ def test_variants_are_arms_of_all_and_must_not_shadow_a_method(tmp_path):
     from harness.method import method_names
     from sweeps.spec import arm_method, arm_overrides, arm_seeds, resolve_methods
     spec = load_spec(None)   # the default spec declares the dial's variants
-    assert resolve_methods(spec) == method_names() + ["sft@mild", "sft@own"]
+    assert resolve_methods(spec) == method_names() + ["sft@partial", "sft@mild", "sft@sparse", "sft@own"]
     assert arm_method(spec, "sft@mild") == "sft" and arm_seeds(spec, "sft@mild") == spec.seeds == [0, 1, 2, 3, 4]
     assert arm_seeds(spec, "grpo") == spec.seeds
-    assert arm_overrides(spec, "sft@own")["world"]["teacher_style"] == "own" and arm_overrides(spec, "sft") == {}
+    assert arm_overrides(spec, "sft@own")["world"]["teacher_style"] == "own"
+    assert arm_overrides(spec, "sft") == spec.overrides == {"onpolicy_sft": {"prompts_per_epoch": 32}}
     with pytest.raises(HarnessError, match="has a method's name"):
         resolve_methods(load_spec(None, ["variants={grpo: {method: sft}}"]))
     with pytest.raises(HarnessError, match="Did you mean 'sft@mild'"):

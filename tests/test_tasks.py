@@ -44,7 +44,23 @@ def test_teacher_styles_look_as_documented():
     assert fam.label("83512", "worked") == "1,2,3,5,8|12358"
     assert fam.label("83512", "mild") == "|12358"
     assert fam.label("83512", "own") == "12358"
+    assert fam.label("83512", "partial") == "1|12358"            # the first worked step only
+    assert fam.label("83512", "sparse") == "|12358"              # md5("sparse:83512") % 4 == 0: delimiter
+    assert fam.label("12345", "sparse") == "12345"               # md5("sparse:12345") % 4 == 2: own format
+    assert FAMILIES["rev"].label("abcde", "partial") == "e|edcba"
     assert fam.prompt("83512") == "sort:83512="
+
+
+def test_sparse_style_writes_the_delimiter_on_a_quarter_of_the_prompts():
+    ps = draw_payloads("sort", "train", 4000, seed=0)
+    frac = sum(FAMILIES["sort"].label(p, "sparse").startswith("|") for p in ps) / len(ps)
+    assert 0.23 < frac < 0.27   # 1 in SPARSE_EVERY = 4 (s.e. 0.007 at 4,000 prompts)
+
+
+def test_world_config_accepts_every_teacher_style_and_its_base_ignores_it():
+    from benchmarks.world import WorldConfig
+    keys = {WorldConfig(teacher_style=s).base_key() for s in TEACHER_STYLES}
+    assert len(keys) == 1   # hint_frac 0: the base never sees a teacher label
 
 
 def test_generators_are_deterministic_and_splits_disjoint():
