@@ -39,12 +39,15 @@ REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "reproduced", "contradicted
 def dial(fr: Frames, g: float, method: str = "sft", lr: float | None = None) -> pd.DataFrame:
     """The off-policy dial: per teacher style, the base's NLL of its labels and `method`'s drop at g.
 
-    lr: None reads each style at its learning rate chosen on validation (the claims' rule); a declared rate reads
-    every style's runs at that rate only (a recipe whose dial arms train one stated rate: README, "Budget").
+    lr: a declared rate reads every style's runs at that rate only; None reads them at the rate the recipe's dial
+    arms share (`shared_rate`: the default spec trains its style arms at one stated rate, README "Budget"), or, where
+    there is none, each style at its learning rate chosen on validation (the claims' rule).
     """
     runs = fr.all_runs if fr.all_runs is not None else fr.runs
     ck = fr.all_ckpts if fr.all_ckpts is not None else fr.ckpts
     ck = ck[ck["method"] == method]
+    if lr is None:
+        lr = shared_rate(runs[runs["method"] == method])
     if lr is not None:
         ck, runs = ck[np.isclose(ck["lr"], lr)], runs[np.isclose(runs["lr"], lr)]
     if ck.empty or not np.isfinite(g):
@@ -59,6 +62,17 @@ def dial(fr: Frames, g: float, method: str = "sft", lr: float | None = None) -> 
                      "drop_hi": e.hi, "best_gain": best_gain(ck, style, by="teacher_style").mean,
                      "values": e.values})
     return pd.DataFrame(rows).sort_values("label_nll_seq", kind="stable").reset_index(drop=True)
+
+
+def shared_rate(runs: pd.DataFrame) -> float | None:
+    """The one learning rate every teacher style trained, when some style trained only that rate; else None."""
+    if "teacher_style" not in runs or runs.empty:
+        return None
+    rates = {style: {float(f"{x:.6g}") for x in sub["lr"].astype(float)} for style, sub in runs.groupby("teacher_style")}
+    if len(rates) < 2 or min(len(r) for r in rates.values()) != 1:
+        return None
+    common = set.intersection(*rates.values())
+    return common.pop() if len(common) == 1 else None
 
 
 DIAL_CLAIM = "SFT's drop at matched gain grows with how off-policy its labels are (the base's NLL of them)"

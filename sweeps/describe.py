@@ -17,7 +17,7 @@ import yaml
 from optuna.trial import TrialState
 
 from harness.ui import WORKFLOW_TYPE
-from sweeps.spec import SweepSpec, arm_method, arm_seeds, load_spec
+from sweeps.spec import SweepSpec, arm_method, arm_seeds, arm_trials, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def experiment_note(spec: SweepSpec, arms: list[str], cfgs: dict[str, Any], expe
     """The experiment's description: what the sweep is, how to reproduce it, where its report is."""
     from harness.store import redact
     first = cfgs[arms[0]]
-    runs = sum(spec.trials * len(arm_seeds(spec, a)) for a in arms)
+    runs = sum(arm_trials(spec, a) * len(arm_seeds(spec, a)) for a in arms)
     rows = []
     for a in arms:
         cfg = cfgs[a]
@@ -170,7 +170,7 @@ def parent_note(spec: SweepSpec, arm: str, cfg: Any, space: dict, experiment_id:
         "",
         f"World {_world_text(cfg)}.",
         "",
-        f"{spec.trials} trials ({spec.sampler}) over {_space_text(space)}; every trial runs seeds "
+        f"{arm_trials(spec, arm)} trials ({spec.sampler}) over {_space_text(space)}; every trial runs seeds "
         f"{', '.join(map(str, seeds))} (one nested run each) and its objective is their mean. "
         f"Objective: {_objective_text(spec)}. The metric `trials/complete` counts the trials done.",
         "",

@@ -18,7 +18,7 @@ from typing import Any, Callable, TextIO
 import optuna
 from optuna.trial import TrialState
 
-from sweeps.spec import SweepSpec, arm_seeds
+from sweeps.spec import SweepSpec, arm_seeds, arm_trials
 
 SUMMARY_EVERY_S = 60.0
 POLL_EVERY_S = 3.0  # the storage is re-read at most this often (a journal file is replayed on each read)
@@ -129,7 +129,7 @@ class SweepProgress:
                 trials = optuna.load_study(study_name=f"{self.spec.name}-{arm}", storage=self.storage).get_trials(
                     deepcopy=False)
             except Exception:  # not created yet, or the storage is busy: keep what was shown
-                counts[arm] = self._counts.get(arm, {"n": {}, "points": [], "slots": self.spec.trials})
+                counts[arm] = self._counts.get(arm, {"n": {}, "points": [], "slots": arm_trials(self.spec, arm)})
                 continue
             n = {s: sum(t.state == s for t in trials) for s in TrialState}
             for t in trials:   # from now on the storage counts these trials' runs
@@ -144,7 +144,7 @@ class SweepProgress:
                     g, d = t.values
                 if g is not None and d is not None:
                     points.append((float(g), float(d)))
-            slots = max(self.spec.trials, n[TrialState.COMPLETE] + n[TrialState.RUNNING] + n[TrialState.WAITING])
+            slots = max(arm_trials(self.spec, arm), n[TrialState.COMPLETE] + n[TrialState.RUNNING] + n[TrialState.WAITING])
             counts[arm] = {"n": n, "points": points, "slots": slots}
         self._counts, self._polled = counts, time.time()
         return counts
@@ -245,7 +245,7 @@ class SweepProgress:
                     if d < best_drop:
                         front.append(f"({g:+.1f}, {d:+.1f})")
                         best_drop = d
-                table.add_row(a, f"{n.get(TrialState.COMPLETE, 0)}/{c.get(a, {}).get('slots', self.spec.trials)}",
+                table.add_row(a, f"{n.get(TrialState.COMPLETE, 0)}/{c.get(a, {}).get('slots', arm_trials(self.spec, a))}",
                               str(n.get(TrialState.RUNNING, 0)), str(n.get(TrialState.FAIL, 0)),
                               str(n.get(TrialState.WAITING, 0)), " ".join(front[:4]))
             now = time.time()
@@ -258,7 +258,7 @@ class SweepProgress:
         return Group(*parts)
 
     def __enter__(self) -> "SweepProgress":
-        total = sum(self.spec.trials * self.seeds[a] for a in self.arms)
+        total = sum(arm_trials(self.spec, a) * self.seeds[a] for a in self.arms)
         def n(k: int, word: str) -> str:
             return f"{k} {word}{'' if k == 1 else 's'}"
         intro = (f"sweep {self.spec.name!r} on world {self.spec.world}: {n(len(self.arms), 'arm')} x "

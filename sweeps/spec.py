@@ -33,6 +33,8 @@ class Variant(BaseModel):
     """Seeds of this arm (None: the spec's seeds)."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Run settings merged over the spec's `overrides`."""
+    trials: int | None = Field(None, ge=1)
+    """Trials of this arm (None: the spec's `trials`); with `space: {<arm>: ...}` an arm can train one stated rate."""
 
 
 class SweepSpec(BaseModel):
@@ -134,6 +136,12 @@ def arm_seeds(spec: SweepSpec, arm: str) -> list[int]:
     """The seeds an arm runs."""
     v = spec.variants.get(arm)
     return list(v.seeds) if v is not None and v.seeds is not None else list(spec.seeds)
+
+
+def arm_trials(spec: SweepSpec, arm: str) -> int:
+    """The trials (hyper-parameter settings) an arm runs."""
+    v = spec.variants.get(arm)
+    return v.trials if v is not None and v.trials is not None else spec.trials
 
 
 def arm_overrides(spec: SweepSpec, arm: str) -> dict[str, Any]:

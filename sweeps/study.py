@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from harness.errors import HarnessError
 from harness.method import SweepParam, get_method
-from sweeps.spec import SweepSpec, arm_method
+from sweeps.spec import SweepSpec, arm_method, arm_trials
 
 STALE_AFTER_S = 300.0
 HEARTBEAT_S = 20.0  # a running trial's worker writes its heartbeat this often
@@ -118,26 +118,26 @@ def metric_names(spec: SweepSpec) -> list[str]:
 
 
 def prepare_study(spec: SweepSpec, method: str, storage) -> optuna.Study:
-    """Create or load the method's study and top up its WAITING slots to `spec.trials` (call under the lock)."""
+    """Create or load the arm's study and top up its WAITING slots to its trials (call under the lock)."""
     study = optuna.create_study(study_name=f"{spec.name}-{method}", storage=storage, directions=directions(spec),
                                 sampler=make_sampler(spec), load_if_exists=True)
     if study.metric_names != metric_names(spec):
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and the way Optuna's tools read names
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metric_names(spec))
-    slots = int(study.user_attrs.get("slots", 0))
-    if slots < spec.trials:
+    slots, trials = int(study.user_attrs.get("slots", 0)), arm_trials(spec, method)
+    if slots < trials:
         space = search_space(spec, method)
         # A larger grid shares its end points with the smaller one: enqueue only the new points, then
         # let the sampler fill any slot the grid cannot.
         count = len(study.get_trials(deepcopy=False))
-        for pt in grid(space, spec.trials) if spec.sampler == "grid" else []:
-            if slots >= spec.trials:
+        for pt in grid(space, trials) if spec.sampler == "grid" else []:
+            if slots >= trials:
                 break
             study.enqueue_trial(pt, skip_if_exists=True)
             now = len(study.get_trials(deepcopy=False))
             slots, count = slots + now - count, now
-        while slots < spec.trials:
+        while slots < trials:
             study.enqueue_trial({})
             slots += 1
         study.set_user_attr("slots", slots)

@@ -153,3 +153,20 @@ def test_dial_at_a_declared_learning_rate_reads_only_its_runs():
     assert dial(fr, 30.0, lr=1e-4)["drop_at_g"].tolist() == pytest.approx([0.5, 31.0])
     assert dial(fr, 30.0, lr=1e-3)["drop_at_g"].tolist() == pytest.approx([0.25, 15.5])
     assert dial(fr, 30.0)["drop_at_g"].tolist() == pytest.approx([0.25, 15.5])   # validation picks the lower drop
+
+
+def test_style_arms_trained_at_one_stated_rate_read_every_style_there():
+    """The default spec trains the milder styles at one rate: `worked` is then read at it too, not at its best rate."""
+    from reports.dial import shared_rate
+    from reports.frame import Frames
+    parts = [_run(s, 1e-3, "worked", (30 + s) * 2) for s in range(3)]      # at 1e-3 twice the drop of 1e-4
+    parts += [_run(s, 1e-4, "worked", 30 + s) for s in range(3)]
+    parts += [_run(s, 1e-3, "own", 0.5 * s) for s in range(3)]             # `own` ran 1e-3 only
+    ck = pd.concat(parts, ignore_index=True)
+    runs = ck.groupby("run_id").tail(1).copy()
+    runs["base/label_nll_seq"] = runs["teacher_style"].map({"worked": 150.0, "own": 1.0})
+    fr = Frames("t", runs, ck, pd.DataFrame(), pd.DataFrame(), runs, ck)
+    assert shared_rate(runs) == pytest.approx(1e-3)
+    # g = 30 is crossed halfway to step 50: worked at 1e-3 reads (60 + 62 + 64) / 2 / 3 = 31, own 0.25
+    assert dial(fr, 30.0)["drop_at_g"].tolist() == pytest.approx([0.25, 31.0])
+    assert shared_rate(runs[runs["teacher_style"] == "worked"]) is None      # one style: no dial rate

@@ -276,3 +276,13 @@ def test_every_shipped_sweep_spec_resolves_for_every_arm(path):
         assert set(spec.overrides) <= {"world"} and set(spec.overrides.get("world", {})) <= {"target", "seed"}
         assert not spec.space
         assert spec.steps_rule == load_spec(None).steps_rule and spec.steps_rule is not None
+
+
+def test_the_default_dial_arms_train_one_stated_rate_and_the_methods_their_grid():
+    from sweeps.spec import arm_trials
+    from sweeps.study import search_space
+    spec = load_spec(None, [])
+    assert arm_trials(spec, "sft") == 3 and grid(search_space(spec, "sft"), 3)[-1]["train.lr"] == pytest.approx(1e-3)
+    for arm in ("sft@partial", "sft@mild", "sft@sparse", "sft@own"):
+        assert arm_trials(spec, arm) == 1
+        assert grid(search_space(spec, arm), 1) == [{"train.lr": 1e-3}]
