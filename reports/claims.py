@@ -94,7 +94,7 @@ def drop_at_gain(ckpts: pd.DataFrame, g: float, by: str = "arm") -> pd.DataFrame
         ck[k] = np.where(ck[k].isna() & base, ck[src], ck[k]) if k in ck else np.where(base, ck[src], np.nan)
     cols = ["step", VAL_GAIN, VAL_DROP, *READ_AT_CROSSING]
     rows = []
-    for (key, seed), sub in ck.groupby([by, "seed"], sort=False):
+    for (key, seed), sub in ck.groupby([by, "seed"], sort=False, dropna=False):
         arr, ids = _padded(sub, cols)
         rp = RP.read_point(arr["step"], arr[VAL_GAIN], arr[VAL_DROP], arr["target_gain"], g if np.isfinite(g) else np.inf,
                            {k: arr[k] for k in (VAL_GAIN, VAL_DROP, *READ_AT_CROSSING)})
@@ -108,13 +108,10 @@ def drop_at_gain(ckpts: pd.DataFrame, g: float, by: str = "arm") -> pd.DataFrame
                         "final_gain": arr["target_gain"][run, last],
                         "final_gain_half": (arr["target_gain_hi"][run, last] - arr["target_gain_lo"][run, last]) / 2})
         rows.append(row)
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=None if rows else [by, "seed", "runs", "runs_crossed", "crossed_val", "crossed"])
     if len(out) and "nontarget_drop_hi" in out:
-        # the prompt error of a drop read at g: its own interval plus the read point's shift under the eval
-        # gain's prompt error (slope of drop against gain: the chord from the base to the read point)
-        hd = (out["nontarget_drop_hi"] - out["nontarget_drop_lo"]) / 2
-        hg = (out["target_gain_hi"] - out["target_gain_lo"]) / 2
-        out["prompt_half"] = np.hypot(hd, (out["nontarget_drop"] / g if np.isfinite(g) and g else 0.0) * hg.fillna(0))
+        out["prompt_half"] = RP.prompt_half(out["nontarget_drop"], (out["nontarget_drop_hi"] - out["nontarget_drop_lo"]) / 2,
+                                            (out["target_gain_hi"] - out["target_gain_lo"]) / 2, g)
     return out
 
 

@@ -87,6 +87,16 @@ def read_point(steps, val_gain, val_drop, eval_gain, g, read: dict[str, np.ndarr
     return out
 
 
+def prompt_half(drop, drop_half, gain_half, g):
+    """A drop read at g: the 95% prompt half-width of the drop itself, combined with the read point's shift
+    under the eval gain's prompt error (slope of drop against gain taken as the chord from the base, drop / g)."""
+    drop, gain_half = np.asarray(drop, dtype=float), np.nan_to_num(np.asarray(gain_half, dtype=float))
+    g = np.asarray(g, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where(np.isfinite(g) & (g > 0), drop / np.where(g > 0, g, 1.0), 0.0)
+    return np.hypot(drop_half, slope * gain_half)
+
+
 SAME_METRICS = ("target_gain", "nontarget_drop", "val/target_gain", "val/nontarget_drop", "kl_to_base", "pld_drift")
 
 
