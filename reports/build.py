@@ -71,9 +71,10 @@ FIGURES = [
         "generated tokens, reference and π_old log-probs, Hinted Decoding's second stream); bold: each method's "
         "best-trade-off learning rate, faint: the others.")),
     Figure("fig7_matched_gain", "Drop at matched gain", T.matched_gain, lambda fr, s: (
-        "For each gain level g, each method's eval drop at g by the claims' procedure (each run's first crossing "
-        "of g on validation, the learning rate with the lowest validation drop there, per seed), mean over "
-        "seeds; a line stops where some seed never reaches g. Values in the table below.")),
+        "For each gain level g, each method's eval drop at g by the claims' procedure (per seed, the learning rate "
+        "with the lowest validation drop at its run's validation crossing of g; the drop read at that run's own "
+        "eval crossing of g), mean over seeds; a line stops where some seed never reaches g. Values, and the "
+        "validation gain at each read point, in matched_gain.csv.")),
     Figure("fig8_offpolicy_dial", "The off-policy dial", T.dial_figure, lambda fr, s: (
         "SFT on the same prompts with labels in each teacher style: left, its drop at matched gain (the claims' "
         "procedure and g; mean over seeds, 95% interval) against how surprising the labels are to the base (its "
