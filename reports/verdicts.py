@@ -25,6 +25,8 @@ VAL_GAIN = "val/target_gain"
 
 @dataclass
 class Claim:
+    """One row of claims.csv: the claim, what the tests found, and its verdict (claim_specs.VERDICTS)."""
+
     source: str
     statement: str
     result: str
@@ -123,5 +125,5 @@ def evaluate_claim(spec: ClaimSpec, g: float, drop: dict[str, Estimate], gain: d
         return Claim(spec.source, spec.statement, body, "reproduced", reads)
     power = ", ".join(f"{name} {p:.0%}" for name, p in need)
     return Claim(spec.source, spec.statement, body + f"; power of the tests that did not reject, for a true "
-                 f"difference of {spec.effect:g} points in the drop (the margin for gain): {power}", "inconclusive",
+                 f"difference of {spec.effect:g} points in the drop (for comparable gain: at equal true gains): {power}", "inconclusive",
                  reads)
