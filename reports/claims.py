@@ -93,13 +93,14 @@ def drop_at_gain(ckpts: pd.DataFrame, g: float, by: str = "arm") -> pd.DataFrame
         src = "nontarget_drop" if k.startswith("nontarget") else "target_gain"
         ck[k] = np.where(ck[k].isna() & base, ck[src], ck[k]) if k in ck else np.where(base, ck[src], np.nan)
     cols = ["step", VAL_GAIN, VAL_DROP, *READ_AT_CROSSING]
+    gg = g if np.isfinite(g) else np.inf   # no g: nothing crosses
     rows = []
     for (key, seed), sub in ck.groupby([by, "seed"], sort=False, dropna=False):
         arr, ids = _padded(sub, cols)
-        rp = RP.read_point(arr["step"], arr[VAL_GAIN], arr[VAL_DROP], arr["target_gain"], g if np.isfinite(g) else np.inf,
+        rp = RP.read_point(arr["step"], arr[VAL_GAIN], arr[VAL_DROP], arr["target_gain"], gg,
                            {k: arr[k] for k in (VAL_GAIN, VAL_DROP, *READ_AT_CROSSING)})
         run = int(rp.pop("run"))
-        crossed_val = RP.first_crossing(arr[VAL_GAIN], g if np.isfinite(g) else np.inf)
+        crossed_val = RP.first_crossing(arr[VAL_GAIN], gg)
         row = {by: key, "seed": seed, "runs": len(ids), "runs_crossed": int(np.isfinite(crossed_val).sum()),
                "crossed_val": run >= 0, "crossed": bool(run >= 0 and np.isfinite(rp["step"]))}
         if run >= 0:
@@ -110,7 +111,8 @@ def drop_at_gain(ckpts: pd.DataFrame, g: float, by: str = "arm") -> pd.DataFrame
         rows.append(row)
     out = pd.DataFrame(rows, columns=None if rows else [by, "seed", "runs", "runs_crossed", "crossed_val", "crossed"])
     if len(out) and "nontarget_drop_hi" in out:
-        out["prompt_half"] = RP.prompt_half(out["nontarget_drop"], (out["nontarget_drop_hi"] - out["nontarget_drop_lo"]) / 2,
+        drop_half = (out["nontarget_drop_hi"] - out["nontarget_drop_lo"]) / 2
+        out["prompt_half"] = RP.prompt_half(out["nontarget_drop"], drop_half,
                                             (out["target_gain_hi"] - out["target_gain_lo"]) / 2, g)
     return out
 
@@ -163,8 +165,8 @@ def arm_drop(per_seed: pd.DataFrame, arm: str, by: str = "arm", key: str = "nont
     if not len(hit):
         halves, vals = [], []
     elif key == "nontarget_drop":
-        halves = hit["prompt_half"] if "prompt_half" in hit else (hit["nontarget_drop_hi"] - hit["nontarget_drop_lo"]) / 2
-        vals = hit[key]
+        own = (hit["nontarget_drop_hi"] - hit["nontarget_drop_lo"]) / 2   # a frame without the read-point term
+        halves, vals = hit["prompt_half"] if "prompt_half" in hit else own, hit[key]
     else:
         halves = hit["final_gain_half"] if key == "final_gain" else pd.Series(0.0, index=hit.index)
         vals = hit[key]

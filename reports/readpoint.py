@@ -119,7 +119,8 @@ def identical(ck, per_seed, a: str, b: str, by: str = "arm") -> bool:
         steps = np.sort(sa["step"].unique())
         upto = steps[steps >= lim].min() if np.isfinite(lim) and (steps >= lim).any() else steps.max()
         sa, sb = sa[sa["step"] <= upto], sb[sb["step"] <= upto]
-        if len(sa) != len(sb) or not np.array_equal(sa[["lr", "step"]].to_numpy(float), sb[["lr", "step"]].to_numpy(float)):
+        where = [x[["lr", "step"]].to_numpy(float) for x in (sa, sb)]
+        if len(sa) != len(sb) or not np.array_equal(*where):
             return False
         if not np.allclose(sa[cols].to_numpy(float), sb[cols].to_numpy(float), rtol=0, atol=1e-9, equal_nan=True):
             return False

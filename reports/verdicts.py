@@ -101,20 +101,20 @@ def evaluate_claim(spec: ClaimSpec, g: float, drop: dict[str, Estimate], gain: d
     for a, b in spec.gain_noninferior:
         t = S.directional(gain[b].values, gain[a].values, gain[b].halves, gain[a].halves, -COMPARABLE_GAIN,
                           COMPARABLE_GAIN, what=f"final gain {b} − {a} at the chosen lr (margin −{COMPARABLE_GAIN:g})")
-        parts.append(f"gain {b} {gain[b].text()} vs {a} {gain[a].text()}: "
-                     f"{ {1: 'comparable', -1: 'lower by more than the margin', 0: 'not shown comparable'}.get(t.sign, 'not tested')} ({t.text})")
+        said = _say(t, "comparable", "lower by more than the margin", "not shown comparable")
+        parts.append(f"gain {b} {gain[b].text()} vs {a} {gain[a].text()}: {said} ({t.text})")
         signs.append(t.sign)
         need += [(f"comparable gain {b} vs {a}", t.power)] if t.sign == 0 else []
     for a, b in spec.more:
         t = S.directional(drop[a].values, drop[b].values, drop[a].halves, drop[b].halves, 0.0, spec.effect,
                           what=f"drop {a} − {b}")
-        parts.append(f"{a} > {b}: { {1: 'yes', -1: 'no, the opposite', 0: 'not shown'}.get(t.sign, 'not tested')} ({t.text})")
+        parts.append(f"{a} > {b}: {_say(t, 'yes', 'no, the opposite', 'not shown')} ({t.text})")
         signs.append(t.sign)
         need += [(f"{a} > {b}", t.power)] if t.sign == 0 else []
     for a, b in spec.not_more:
         t = S.directional(drop[a].values, drop[b].values, drop[a].halves, drop[b].halves, 0.0, spec.effect,
                           what=f"drop {a} − {b}")
-        parts.append(f"{a} > {b}: { {1: 'yes (the claim needs no)', -1: 'no', 0: 'not shown'}.get(t.sign, 'not tested')} ({t.text})")
+        parts.append(f"{a} > {b}: {_say(t, 'yes (the claim needs no)', 'no', 'not shown')} ({t.text})")
         signs.append(None if t.sign is None else -1 if t.sign == 1 else 1)   # significant A > B contradicts
     body = head + "; ".join(parts)
     if any(s is None for s in signs):
@@ -124,6 +124,10 @@ def evaluate_claim(spec: ClaimSpec, g: float, drop: dict[str, Estimate], gain: d
     if all(s == 1 for s in signs):
         return Claim(spec.source, spec.statement, body, "reproduced", reads)
     power = ", ".join(f"{name} {p:.0%}" for name, p in need)
-    return Claim(spec.source, spec.statement, body + f"; power of the tests that did not reject, for a true "
-                 f"difference of {spec.effect:g} points in the drop (for comparable gain: at equal true gains): {power}", "inconclusive",
-                 reads)
+    return Claim(spec.source, spec.statement, body + f"; power of the tests that did not reject, for a true difference "
+                 f"of {spec.effect:g} points in the drop (for comparable gain: at equal true gains): {power}",
+                 "inconclusive", reads)
+
+
+def _say(t: S.Test, shown: str, opposite: str, neither: str) -> str:
+    return {1: shown, -1: opposite, 0: neither}.get(t.sign, "not tested")
