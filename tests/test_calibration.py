@@ -232,3 +232,21 @@ def test_predictor_p_value_holds_its_level_when_runs_cluster_by_method():
         fin = pd.DataFrame({"method": m, "kl": kl, "nontarget_drop": 3 * kl + rng.normal(0, 3, len(m))})
         found += predictor_test(fin, "kl")[1] == "reproduced"
     assert found >= 90, f"a relation with R² ≈ 0.6+ was found in only {found}/100 worlds"
+
+
+def test_comparable_gain_holds_its_level_at_the_margin_with_shared_prompt_error():
+    # B's true final gain exactly COMPARABLE_GAIN below A's (the boundary of the null): "comparable" must be rare.
+    # Each arm's gain on 200 target prompts carries its own prompt effect (sd 4 points, shared by its seeds),
+    # per-seed prompt noise (sd 1.5) and seed spread (sd 3); the logged half-width is the total prompt s.e.
+    from reports.claims import COMPARABLE_GAIN
+    rng = np.random.default_rng(81)
+    for seeds in (3, 5):
+        def arm(mean):
+            shared = rng.normal(0, 4.0, (WORLDS, 1))
+            vals = mean + shared + rng.normal(0, 3.0, (WORLDS, seeds)) + rng.normal(0, 1.5, (WORLDS, seeds))
+            return vals, np.full((WORLDS, seeds), 1.96 * np.hypot(4.0, 1.5))
+        (a, ha), (b, hb) = arm(60.0), arm(60.0 - COMPARABLE_GAIN)
+        p = S.compare(b, a, hb, ha, shift=-COMPARABLE_GAIN).p_greater
+        _check_level(f"comparable gain at the margin, {seeds} seeds", np.ones(WORLDS, bool), p)
+        # and without the shared prompt term it would not hold
+        assert (S.compare(b, a, shift=-COMPARABLE_GAIN).p_greater < S.ALPHA).mean() > 0.075
