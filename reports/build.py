@@ -72,9 +72,10 @@ FIGURES = [
         "generated tokens, reference and π_old log-probs, Hinted Decoding's second stream); bold: each method's "
         "best-trade-off learning rate, faint: the others.")),
     Figure("fig7_matched_gain", "Drop at matched gain", T.matched_gain, lambda fr, s: (
-        "For each gain level g, each method's eval drop at g by the claims' procedure (each run's first crossing "
-        "of g on validation, the learning rate with the lowest validation drop there, per seed), mean over "
-        "seeds; a line stops where some seed never reaches g. Values in the table below.")),
+        "For each gain level g, each method's eval drop at g by the claims' procedure (per seed, the learning rate "
+        "with the lowest validation drop at its run's validation crossing of g; the drop read at that run's own "
+        "eval crossing of g), mean over seeds; a line stops where some seed never reaches g. Values, and the "
+        "validation gain at each read point, in matched_gain.csv.")),
     Figure("fig8_offpolicy_dial", "The off-policy dial", T.dial_figure, lambda fr, s: (
         "SFT on the same prompts with labels in each teacher style: left, its drop at matched gain (the claims' "
         "procedure and g; mean over seeds, 95% interval) against how surprising the labels are to the base (its "
@@ -169,7 +170,8 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
 
     matched = T.matched_gain_table(fr, styles)
     front = T.front_table(fr, styles)
-    stats = pd.DataFrame([{"predictor": label, "r": s["r"], "r2": s["r2"], "p (r > 0)": s["p_pos"],
+    stats = pd.DataFrame([{"predictor": label, "r": s["r"], "r2": s["r2"], "methods": int(s["clusters"]),
+                           "r (method means)": s["r_clusters"], "p (r > 0, method means)": s["p_pos"],
                            "slope": s["slope"], "intercept": s["intercept"], "n": int(s["n"])}
                           for (_, label), s in zip(F.PREDICTORS, F.predictor_stats(fr).values())])
     g, claims = C.claims_frame(fr)
@@ -203,9 +205,12 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
 def _claims_md(g: float, claims: pd.DataFrame) -> list[str]:
     lead = (f"Matched gain g = {g:.1f} points ({C.FRACTION:g} × the smallest best validation gain among the seeds "
             f"of {', '.join(C.ANCHORS)}). Per run, the first crossing of g on validation; per seed, the learning "
-            "rate with the lowest validation drop there; its eval drop is the seed's value. Drops: mean over seeds "
-            "[95% interval, t over seeds combined with the prompts' sampling error]; \"A > B\" is a one-sided "
-            "Welch test on the seed values at α = 0.05 (reports/claims.py).")
+            "rate with the lowest validation drop there; the seed's value is that run's eval drop at its own eval "
+            "crossing of g (both gains at that read point: gains_at_read_point). Drops: mean over seeds [95% "
+            "interval: seed spread plus the prompts' sampling error the seeds share]; \"A > B\" tests the "
+            "difference with both arms' seed and prompt terms at α = 0.05. Verdicts: reproduced / contradicted "
+            "(significant the other way) / inconclusive (neither; with the tests' power) / not tested (why) "
+            "(reports/claims.py, reports/verdicts.py).")
     return ["## Claims", "", lead, "", T.markdown_table(claims), ""]
 
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# "contradicted": significant in the opposite direction; "inconclusive": neither (with the power the test had);
+# "not tested": the result says why (an arm missing, a seed that never reached g, arms identical at the read point)
+VERDICTS = ("reproduced", "contradicted", "inconclusive", "not tested")
+R2_PREDICTS = 0.5       # "predicts forgetting": explains at least half of the drop's variance across runs
+COMPARABLE_GAIN = 5.0   # points: "comparable gain" = non-inferior to SFT's by at most this margin
+
 
 @dataclass(frozen=True)
 class ClaimSpec:
@@ -16,12 +22,13 @@ class ClaimSpec:
     gain_noninferior: tuple[tuple[str, str], ...] = ()  # (A, B): B's gain not COMPARABLE_GAIN below A's
     predictor: str | None = None                         # final-checkpoint column predicting the drop (r > 0)
     subject: str | None = None                           # the method a sweep variant of gets its own row
+    effect: float = 5.0   # points of drop the claim means at the least: the power an "inconclusive" verdict reports
 
     def for_variant(self, variant: str) -> "ClaimSpec":
         """The same claim with the subject's variant arm (e.g. tms@teacher-lr-3e-4) in its place."""
         swap = lambda pairs: tuple(tuple(variant if a == self.subject else a for a in p) for p in pairs)  # noqa: E731
         return ClaimSpec(self.source, f"{self.statement} [variant {variant}]", swap(self.more), swap(self.not_more),
-                         swap(self.gain_noninferior), None, None)
+                         swap(self.gain_noninferior), None, None, self.effect)
 
     @property
     def arms(self) -> list[str]:

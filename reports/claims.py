@@ -5,19 +5,20 @@ The procedure (DESIGN.md, "Matched gain and verdicts"); selections read validati
 1. g = FRACTION × the smallest best *validation* gain among the seeds of the anchor methods (SFT, GRPO,
    on-policy SFT), so it is fixed before any eval number is looked at.
 2. Per run, the first crossing of g by its validation gain along the evaluation trajectory (step 0 = the base,
-   gain 0), interpolated linearly between the two checkpoints around it; every other quantity (validation
-   drop, eval gain, eval drop and its interval) is read at the same fractional step.
+   gain 0), interpolated linearly between the two checkpoints around it.
 3. Per (arm, seed), among its learning rates whose runs cross g, the one with the lowest validation drop at
-   the crossing (ties: earliest crossing, then lowest rate); its *eval* drop at that point is the (arm, seed)
-   value. Every arm has the same candidates (the sweep's learning-rate grid), and since the value is read on
-   a split the choice never saw, picking the best of K candidates does not bias it (no winner's curse).
-4. An arm's estimate: mean over seeds with `reports.stats.seed_interval`. A seed that never crosses g makes
-   every comparison of its arm "not tested", never a silent drop-out; so does having fewer than MIN_SEEDS.
-5. "A forgets more than B": one-sided Welch t-test on the seed values at α = 0.05 (`reports.stats.greater`),
-   calibrated by tests/test_calibration.py. "Comparable gain": a Welch non-inferiority test on each seed's
-   eval gain at the learning rate with the best final validation gain, margin COMPARABLE_GAIN points.
-6. A predictor "predicts forgetting" when, over every run's final checkpoint, r > 0 with one-sided p < 0.05
-   and R² ≥ R2_PREDICTS; a significant relation of the opposite sign is "not reproduced".
+   that crossing (ties: earliest crossing, then lowest rate): the choice sees validation only.
+4. The read point: the chosen run's own first crossing of g by its *eval* gain (interpolated). The seed's value
+   is the eval drop there; both gains (eval = g by construction, and validation) are reported there. Reading
+   eval at the validation crossing would carry the validation luck that made this rate win into the value.
+   A seed that never reaches g (on validation at any rate, or on eval at the chosen rate) makes every
+   comparison of its arm "not tested", never a silent drop-out; so does having fewer than MIN_SEEDS.
+5. An arm's estimate: mean over seeds with `reports.stats.interval` (seed spread + the prompt error the seeds
+   share). Arms whose runs are identical up to the read point are "not tested" (`reports.readpoint.identical`).
+6. "A forgets more than B": `reports.stats.directional` on the seed values, α = 0.05, calibrated by
+   tests/test_calibration.py. "Comparable gain": the same test as non-inferiority (margin COMPARABLE_GAIN) on
+   the final eval gain of the run chosen for the drop (same learning rate; at the read point itself the eval
+   gains are g for every arm by construction). Verdicts and predictor tests: reports/verdicts.py.
 
 The seeds' claims are data (`CLAIMS`): which arms, which tests, which source.
 """
@@ -28,18 +29,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from reports import readpoint as RP
 from reports import stats as S
-from reports.claim_specs import CLAIMS, ClaimSpec  # noqa: F401 (claims as data; re-exported)
+from reports.claim_specs import CLAIMS, COMPARABLE_GAIN, R2_PREDICTS, ClaimSpec  # noqa: F401 (re-exported)
 from reports.frame import Frames, final_checkpoints, trained_checkpoints
+from reports.verdicts import Claim, evaluate_claim, predictor_test  # noqa: F401 (re-exported)
 
 ANCHORS = ("sft", "grpo", "onpolicy_sft")
 FRACTION = 0.5
-R2_PREDICTS = 0.5       # "predicts forgetting": explains at least half of the drop's variance across runs
-COMPARABLE_GAIN = 5.0   # points: "comparable gain" = non-inferior to SFT's by at most this margin
 MIN_SEEDS = 3           # a comparison on fewer seeds per arm is not tested
 VAL_GAIN, VAL_DROP = "val/target_gain", "val/nontarget_drop"
-READ_AT_CROSSING = ("target_gain", "nontarget_drop", "nontarget_drop_lo", "nontarget_drop_hi", "kl_to_base",
-                    "pld_drift", "pld_rise")
+READ_AT_CROSSING = ("target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
+                    "nontarget_drop_hi", "kl_to_base", "pld_drift", "pld_rise")
 
 
 def matched_level(ckpts: pd.DataFrame, anchors=ANCHORS, fraction: float = FRACTION) -> float:
@@ -59,65 +60,76 @@ def never_gained(ckpts: pd.DataFrame, anchors=ANCHORS) -> str:
 
 
 def crossing(steps: np.ndarray, val_gain: np.ndarray, columns: dict[str, np.ndarray], g: float) -> dict | None:
-    """Where a trajectory's validation gain first reaches g (linear between checkpoints), and `columns` there.
+    """Where one trajectory's gain first reaches g (linear between checkpoints), and `columns` there; None if never.
 
-    Arrays are in step order and start at the base (step 0). None if the trajectory never reaches g.
+    Arrays are in step order and start at the base (step 0). `reports.readpoint` does the same on batches.
     """
-    hit = np.flatnonzero(val_gain >= g)
-    if not len(hit):
+    pos = RP.first_crossing(np.asarray(val_gain, dtype=float), g)
+    if not np.isfinite(pos):
         return None
-    i = int(hit[0])
-    if i == 0:
-        w, j = 1.0, 0
-    else:
-        j = i - 1
-        w = float((g - val_gain[j]) / (val_gain[i] - val_gain[j]))
-    out = {"step": (1 - w) * steps[j] + w * steps[i]}
-    for k, v in columns.items():
-        out[k] = float((1 - w) * v[j] + w * v[i])
-    return out
+    return {"step": float(RP.at(np.asarray(steps, dtype=float), pos)),
+            **{k: float(RP.at(np.asarray(v, dtype=float), pos)) for k, v in columns.items()}}
+
+
+def _padded(sub: pd.DataFrame, cols: list[str]) -> tuple[dict[str, np.ndarray], list]:
+    """One (arm, seed)'s runs as [runs, T] arrays (runs by learning rate, NaN-padded) and their run ids."""
+    runs = [r for _, r in sorted(sub.groupby("run_id", sort=False), key=lambda kv: (kv[1]["lr"].iloc[0], kv[0]))]
+    t = max(len(r) for r in runs)
+    out = {k: np.full((len(runs), t), np.nan) for k in cols}
+    for i, r in enumerate(runs):
+        r = r.sort_values("step", kind="stable")
+        for k in cols:
+            out[k][i, :len(r)] = r[k].to_numpy(dtype=float) if k in r else np.nan
+    return out, [(r["run_id"].iloc[0], float(r["lr"].iloc[0])) for r in runs]
 
 
 def drop_at_gain(ckpts: pd.DataFrame, g: float, by: str = "arm") -> pd.DataFrame:
-    """Per (`by`, seed): the module docstring's steps 2–3; `crossed` False (values NaN) when no run reached g."""
-    ck = ckpts.sort_values([by, "seed", "run_id", "step"], kind="stable")
-    n = len(ck)
-    col = {k: (ck[k].to_numpy(dtype=float) if k in ck.columns else np.full(n, np.nan))
-           for k in ("step", "lr", VAL_GAIN, VAL_DROP, *READ_AT_CROSSING)}
-    base = col["step"] == 0
-    for k in ("nontarget_drop_lo", "nontarget_drop_hi"):  # the base row has no interval: it *is* the base, drop 0
-        col[k] = np.where(np.isnan(col[k]) & base, col["nontarget_drop"], col[k])
-    read = {k: col[k] for k in (VAL_DROP, *READ_AT_CROSSING)}
-    run_ids = ck["run_id"].to_numpy()
-    keys = list(zip(ck[by].to_numpy(), ck["seed"].to_numpy()))
-    starts = np.flatnonzero(np.r_[True, run_ids[1:] != run_ids[:-1]])
-    groups: dict[tuple, list] = {}
-    for lo, hi in zip(starts, np.r_[starts[1:], n]):
-        cands = groups.setdefault(keys[lo], [])
-        c = crossing(col["step"][lo:hi], col[VAL_GAIN][lo:hi], {k: v[lo:hi] for k, v in read.items()}, g) \
-            if np.isfinite(g) else None
-        cands.append(None if c is None else {**c, "lr": col["lr"][lo], "run_id": run_ids[lo]})
+    """Per (`by`, seed): the module docstring's steps 2–3 (`reports.readpoint`); `crossed` False (values NaN)
+    unless the chosen run reached g on validation *and* on eval. Also the chosen run's final eval gain."""
+    ck = ckpts.copy()
+    base = ck["step"] == 0
+    for k in ("nontarget_drop_lo", "nontarget_drop_hi", "target_gain_lo", "target_gain_hi"):
+        # the base row has no interval: it *is* the base, gain and drop 0
+        src = "nontarget_drop" if k.startswith("nontarget") else "target_gain"
+        ck[k] = np.where(ck[k].isna() & base, ck[src], ck[k]) if k in ck else np.where(base, ck[src], np.nan)
+    cols = ["step", VAL_GAIN, VAL_DROP, *READ_AT_CROSSING]
+    gg = g if np.isfinite(g) else np.inf   # no g: nothing crosses
     rows = []
-    for (key, seed), cands in groups.items():
-        hit = [c for c in cands if c is not None]
-        row = {by: key, "seed": seed, "crossed": bool(hit), "runs": len(cands), "runs_crossed": len(hit)}
-        if hit:
-            row.update(min(hit, key=lambda c: (c[VAL_DROP], c["step"], c["lr"])))
+    for (key, seed), sub in ck.groupby([by, "seed"], sort=False, dropna=False):
+        arr, ids = _padded(sub, cols)
+        rp = RP.read_point(arr["step"], arr[VAL_GAIN], arr[VAL_DROP], arr["target_gain"], gg,
+                           {k: arr[k] for k in (VAL_GAIN, VAL_DROP, *READ_AT_CROSSING)})
+        run = int(rp.pop("run"))
+        crossed_val = RP.first_crossing(arr[VAL_GAIN], gg)
+        row = {by: key, "seed": seed, "runs": len(ids), "runs_crossed": int(np.isfinite(crossed_val).sum()),
+               "crossed_val": run >= 0, "crossed": bool(run >= 0 and np.isfinite(rp["step"]))}
+        if run >= 0:
+            last = np.flatnonzero(np.isfinite(arr["target_gain"][run]))[-1]
+            row.update({"run_id": ids[run][0], "lr": ids[run][1], **{k: float(v) for k, v in rp.items()},
+                        "final_gain": arr["target_gain"][run, last],
+                        "final_gain_half": (arr["target_gain_hi"][run, last] - arr["target_gain_lo"][run, last]) / 2})
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=None if rows else [by, "seed", "runs", "runs_crossed", "crossed_val", "crossed"])
+    if len(out) and "nontarget_drop_hi" in out:
+        drop_half = (out["nontarget_drop_hi"] - out["nontarget_drop_lo"]) / 2
+        out["prompt_half"] = RP.prompt_half(out["nontarget_drop"], drop_half,
+                                            (out["target_gain_hi"] - out["target_gain_lo"]) / 2, g)
+    return out
 
 
 @dataclass
 class Estimate:
-    """An arm's value over its seeds: mean and 95% interval (reports.stats.seed_interval), and what is missing."""
+    """An arm's value over its seeds: mean and 95% interval (reports.stats.interval), and what is missing."""
 
     mean: float
     lo: float
     hi: float
     values: list[float] = field(default_factory=list)
     seeds: int = 0          # seeds the arm ran
-    missing: int = 0        # seeds that never reached g
+    missing: int = 0        # seeds that never reached g (on validation, or on eval at the chosen learning rate)
     peak: str = ""          # the evidence when seeds never reached g: the arm's highest validation gain anywhere
+    halves: list[float] = field(default_factory=list)   # per-seed prompt half-widths (95%) of the values
+    eval_only: int = 0      # of `missing`: seeds whose chosen run reached g on validation but not on eval
 
     @property
     def ok(self) -> bool:
@@ -125,7 +137,9 @@ class Estimate:
 
     def why_not(self, arm: str) -> str:
         if self.missing:
-            return f"{arm}: {self.missing} of {self.seeds} seeds never reached g on validation" + \
+            where = (f" ({self.eval_only} of them reached it on validation but not on eval at the chosen lr)"
+                     if self.eval_only else "")
+            return f"{arm}: {self.missing} of {self.seeds} seeds never reached g{where}" + \
                 (f" ({self.peak})" if self.peak else "")
         return f"{arm}: {len(self.values)} seed(s); a comparison needs ≥ {MIN_SEEDS}"
 
@@ -137,18 +151,29 @@ class Estimate:
 
 
 def estimate(values, halves=None, seeds: int | None = None, missing: int = 0) -> Estimate:
-    """An Estimate from per-seed values and their own interval half-widths."""
-    mean, lo, hi = S.seed_interval(values, halves)
+    """An Estimate from per-seed values and their own prompt interval half-widths."""
+    halves = list(halves) if halves is not None else [0.0] * len(values)
+    mean, lo, hi = S.interval(values, halves)
     return Estimate(mean, lo, hi, [float(v) for v in values], len(values) + missing if seeds is None else seeds,
-                    missing)
+                    missing, halves=[float(h) for h in halves])
 
 
-def arm_drop(per_seed: pd.DataFrame, arm: str, by: str = "arm") -> Estimate:
-    """An arm's drop-at-matched-gain estimate from `drop_at_gain`'s rows."""
+def arm_drop(per_seed: pd.DataFrame, arm: str, by: str = "arm", key: str = "nontarget_drop") -> Estimate:
+    """An arm's drop-at-matched-gain estimate (or another `key` read there) from `drop_at_gain`'s rows."""
     sub = per_seed[per_seed[by] == arm]
-    hit = sub[sub["crossed"]] if "crossed" in sub else sub.iloc[:0]
-    halves = ((hit["nontarget_drop_hi"] - hit["nontarget_drop_lo"]) / 2).tolist() if len(hit) else []
-    return estimate(hit["nontarget_drop"].tolist() if len(hit) else [], halves, len(sub), len(sub) - len(hit))
+    hit = sub[sub["crossed"].astype(bool)] if "crossed" in sub else sub.iloc[:0]
+    if not len(hit):
+        halves, vals = [], []
+    elif key == "nontarget_drop":
+        own = (hit["nontarget_drop_hi"] - hit["nontarget_drop_lo"]) / 2   # a frame without the read-point term
+        halves, vals = hit["prompt_half"] if "prompt_half" in hit else own, hit[key]
+    else:
+        halves = hit["final_gain_half"] if key == "final_gain" else pd.Series(0.0, index=hit.index)
+        vals = hit[key]
+    e = estimate(list(vals), list(halves), len(sub), len(sub) - len(hit))
+    if "crossed_val" in sub:
+        e.eval_only = int((sub["crossed_val"].astype(bool) & ~sub["crossed"].astype(bool)).sum())
+    return e
 
 
 def best_gain(ckpts: pd.DataFrame, arm: str, by: str = "arm") -> Estimate:
@@ -171,68 +196,13 @@ def peak_gain(ckpts: pd.DataFrame, arm: str, seeds: set) -> str:
             f"seed {int(top['seed'])}, step {int(top['step'])})")
 
 
-@dataclass
-class Claim:
-    source: str
-    statement: str
-    result: str
-    verdict: str
-
-
-def predictor_test(fin: pd.DataFrame, key: str) -> tuple[str, str]:
-    """(result sentence, verdict) of "`key` predicts the final drop", pooled over runs, with within-method r."""
-    fit = S.correlation(fin[key], fin["nontarget_drop"]) if key in fin else S.correlation([], [])
-    if not np.isfinite(fit["r"]):
-        return f"{key}: fewer than 3 runs with a value", "not tested"
-    within = []
-    for m, sub in fin.groupby("method", sort=True):
-        r = S.correlation(sub[key], sub["nontarget_drop"])["r"]
-        if np.isfinite(r):
-            within.append(f"{m} {r:+.2f}")
-    res = (f"final {key} vs drop over {fit['n']:.0f} runs: r = {fit['r']:+.2f}, R² = {fit['r2']:.2f}, one-sided "
-           f"p = {fit['p_pos']:.2g} (criterion r > 0, p < {S.ALPHA}, R² ≥ {R2_PREDICTS}); within-method r: "
-           + (", ".join(within) or "–"))
-    if fit["r"] > 0 and fit["p_pos"] < S.ALPHA and fit["r2"] >= R2_PREDICTS:
-        return res, "reproduced"
-    if fit["p_neg"] < S.ALPHA:
-        return res + "; the relation has the opposite sign", "not reproduced"
-    return res, "not reproduced"
-
-
-def evaluate_claim(spec: ClaimSpec, g: float, drop: dict[str, Estimate], gain: dict[str, Estimate],
-                   fin: pd.DataFrame, why_no_g: str = "") -> Claim:
-    """Run a ClaimSpec's tests; every test must pass for "reproduced"."""
-    if spec.predictor is not None:
-        res, verdict = predictor_test(fin, spec.predictor)
-        return Claim(spec.source, spec.statement, res, verdict)
-    absent = [a for a in spec.arms if a not in drop]
-    if absent:
-        return Claim(spec.source, spec.statement, f"{', '.join(absent)} not in this sweep", "not tested")
-    if not np.isfinite(g):
-        why = f" ({why_no_g})" if why_no_g else ""
-        return Claim(spec.source, spec.statement, "no positive matched gain: some seed of an anchor method never "
-                     f"gained on validation{why}", "not tested")
-    shown = "; ".join(f"{a} {drop[a].text()}" for a in spec.arms)
-    lacking = [drop[a].why_not(a) for a in spec.arms if not drop[a].ok]
-    if lacking:
-        return Claim(spec.source, spec.statement, f"drop at g = {g:.1f}: {shown}; " + "; ".join(lacking),
-                     "not tested")
-    parts, ok = [], True
-    for a, b in spec.gain_noninferior:
-        t = S.noninferior(gain[a].values, gain[b].values, COMPARABLE_GAIN)
-        ok &= t.significant
-        verdict = "comparable" if t.significant else "not shown comparable"
-        parts.append(f"gain {b} {gain[b].text()} vs {a} {gain[a].text()}: {verdict} ({t.text})")
-    for a, b in spec.more:
-        t = S.greater(drop[a].values, drop[b].values)
-        ok &= t.significant
-        parts.append(f"{a} > {b}: {'yes' if t.significant else 'no'} ({t.text})")
-    for a, b in spec.not_more:
-        t = S.greater(drop[a].values, drop[b].values)
-        ok &= not t.significant
-        parts.append(f"{a} > {b}: {'yes (the claim needs no)' if t.significant else 'no'} ({t.text})")
-    return Claim(spec.source, spec.statement, f"drop at g = {g:.1f}: {shown}; " + "; ".join(parts),
-                 "reproduced" if ok else "not reproduced")
+def identical_pairs(ck: pd.DataFrame, per_seed: pd.DataFrame, arms: list[str]) -> frozenset:
+    """Pairs of `arms` whose runs are identical up to the read point (see `reports.readpoint.identical`)."""
+    pairs = {frozenset(p) for spec in CLAIMS for p in spec.more + spec.not_more + spec.gain_noninferior}
+    pairs |= {frozenset((a, v)) for spec in CLAIMS if spec.subject for v in arms
+              for p in spec.more + spec.not_more + spec.gain_noninferior for a in p
+              if v.startswith(f"{spec.subject}@")}
+    return frozenset(p for p in pairs if len(p) == 2 and p <= set(arms) and RP.identical(ck, per_seed, *sorted(p)))
 
 
 def claims(fr: Frames) -> tuple[float, list[Claim]]:
@@ -253,19 +223,24 @@ def claims(fr: Frames) -> tuple[float, list[Claim]]:
         if drop[m].missing:
             rows = per_seed[(per_seed["arm"] == m) & ~per_seed["crossed"].astype(bool)]
             drop[m].peak = peak_gain(every, m, set(rows["seed"]))
-    gain = {m: best_gain(every, m) for m in have}
+    # "comparable gain" at the drop's own learning rate: the chosen run's final eval gain
+    gain = {m: arm_drop(per_seed, m, key="final_gain") for m in have}
+    same = identical_pairs(every, per_seed, have) if np.isfinite(g) else frozenset()
     fin = final_checkpoints(trained_checkpoints(ck))
     out = []
     why = never_gained(ck) if not np.isfinite(g) else ""
     for spec in CLAIMS:
-        out.append(evaluate_claim(spec, g, drop, gain, fin, why))
+        out.append(evaluate_claim(spec, g, drop, gain, fin, why, same, per_seed))
         variants = sorted(set(every.loc[(every["method"] == spec.subject) & (every["arm"] != spec.subject), "arm"]))
-        out += [evaluate_claim(spec.for_variant(v), g, drop, gain, fin, why) for v in variants]
+        out += [evaluate_claim(spec.for_variant(v), g, drop, gain, fin, why, same, per_seed) for v in variants]
     return g, out
 
 
+COLUMNS = ["source", "claim", "result", "verdict", "gains_at_read_point"]
+
+
 def claims_frame(fr: Frames) -> tuple[float, pd.DataFrame]:
-    """`claims` as a table (source, claim, result, verdict)."""
+    """`claims` as a table (COLUMNS)."""
     g, rows = claims(fr)
-    return g, pd.DataFrame([{"source": c.source, "claim": c.statement, "result": c.result, "verdict": c.verdict}
-                            for c in rows], columns=["source", "claim", "result", "verdict"])
+    return g, pd.DataFrame([{"source": c.source, "claim": c.statement, "result": c.result, "verdict": c.verdict,
+                             "gains_at_read_point": c.read_point} for c in rows], columns=COLUMNS)

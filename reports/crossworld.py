@@ -63,8 +63,9 @@ def write_crossworld(frames: list[Frames], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     table = crossworld_table(frames)
     lead = ("Each row is one sweep, summarised by the claims' procedure: g from validation, per seed the learning "
-            "rate chosen on validation, eval drop at the first crossing of g; mean over seeds [95% interval]; "
-            "verdicts by one-sided Welch tests on the seed values (reports/claims.py).")
+            "rate chosen on validation, eval drop at that run's own eval crossing of g; mean over seeds [95% "
+            "interval, seeds + shared prompt error]; verdicts reproduced / contradicted / inconclusive / not tested "
+            "(reports/claims.py).")
     files = {"crossworld.csv": out / "crossworld.csv", "crossworld.md": out / "crossworld.md",
              "crossworld.html": out / "crossworld.html"}
     table.to_csv(files["crossworld.csv"], index=False)

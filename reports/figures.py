@@ -205,10 +205,11 @@ PREDICTORS = (("pld_rise", "PLD rise from its running min (nats/token)"), ("pld_
 
 
 def predictor_stats(fr: Frames) -> dict[str, dict[str, float]]:
-    """{predictor: reports.stats.correlation of final non-target drop on it} over every run's final checkpoint."""
-    from reports.stats import correlation
+    """{predictor: reports.stats.clustered_correlation of final non-target drop on it} over every run's final
+    checkpoint: pooled r, R² and line; p-values from the methods' means (runs of one method are not independent)."""
+    from reports.stats import clustered_correlation
     fin = final_checkpoints(fr.ckpts).merge(fr.runs[["run_id", "data_phi_mean"]], on="run_id", how="left")
-    return {k: correlation(fin[k], fin["nontarget_drop"]) for k, _ in PREDICTORS}
+    return {k: clustered_correlation(fin[k], fin["nontarget_drop"], fin["method"]) for k, _ in PREDICTORS}
 
 
 def predictors(fr: Frames, styles: dict[str, dict]) -> plt.Figure:

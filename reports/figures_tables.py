@@ -66,27 +66,43 @@ def compute_front(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     return fig
 
 
-def drop_curve(ck: pd.DataFrame, grid: np.ndarray, by: str, key: str) -> np.ndarray:
-    """Mean over seeds of `key`'s eval drop at each matched gain g (the claims' procedure); NaN where a seed
-    never reaches g."""
-    from reports.claims import arm_drop, drop_at_gain
-    out = []
+def read_curves(ck: pd.DataFrame, grid: np.ndarray, by: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds of `key`'s eval drop at each matched gain g (the claims' procedure) and of its validation
+    gain at the same read point (the eval gain there is g by construction); NaN where a seed never reaches g."""
+    from reports.claims import VAL_GAIN, arm_drop, drop_at_gain
+    drop, val = [], []
     for g in grid:
-        e = arm_drop(drop_at_gain(ck, float(g), by=by), key, by=by)
-        out.append(e.mean if e.values and not e.missing else np.nan)
-    return np.asarray(out, dtype=float)
+        per_seed = drop_at_gain(ck, float(g), by=by)
+        e = arm_drop(per_seed, key, by=by)
+        ok = bool(e.values) and not e.missing
+        drop.append(e.mean if ok else np.nan)
+        val.append(arm_drop(per_seed, key, by=by, key=VAL_GAIN).mean if ok else np.nan)
+    return np.asarray(drop, dtype=float), np.asarray(val, dtype=float)
+
+
+def drop_curve(ck: pd.DataFrame, grid: np.ndarray, by: str, key: str) -> np.ndarray:
+    """Mean over seeds of `key`'s eval drop at each matched gain g (`read_curves`' first array)."""
+    return read_curves(ck, grid, by, key)[0]
+
+
+VAL_SUFFIX = " val gain"
 
 
 def matched_gain_table(fr: Frames, styles: dict[str, dict]) -> pd.DataFrame:
-    """Rows: gain thresholds g; columns: methods; cells: the mean over seeds of the drop at g by the claims'
-    procedure (crossing of g on validation, learning rate chosen on validation, eval drop read there)."""
+    """Rows: gain thresholds g; columns: methods (the mean over seeds of the drop at g by the claims' procedure:
+    learning rate chosen at the validation crossing, eval drop read at the run's own eval crossing of g), then
+    per method the mean validation gain at that read point (`<method> val gain`)."""
     ck = fr.ckpts
     trained = trained_checkpoints(ck)
     top = trained.groupby(["method", "seed"])["val/target_gain"].max().max() if len(trained) else np.nan
     grid = gain_grid(float(top), max_ticks=8)
     table = pd.DataFrame({"gain_at_least": grid})
-    for m in ordered(styles, trained):
-        table[m] = drop_curve(ck[ck["method"] == m], grid, "arm", m)
+    methods = ordered(styles, trained)
+    curves = {m: read_curves(ck[ck["method"] == m], grid, "arm", m) for m in methods}
+    for m in methods:
+        table[m] = curves[m][0]
+    for m in methods:
+        table[m + VAL_SUFFIX] = curves[m][1]
     return table
 
 
@@ -94,7 +110,7 @@ def matched_gain(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     """Line plot of `matched_gain_table`: where a line stops, the method never reached that gain."""
     table = matched_gain_table(fr, styles)
     fig, ax = plt.subplots(figsize=(COLUMN, 3.0))
-    methods = [c for c in table.columns if c != "gain_at_least"]
+    methods = [c for c in table.columns if c != "gain_at_least" and not c.endswith(VAL_SUFFIX)]
     grid = table["gain_at_least"].to_numpy()
     step = float(grid[1] - grid[0]) if len(grid) > 1 else 1.0
     n = max(1, len(methods))
@@ -102,7 +118,7 @@ def matched_gain(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
         # methods often tie (e.g. all at zero drop): dodge along x so every method's marker stays visible
         dodge = (i - (n - 1) / 2) * step * 0.09
         ax.plot(grid + dodge, table[m], color=styles[m]["color"], marker=styles[m]["marker"], ms=3.2, lw=0.9)
-    ax.set_xlabel("matched gain g (accuracy points, crossed on validation)")
+    ax.set_xlabel("matched gain g (eval accuracy points; lr chosen on validation)")
     ax.set_xticks(grid)
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.grid(axis="x", visible=False)
