@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from reports import stats as S
+from reports.claim_specs import VERDICTS
 from reports.claims import MIN_SEEDS, arm_drop, best_gain, drop_at_gain
 from reports.frame import Frames
 
@@ -32,8 +33,8 @@ MIN_STYLES = 4            # 1/4! = 0.042 < α; with 3 styles no ordering can rea
 EXACT_UP_TO = 8           # styles; above it the permutation p is estimated from MC_PERMUTATIONS random orderings
 MC_PERMUTATIONS = 20_000
 POWER_WORLDS = 2_000      # simulated worlds behind an "inconclusive" verdict's power figure
-# Verdict labels, the same four strings as the claims table's (reports/claims.py).
-REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "reproduced", "contradicted", "inconclusive", "not tested"
+# Verdict labels: the claims table's four (reports/claim_specs.py).
+REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = VERDICTS
 
 
 def dial(fr: Frames, g: float, method: str = "sft", lr: float | None = None) -> pd.DataFrame:
