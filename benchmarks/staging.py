@@ -83,15 +83,21 @@ def fetch(cfg, progress: bool = True) -> list[Requirement]:
         raise HarnessError("HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set: `harness fetch` needs the network; unset "
                            "them on a machine that has it")
     if not Path(cfg.base_model).expanduser().exists():
-        from huggingface_hub import snapshot_download
-        path = snapshot_download(cfg.base_model, revision=cfg.revision)
+        path = _download_model(cfg.base_model, cfg.revision)
         if progress:
             print(f"model {cfg.base_model} -> {path}")
     from benchmarks.lmeval_tasks import load_task
     from harness.world import cache_root
     for src in _task_sources(cfg):
         if not src.data_files:  # building the task downloads its dataset into the datasets cache
-            load_task(src, cache_root() / "lmeval-tasks" / "fetch").eval_docs()
+            try:
+                load_task(src, cache_root() / "lmeval-tasks" / "fetch").eval_docs()
+            except HarnessError:
+                raise
+            except Exception as e:  # datasets/fsspec/httpx errors from deep inside lm-eval's dataset download
+                raise HarnessError(f"could not download the dataset of lm-eval task {src.task!r} "
+                                   f"({type(e).__name__}: {_first_line(e)}); check the network, or give "
+                                   f"data_files with local copies") from None
             if progress:
                 print(f"dataset of {src.task} cached")
     if any(s.task in NLTK_TASKS for s in _task_sources(cfg)) and not nltk_punkt_present():
@@ -100,6 +106,30 @@ def fetch(cfg, progress: bool = True) -> list[Requirement]:
         if not nltk.download("punkt_tab", download_dir=target, quiet=not progress):
             raise HarnessError("nltk could not download punkt_tab; check the network, or copy it into $NLTK_DATA")
     return _report(requirements(cfg))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _download_model(name: str, revision: str | None) -> str:
+    """snapshot_download with huggingface_hub's errors said in one line, naming world.base_model/world.revision."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    try:
+        return snapshot_download(name, revision=revision)
+    except GatedRepoError:
+        raise HarnessError(f"model {name!r} is gated on the hub; accept its licence on its page and log in "
+                           f"(`hf auth login`), or set world.base_model to a local folder") from None
+    except RevisionNotFoundError:
+        raise HarnessError(f"world.revision {revision!r} is not a revision of {name!r}; give a commit or tag "
+                           "the hub lists") from None
+    except RepositoryNotFoundError:
+        raise HarnessError(f"world.base_model {name!r} is not a model on the hub (or is private); check the id, "
+                           "or log in with `hf auth login`") from None
+    except Exception as e:  # LocalEntryNotFoundError (no network), HTTP and OS errors: one line, not a traceback
+        raise HarnessError(f"could not download model {name!r} ({type(e).__name__}: {_first_line(e)}); "
+                           "`harness fetch` needs the network: run it on a machine that has it") from None
 
 
 def _report(reqs: list[Requirement]) -> list[Requirement]:
