@@ -6,6 +6,7 @@ runs the task's own filters and `process_results`, so the training reward is lm-
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.metadata
@@ -115,6 +116,30 @@ class RealTask:
         """Raise a one-line HarnessError if an optional package or nltk data this task needs is missing."""
         _preflight(self.yaml_path, self.source.task)
 
+    def check_doc(self, doc: dict, where: str) -> None:
+        """Render `doc` (the first of `where`) as a run will: a file in another schema fails here in one line."""
+        try:
+            self.prompt(doc)
+            try:
+                label = self.label(doc)
+            except HarnessError:  # a task without label text (IFEval): scored on a plain response
+                label = "a"
+            self.score(doc, label)
+        except HarnessError:
+            raise
+        except Exception as e:  # jinja's "'question' is undefined", KeyError, TypeError from the task's own code
+            fields = ", ".join(map(str, doc)) or "none"
+            raise HarnessError(f"{where} does not fit lm-eval task {self.source.task!r} ({type(e).__name__}: "
+                               f"{_first_line(e)}); its rows have fields {fields}: give it in the task's hub "
+                               f"schema") from None
+
+    def data_file(self, split: str | None) -> str:
+        """How to name a split's data to the user: its local file, else the task's hub dataset."""
+        files = self.source.data_files or {}
+        if split in files:
+            return f"data file {files[split]!r} ({self.source.task} {split})"
+        return f"the {split} split of {self.source.task!r}'s dataset"
+
     def doc_refs(self) -> list[tuple[str, int]]:
         """(lm-eval task name, doc id) of each eval doc, in `eval_docs` order."""
         return [(self.name, i) for i in range(len(self.task.eval_docs))]
@@ -178,17 +203,48 @@ def load_task(source: TaskSource, workdir: Path) -> RealTask:
     (folder := Path(workdir) / "lmeval_tasks" / name).mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
     try:
-        task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]
+        with quiet_datasets():
+            task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]
     except ModuleNotFoundError as e:  # a dependency _preflight does not know about
         raise HarnessError(f"lm-eval task {source.task!r} needs the missing package {e.name!r}; pip install it") from e
     except (ConnectionError, FileNotFoundError) as e:  # offline with no cached copy of the hub dataset
         raise HarnessError(f"lm-eval task {source.task!r} could not read its dataset "
                            f"({type(e).__name__}); pass data_files with local copies of its splits") from e
+    except Exception as e:  # datasets' DatasetGenerationError & co: a local file that is not what it claims
+        if source.data_files is None or not type(e).__module__.startswith(("datasets", "pyarrow", "json")):
+            raise
+        raise HarnessError(f"data_files of {source.task!r} ({', '.join(sorted(map(str, source.data_files.values())))})"
+                           f" could not be read as one dataset ({type(e).__name__}: {_first_line(_root(e))}); give "
+                           f"JSON lines (or parquet) with the same fields in every split") from None
     if getattr(task, "multiple_input", 0):
         raise HarnessError(f"lm-eval task {source.task!r} has one context per choice; not supported yet")
     if source.num_fewshot > 0:
         task.set_fewshot_seed(1234)  # simple_evaluate's default seed; evaluate() leaves the sampler unseeded
     return RealTask(source, name, task, Path(entry.yaml_path))
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """datasets without its progress bars and error logs on stderr: the harness says what failed, in one line."""
+    import datasets
+    level = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _root(e: BaseException) -> BaseException:
+    """The innermost cause: datasets wraps the real problem (a bad row, a schema clash) in a generic error."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    return e
 
 
 def _data_overrides(source: TaskSource, base: dict, workdir: Path) -> dict[str, Any]:
@@ -228,7 +284,9 @@ def find_entry(name: str, include_path: str | None = None) -> Any:
             found: dict = {}
             try:
                 TaskIndex.process_cfg(load_yaml(path, resolve_func=False), path, found)
-            except Exception:  # lm-eval's index skips unparsable files too (tasks/_index.py::build)
+            except Exception as e:  # lm-eval's index skips unparsable files too (tasks/_index.py::build)
+                if path in own:  # but a broken file of yours that defines the task is the answer, not a skip
+                    raise _broken_yaml(path, name, e) from None
                 continue
             if name in found:
                 return found[name]
@@ -236,10 +294,24 @@ def find_entry(name: str, include_path: str | None = None) -> Any:
     if include_path:  # your own tasks' entries (and tags) win over lm-eval's
         index.update(TaskIndex.build([Path(include_path).expanduser()]))
     if name not in index:
+        for path in (p for p in own if name in p.read_text(encoding="utf-8", errors="replace")):
+            try:  # a file of yours that names the task but that lm-eval's index skipped as unparsable
+                load_yaml(path, resolve_func=False)
+            except Exception as e:
+                raise _broken_yaml(path, name, e) from None
         import difflib
         near = difflib.get_close_matches(name, index, n=6, cutoff=0.0)  # listing all 14k names helps nobody
         raise unknown("lm-eval task", name, near, fix=f"(the closest of {len(index)}; `lm-eval ls tasks` lists all)")
     return index[name]
+
+
+def _broken_yaml(path: Path, name: str, e: Exception) -> HarnessError:
+    """A task YAML of include_path that does not parse, named with the parser's own position."""
+    mark = getattr(e, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    why = getattr(e, "problem", None) or _first_line(e)
+    return HarnessError(f"task YAML {str(path)!r} in include_path cannot be read{at} ({why}), so task {name!r} "
+                        f"cannot be loaded from it; fix the file")
 
 
 @functools.cache

@@ -32,7 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.lmeval_tasks import RealTask, TaskSource, load_task
+from benchmarks.lmeval_tasks import RealTask, TaskSource, load_task, quiet_datasets
 from harness.errors import HarnessError
 from harness.greedy import cut_at_stop
 from harness.modeling import local_model
@@ -139,7 +139,28 @@ class RealWorld(World):
         for rt in self.real.values():
             rt.preflight()
         self._docs = {t: rt.eval_docs() for t, rt in self.real.items()}
+        self._check_first_docs()
         self._draw_splits()
+
+    def _check_first_docs(self) -> None:
+        """Each task's first eval doc and the target's first training doc rendered and scored as a run will."""
+        for t, rt in self.real.items():
+            if self._docs[t]:
+                c = rt.task.config
+                rt.check_doc(self._docs[t][0], rt.data_file(c.test_split or c.validation_split))
+        docs, rt = self._train_docs, self.real[self.target]
+        if docs:
+            path = self.cfg.target.train_file
+            rt.check_doc(docs[0], f"world.target.train_file {path!r}" if path else
+                         rt.data_file(rt.task.config.training_split))
+
+    def check_method(self, method: str) -> None:
+        """Refuse a method that trains on the verifier's reward when the target cannot give one from sampled text."""
+        from methods.base import get_method
+        if get_method(method).rewarded and self.real[self.target].output_type != "generate_until":
+            raise HarnessError(f"world.target {self.target!r} is a {self.real[self.target].output_type} task (lm-eval "
+                               f"scores it by log-likelihood), so {method} would get no reward from sampled text; "
+                               f"pick a generate_until target (gsm8k, ifeval) or a label-trained method (sft, idft, tms)")
 
     def _draw_splits(self) -> None:
         """Doc ids per (split, task): a seeded shuffle of each task's eval docs, cut into validation and eval."""
@@ -156,8 +177,9 @@ class RealWorld(World):
     @cached_property
     def tokenizer(self):
         """The base model's tokenizer (for its chat template)."""
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(self.base_path(), trust_remote_code=self.cfg.trust_remote_code)
+        from harness.modeling import load_tokenizer
+        return load_tokenizer(self.base_path(), chat_template=self.cfg.chat_template,
+                              trust_remote_code=self.cfg.trust_remote_code)
 
     def render(self, text: str) -> str:
         """A prompt as the model sees it: the chat template around it when the world uses one, else as is."""
@@ -227,7 +249,15 @@ class RealWorld(World):
             raise HarnessError(f"world.target.train_file {path!r} does not exist; give a local JSONL/parquet file")
         import datasets
         fmt = "parquet" if path.endswith(".parquet") else "json"
-        return list(datasets.load_dataset(fmt, data_files={"train": str(Path(path).expanduser())})["train"])
+        try:
+            with quiet_datasets():
+                return list(datasets.load_dataset(fmt, data_files={"train": str(Path(path).expanduser())})["train"])
+        except Exception as e:  # DatasetGenerationError & co, from deep inside datasets
+            while e.__cause__ is not None or e.__context__ is not None:
+                e = e.__cause__ or e.__context__
+            msg = (str(e).strip().splitlines() or [""])[0][:200]
+            raise HarnessError(f"world.target.train_file {path!r} cannot be read as {fmt} ({type(e).__name__}: "
+                               f"{msg}); give JSON lines (or parquet) in the task's schema") from None
 
     def _doc(self, item: Item) -> dict:
         kind, i = item.key.split(":")

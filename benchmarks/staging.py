@@ -59,12 +59,15 @@ def requirements(cfg) -> list[Requirement]:
     except HarnessError:
         where, ok = f"{cfg.base_model}" + (f"@{cfg.revision}" if cfg.revision else ""), False
     out.append(Requirement("base model", where, ok))
+    if ok:
+        out.append(_tokenizer_requirement(cfg, where))
     for src in _task_sources(cfg):
         if src.data_files:
             for split, f in src.data_files.items():
                 out.append(Requirement(f"{src.task} {split} data", f, Path(f).expanduser().exists()))
         else:
-            out.append(Requirement(f"{src.task} data", "lm-eval's hub dataset (datasets cache)", None))
+            out += [Requirement(f"{src.task} data", f"hub dataset {ds} (datasets cache)", hub_dataset_cached(ds))
+                    for ds in hub_datasets(src)]
     train_file = getattr(cfg.target, "train_file", None)
     if train_file:
         out.append(Requirement(f"{cfg.target.task} training docs", train_file, Path(train_file).expanduser().exists()))
@@ -72,6 +75,44 @@ def requirements(cfg) -> list[Requirement]:
         out.append(Requirement("nltk punkt_tab (IFEval)", os.environ.get("NLTK_DATA", "nltk's default paths"),
                                nltk_punkt_present()))
     return out
+
+
+def _tokenizer_requirement(cfg, folder: str) -> Requirement:
+    """The base model's tokenizer loaded (with its chat template when the world renders prompts with one)."""
+    from harness.modeling import load_tokenizer
+    what = "tokenizer" + (" and chat template" if cfg.chat_template else "")
+    try:
+        load_tokenizer(folder, chat_template=cfg.chat_template, trust_remote_code=cfg.trust_remote_code)
+    except HarnessError as e:
+        return Requirement(what, str(e), False)
+    return Requirement(what, folder, True)
+
+
+def hub_datasets(src) -> list[str]:
+    """The hub datasets (`path` or `path/name`) an lm-eval task (or each task of a group) reads."""
+    from lm_eval.tasks._index import Kind
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from benchmarks.lmeval_tasks import find_entry
+    entry = find_entry(src.task, src.include_path)
+    if entry.kind in (Kind.GROUP, Kind.TAG):
+        from benchmarks.lmeval_groups import leaf_tasks
+        return sorted({d for t in leaf_tasks(src.task, src.include_path)
+                       for d in hub_datasets(src.model_copy(update={"task": t}))})
+    cfg = load_yaml(entry.yaml_path, resolve_func=False) if entry.yaml_path else {}
+    path, name = cfg.get("dataset_path"), cfg.get("dataset_name")
+    return [f"{path}/{name}" if name else str(path)] if path else []
+
+
+def hub_dataset_cached(dataset: str) -> bool:
+    """Whether a hub dataset (`org/repo[/config]`) is in the local hub or datasets cache (what an offline run reads)."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    repo = "/".join(dataset.split("/")[:2]) if dataset.count("/") >= 2 else dataset
+    hub = Path(constants.HF_HUB_CACHE) / ("datasets--" + repo.replace("/", "--"))
+    built = Path(datasets.config.HF_DATASETS_CACHE) / repo.replace("/", "___")
+    return hub.is_dir() or built.is_dir()
 
 
 def fetch(cfg, progress: bool = True) -> list[Requirement]:
@@ -157,11 +198,39 @@ def dry_run(cfg) -> int:
     print("needs:")
     for r in reqs:
         print(r.line())
-    if any(r.present is False for r in reqs):
-        print("not ready: fix what is MISSING above (`harness fetch` stages models and data on a machine with network)")
-        return 2
-    world = build_world(cfg.world)  # loads the lm-eval tasks and draws the splits, offline
+    missing = [r for r in reqs if r.present is False]
+    if missing:
+        more = f" and {len(missing) - 1} more MISSING above" if len(missing) > 1 else ""
+        raise HarnessError(f"not ready: {missing[0].what} is missing ({missing[0].where}){more}; fix it "
+                           "(`harness fetch` stages models and data on a machine with network)")
+    world = build_world(cfg.world)  # loads the lm-eval tasks, renders each one's first docs, draws the splits
+    world.check_method(cfg.method)
+    if cfg.world.kind == "real":
+        check_context(world)
     sizes = {sp: {t: len(v) for t, v in world.eval_splits()[sp].items()} for sp in ("val", "eval")}
     print(f"ready: {len(world.train_items)} training items, {len(world.heldout_items)} held-out, "
           f"validation {sizes['val']}, eval {sizes['eval']}")
     return 0
+
+
+def check_context(world) -> None:
+    """Longest prompt + generation budget within the model's positions, for every task; names the knob that sets it."""
+    import json
+
+    limit = json.loads((Path(world.base_path()) / "config.json").read_text()).get("max_position_embeddings")
+    if not limit:
+        return
+    tok = world.tokenizer
+    longest = lambda items: max((len(tok(it.prompt, add_special_tokens=False)["input_ids"]) for it in items), default=0)
+    knob = "world.max_new_tokens" if world.cfg.max_new_tokens else f"world.target.max_gen_toks of {world.target!r}"
+    n = longest(world.train_items + world.heldout_items)
+    if n + world.max_new_tokens > limit:
+        raise HarnessError(f"a {world.target!r} training prompt of {n} tokens plus {knob}={world.max_new_tokens} "
+                           f"exceeds the model's {limit} positions; lower {knob} or use a longer-context model")
+    for i, src in enumerate([world.cfg.target, *world.cfg.retention]):
+        budget = world.real[src.task].gen_kwargs.get("max_gen_toks") or 0
+        n = max(longest(items[src.task]) for items in (world.val_items, world.eval_items))
+        if world.real[src.task].output_type == "generate_until" and n + budget > limit:
+            key = "world.target" if i == 0 else f"world.retention[{i - 1}]"
+            raise HarnessError(f"a {src.task!r} eval prompt of {n} tokens plus its max_gen_toks={budget} exceeds the "
+                               f"model's {limit} positions; lower {key}.max_gen_toks or use a longer-context model")

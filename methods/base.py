@@ -63,6 +63,9 @@ class Method:
     # still fill `batch.entropy` for φ and statistics), which keeps the backward free of vocabulary-sized terms;
     # a method that puts the entropy into its loss must set it, or that term silently gets no gradient.
     needs_entropy_grad: ClassVar[bool] = False
+    # Whether the method trains on the verifier's reward of its own samples (RL): a world whose target cannot score
+    # sampled text (a multiple-choice task, scored by log-likelihood) refuses such a method before anything runs.
+    rewarded: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg
