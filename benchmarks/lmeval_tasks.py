@@ -261,6 +261,8 @@ def _data_overrides(source: TaskSource, base: dict, workdir: Path) -> dict[str, 
     if None in kinds or len(kinds) != 1:
         raise HarnessError(f"data_files of {source.task!r} must all be .jsonl/.json or all .parquet, "
                            f"got {sorted(p.name for p in files.values())}")
+    from benchmarks.data_checks import check_data_files
+    check_data_files(source.task, base, files)  # first rows against the task's fields, before datasets reads them
     return {"dataset_path": kinds.pop(), "dataset_name": None,
             # The arrow cache goes beside the YAML: never into the user's ~/.cache for local files.
             "dataset_kwargs": {"data_files": {s: str(p) for s, p in files.items()},

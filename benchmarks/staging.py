@@ -24,11 +24,13 @@ class Requirement:
     what: str
     where: str
     present: bool | None
+    problem: str = ""
+    """When not present: the one-line problem and fix, if more is known than that the file is absent."""
 
     def line(self) -> str:
         """A printable row."""
         mark = {True: "ok     ", False: "MISSING", None: "on load"}[self.present]
-        return f"  {mark}  {self.what}: {self.where}"
+        return f"  {mark}  {self.what}: {self.where}" + (f" -- {self.problem}" if self.problem else "")
 
 
 def _task_sources(cfg) -> list:
@@ -84,34 +86,46 @@ def _tokenizer_requirement(cfg, folder: str) -> Requirement:
     try:
         load_tokenizer(folder, chat_template=cfg.chat_template, trust_remote_code=cfg.trust_remote_code)
     except HarnessError as e:
-        return Requirement(what, str(e), False)
+        return Requirement(what, folder, False, problem=str(e))
     return Requirement(what, folder, True)
 
 
 def hub_datasets(src) -> list[str]:
-    """The hub datasets (`path` or `path/name`) an lm-eval task (or each task of a group) reads."""
-    from lm_eval.tasks._index import Kind
+    """The hub dataset repositories (`org/name`) an lm-eval task, or every task of a group, reads."""
+    from lm_eval.tasks._index import Kind, TaskIndex
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from benchmarks.lmeval_tasks import find_entry
-    entry = find_entry(src.task, src.include_path)
-    if entry.kind in (Kind.GROUP, Kind.TAG):
-        from benchmarks.lmeval_groups import leaf_tasks
-        return sorted({d for t in leaf_tasks(src.task, src.include_path)
-                       for d in hub_datasets(src.model_copy(update={"task": t}))})
-    cfg = load_yaml(entry.yaml_path, resolve_func=False) if entry.yaml_path else {}
-    path, name = cfg.get("dataset_path"), cfg.get("dataset_name")
-    return [f"{path}/{name}" if name else str(path)] if path else []
+    from benchmarks.lmeval_tasks import _full_index, find_entry
+    entries = [find_entry(src.task, src.include_path)]
+    if entries[0].kind in (Kind.GROUP, Kind.TAG):  # one index for the whole tree: a text scan per leaf takes minutes
+        index = dict(_full_index()) | (TaskIndex.build([Path(src.include_path).expanduser()]) if src.include_path
+                                        else {})
+        entries = _leaf_entries(entries[0], index)
+    repos = set()
+    for e in entries:
+        cfg = load_yaml(e.yaml_path, resolve_func=False) if e.yaml_path else {}
+        if cfg.get("dataset_path"):
+            repos.add(str(cfg["dataset_path"]))
+    return sorted(repos)
+
+
+def _leaf_entries(entry, index: dict) -> list:
+    from lm_eval.tasks._index import Kind
+    if entry.kind is Kind.TAG:
+        return [x for m in sorted(entry.tags) if m in index for x in _leaf_entries(index[m], index)]
+    if entry.kind is not Kind.GROUP:
+        return [entry]
+    members = [m for m in (entry.cfg or {}).get("task", []) if isinstance(m, str) and m in index]
+    return [x for m in members for x in _leaf_entries(index[m], index)]
 
 
 def hub_dataset_cached(dataset: str) -> bool:
-    """Whether a hub dataset (`org/repo[/config]`) is in the local hub or datasets cache (what an offline run reads)."""
+    """Whether a hub dataset repository (`org/name`) is in the local hub or datasets cache (what an offline run reads)."""
     import datasets.config
     from huggingface_hub import constants
 
-    repo = "/".join(dataset.split("/")[:2]) if dataset.count("/") >= 2 else dataset
-    hub = Path(constants.HF_HUB_CACHE) / ("datasets--" + repo.replace("/", "--"))
-    built = Path(datasets.config.HF_DATASETS_CACHE) / repo.replace("/", "___")
+    hub = Path(constants.HF_HUB_CACHE) / ("datasets--" + dataset.replace("/", "--"))
+    built = Path(datasets.config.HF_DATASETS_CACHE) / dataset.replace("/", "___")
     return hub.is_dir() or built.is_dir()
 
 
@@ -201,7 +215,10 @@ def dry_run(cfg) -> int:
     missing = [r for r in reqs if r.present is False]
     if missing:
         more = f" and {len(missing) - 1} more MISSING above" if len(missing) > 1 else ""
-        raise HarnessError(f"not ready: {missing[0].what} is missing ({missing[0].where}){more}; fix it "
+        first = missing[0]
+        if first.problem:
+            raise HarnessError(f"not ready{more and ' (' + more.strip() + ')'}: {first.problem}")
+        raise HarnessError(f"not ready: {first.what} is missing ({first.where}){more}; fix it "
                            "(`harness fetch` stages models and data on a machine with network)")
     world = build_world(cfg.world)  # loads the lm-eval tasks, renders each one's first docs, draws the splits
     world.check_method(cfg.method)

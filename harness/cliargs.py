@@ -26,7 +26,10 @@ def as_int(v: Any) -> int:
     """An integer setting."""
     if isinstance(v, bool) or isinstance(v, float) and not v.is_integer():
         raise ValueError("takes an integer")
-    return int(v)
+    try:
+        return int(v)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(f"takes an integer, got {v!r}") from None
 
 
 def as_bool(v: Any) -> bool:

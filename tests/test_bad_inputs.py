@@ -78,6 +78,10 @@ def env(tmp_path_factory):
     (root / "arc_nochoices.jsonl").write_text("".join(json.dumps({"id": r["id"], "question": r["question"],
                                                                   "answerKey": r["answerKey"]}) + "\n" for r in arc))
     (root / "train_notjson.jsonl").write_text("{not json at all\n")
+    (root / "gsm8k_q_train.jsonl").write_text((root / "gsm8k_q.jsonl").read_text())
+    ifeval = [json.loads(x) for x in open(data["ifeval"]["train"])]
+    (root / "ifeval_bare.jsonl").write_text("".join(json.dumps({"key": r["key"], "prompt": r["prompt"]}) + "\n"
+                                                    for r in ifeval))
     # An include_path folder whose task YAML has a syntax error.
     (tasks := root / "my_tasks").mkdir()
     (tasks / "my_broken_task.yaml").write_text("task: my_broken_task\ndataset_path: json\n  output_type: [oops\n")
@@ -91,6 +95,10 @@ def env(tmp_path_factory):
         "no_chat_template": _deep(base, "world.base_model", str(nochat)),
         "wrong_schema_target": _deep(base, "world.target.data_files.test", str(root / "gsm8k_q.jsonl")),
         "wrong_schema_retention": _deep(base, "world.retention.0.data_files.test", str(root / "arc_nochoices.jsonl")),
+        "wrong_schema_all": _deep(base, "world.target.data_files", {"train": str(root / "gsm8k_q_train.jsonl"),
+                                                                     "test": str(root / "gsm8k_q.jsonl")}),
+        "data_not_json": _deep(base, "world.target.data_files.test", str(root / "train_notjson.jsonl")),
+        "ifeval_no_checks": _deep(base, "world.retention.1.data_files.train", str(root / "ifeval_bare.jsonl")),
         "train_file_not_json": _deep(base, "world.target.train_file", str(root / "train_notjson.jsonl")),
         "broken_include": _deep(base, "world.retention.1", {"task": "my_broken_task", "include_path": str(tasks)}),
         "mc_target": _deep(_deep(base, "world.target", {"task": "arc_easy", "data_files": data["arc_easy"],
@@ -185,9 +193,14 @@ ROWS = [
     ("real-no-tokenizer-dry", ["run", "--preset", "@no_tokenizer", "--dry-run"], "no tokenizer files"),
     ("real-no-chat-template", ["run", "--preset", "@no_chat_template"], "no chat template"),
     ("real-no-chat-template-dry", ["run", "--preset", "@no_chat_template", "--dry-run"], "no chat template"),
-    ("real-wrong-schema-target", ["run", "--preset", "@wrong_schema_target", "--dry-run"], "gsm8k_q.jsonl"),
+    ("real-wrong-schema-target", ["run", "--preset", "@wrong_schema_target", "--dry-run"],
+     "gsm8k_q.jsonl' (gsm8k test) lacks field(s) question"),
     ("real-wrong-schema-target-run", ["run", "--preset", "@wrong_schema_target"], "gsm8k_q.jsonl"),
-    ("real-wrong-schema-retention", ["run", "--preset", "@wrong_schema_retention", "--dry-run"], "arc_easy"),
+    ("real-wrong-schema-retention", ["run", "--preset", "@wrong_schema_retention", "--dry-run"],
+     "arc_nochoices.jsonl' (arc_easy test) lacks field(s) choices"),
+    ("real-wrong-schema-all", ["run", "--preset", "@wrong_schema_all", "--dry-run"], "lacks field(s) question"),
+    ("real-data-not-json", ["run", "--preset", "@data_not_json"], "line 1 is not a JSON object"),
+    ("real-ifeval-no-checks", ["run", "--preset", "@ifeval_no_checks", "--dry-run"], "ifeval_bare.jsonl"),
     ("real-train-file-not-json", ["run", "--preset", "@train_file_not_json", "--dry-run"], "train_notjson.jsonl"),
     ("real-broken-include", ["run", "--preset", "@broken_include", "--dry-run"], "my_broken_task.yaml"),
     ("real-mc-target-grpo", ["run", "--preset", "@mc_target", "--method", "grpo"], "no reward"),
