@@ -6,12 +6,8 @@ runs the task's own filters and `process_results`, so the training reward is lm-
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
-import importlib.metadata
-import importlib.util
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,11 +15,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from benchmarks.lmeval_checks import broken_yaml, first_line, preflight, quiet_datasets, root_cause
 from harness.errors import HarnessError, unknown
 
-# Optional packages that lm-eval task modules import at load time, and the lm-eval extra that installs them.
-_OPTIONAL_DEPS = {"langdetect": "ifeval", "immutabledict": "ifeval", "math_verify": "math",
-                  "sympy": "math", "antlr4": "math"}
 _NAME_LINE = re.compile(r"^['\"]?(?:task|group)['\"]?:[ \t]*['\"]?([^'\"\s#]+)", re.M)  # `"task": "x"` too
 _SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -114,7 +108,7 @@ class RealTask:
 
     def preflight(self) -> None:
         """Raise a one-line HarnessError if an optional package or nltk data this task needs is missing."""
-        _preflight(self.yaml_path, self.source.task)
+        preflight(self.yaml_path, self.source.task)
 
     def check_doc(self, doc: dict, where: str) -> None:
         """Render `doc` (the first of `where`) as a run will: a file in another schema fails here in one line."""
@@ -130,7 +124,7 @@ class RealTask:
         except Exception as e:  # jinja's "'question' is undefined", KeyError, TypeError from the task's own code
             fields = ", ".join(map(str, doc)) or "none"
             raise HarnessError(f"{where} does not fit lm-eval task {self.source.task!r} ({type(e).__name__}: "
-                               f"{_first_line(e)}); its rows have fields {fields}: give it in the task's hub "
+                               f"{first_line(e)}); its rows have fields {fields}: give it in the task's hub "
                                f"schema") from None
 
     def data_file(self, split: str | None) -> str:
@@ -186,7 +180,7 @@ def load_task(source: TaskSource, workdir: Path) -> RealTask:
     if base.get("output_type") not in ("generate_until", "multiple_choice"):
         raise HarnessError(f"lm-eval task {source.task!r} has output_type {base.get('output_type')!r}; "
                            f"only generate_until and multiple_choice tasks are supported")
-    _preflight(entry.yaml_path, source.task)  # before lm-eval imports the task's modules
+    preflight(entry.yaml_path, source.task)  # before lm-eval imports the task's modules
 
     name = f"harness_real_{source.task}"
     # lm-eval merges an include shallowly (tasks/_yaml_loader.py::load_yaml, `merged.update(cfg)`),
@@ -205,7 +199,7 @@ def load_task(source: TaskSource, workdir: Path) -> RealTask:
     try:
         with quiet_datasets():
             task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]
-    except ModuleNotFoundError as e:  # a dependency _preflight does not know about
+    except ModuleNotFoundError as e:  # a dependency preflight does not know about
         raise HarnessError(f"lm-eval task {source.task!r} needs the missing package {e.name!r}; pip install it") from e
     except (ConnectionError, FileNotFoundError) as e:  # offline with no cached copy of the hub dataset
         raise HarnessError(f"lm-eval task {source.task!r} could not read its dataset "
@@ -214,37 +208,13 @@ def load_task(source: TaskSource, workdir: Path) -> RealTask:
         if source.data_files is None or not type(e).__module__.startswith(("datasets", "pyarrow", "json")):
             raise
         raise HarnessError(f"data_files of {source.task!r} ({', '.join(sorted(map(str, source.data_files.values())))})"
-                           f" could not be read as one dataset ({type(e).__name__}: {_first_line(_root(e))}); give "
+                           f" could not be read as one dataset ({type(e).__name__}: {first_line(root_cause(e))}); give "
                            f"JSON lines (or parquet) with the same fields in every split") from None
     if getattr(task, "multiple_input", 0):
         raise HarnessError(f"lm-eval task {source.task!r} has one context per choice; not supported yet")
     if source.num_fewshot > 0:
         task.set_fewshot_seed(1234)  # simple_evaluate's default seed; evaluate() leaves the sampler unseeded
     return RealTask(source, name, task, Path(entry.yaml_path))
-
-
-@contextlib.contextmanager
-def quiet_datasets():
-    """datasets without its progress bars and error logs on stderr: the harness says what failed, in one line."""
-    import datasets
-    level = datasets.logging.get_verbosity()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        datasets.logging.set_verbosity(level)
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:200]
-
-
-def _root(e: BaseException) -> BaseException:
-    """The innermost cause: datasets wraps the real problem (a bad row, a schema clash) in a generic error."""
-    while e.__cause__ is not None or e.__context__ is not None:
-        e = e.__cause__ or e.__context__
-    return e
 
 
 def _data_overrides(source: TaskSource, base: dict, workdir: Path) -> dict[str, Any]:
@@ -261,7 +231,7 @@ def _data_overrides(source: TaskSource, base: dict, workdir: Path) -> dict[str, 
     if None in kinds or len(kinds) != 1:
         raise HarnessError(f"data_files of {source.task!r} must all be .jsonl/.json or all .parquet, "
                            f"got {sorted(p.name for p in files.values())}")
-    from benchmarks.data_checks import check_data_files
+    from benchmarks.lmeval_checks import check_data_files
     check_data_files(source.task, base, files)  # first rows against the task's fields, before datasets reads them
     return {"dataset_path": kinds.pop(), "dataset_name": None,
             # The arrow cache goes beside the YAML: never into the user's ~/.cache for local files.
@@ -288,7 +258,7 @@ def find_entry(name: str, include_path: str | None = None) -> Any:
                 TaskIndex.process_cfg(load_yaml(path, resolve_func=False), path, found)
             except Exception as e:  # lm-eval's index skips unparsable files too (tasks/_index.py::build)
                 if path in own:  # but a broken file of yours that defines the task is the answer, not a skip
-                    raise _broken_yaml(path, name, e) from None
+                    raise broken_yaml(path, name, e) from None
                 continue
             if name in found:
                 return found[name]
@@ -300,60 +270,17 @@ def find_entry(name: str, include_path: str | None = None) -> Any:
             try:  # a file of yours that names the task but that lm-eval's index skipped as unparsable
                 load_yaml(path, resolve_func=False)
             except Exception as e:
-                raise _broken_yaml(path, name, e) from None
+                raise broken_yaml(path, name, e) from None
         import difflib
         near = difflib.get_close_matches(name, index, n=6, cutoff=0.0)  # listing all 14k names helps nobody
         raise unknown("lm-eval task", name, near, fix=f"(the closest of {len(index)}; `lm-eval ls tasks` lists all)")
     return index[name]
 
 
-def _broken_yaml(path: Path, name: str, e: Exception) -> HarnessError:
-    """A task YAML of include_path that does not parse, named with the parser's own position."""
-    mark = getattr(e, "problem_mark", None)
-    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    why = getattr(e, "problem", None) or _first_line(e)
-    return HarnessError(f"task YAML {str(path)!r} in include_path cannot be read{at} ({why}), so task {name!r} "
-                        f"cannot be loaded from it; fix the file")
-
-
 @functools.cache
 def _full_index() -> dict:
     from lm_eval.tasks import TaskManager
     return TaskManager().task_index
-
-
-def _preflight(yaml_path: Path, task: str) -> None:
-    """Check the optional imports and nltk data of the task's modules by reading them, not importing them."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    folders, path = [], Path(yaml_path)
-    while True:  # the task's folder and those of the YAMLs it includes
-        folders.append(path.parent)
-        inc = load_yaml(path, resolve_func=False, recursive=False).get("include")
-        if not isinstance(inc, str):
-            break
-        path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
-    source = "\n".join(p.read_text(encoding="utf-8", errors="replace") for d in folders for p in d.glob("*.py"))
-    for module, extra in _OPTIONAL_DEPS.items():
-        if re.search(rf"^\s*(?:import|from)\s+{module}\b", source, re.M) and importlib.util.find_spec(module) is None:
-            raise HarnessError(f"lm-eval task {task!r} needs {module}; install it with "
-                               f'pip install "lm-eval[{extra}]"')
-    if re.search(r"^\s*import antlr4", source, re.M) and \
-            not importlib.metadata.version("antlr4-python3-runtime").startswith("4.11"):
-        raise HarnessError(f'lm-eval task {task!r} needs antlr4-python3-runtime 4.11; pip install "lm-eval[math]"')
-    if "punkt" not in source:
-        return
-    import nltk
-    # nltk reads NLTK_DATA once, at import; honour a value set later in this process too.
-    for d in reversed([d for d in os.environ.get("NLTK_DATA", "").split(os.pathsep) if d]):
-        if d not in nltk.data.path:
-            nltk.data.path.insert(0, d)
-    try:  # lm-eval's ifeval downloads punkt_tab at import when it is missing: check first, never import blind
-        nltk.data.find("tokenizers/punkt_tab/english/")
-    except LookupError:
-        raise HarnessError(f"lm-eval task {task!r} needs nltk's punkt_tab data, which is missing (lm-eval would try "
-                           f"to download it); set NLTK_DATA to a folder holding tokenizers/punkt_tab or run "
-                           f"`harness fetch`") from None
 
 
 def _pick(kind: str, chosen: str | None, valid: list[str], task: str) -> str:

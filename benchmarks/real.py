@@ -32,7 +32,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.lmeval_tasks import RealTask, TaskSource, load_task, quiet_datasets
+from benchmarks.lmeval_checks import read_train_file
+from benchmarks.lmeval_tasks import RealTask, TaskSource, load_task
 from harness.errors import HarnessError
 from harness.greedy import cut_at_stop
 from harness.modeling import local_model
@@ -245,19 +246,7 @@ class RealWorld(World):
         path = self.cfg.target.train_file
         if path is None:
             return self.real[self.target].train_docs()
-        if not Path(path).expanduser().exists():
-            raise HarnessError(f"world.target.train_file {path!r} does not exist; give a local JSONL/parquet file")
-        import datasets
-        fmt = "parquet" if path.endswith(".parquet") else "json"
-        try:
-            with quiet_datasets():
-                return list(datasets.load_dataset(fmt, data_files={"train": str(Path(path).expanduser())})["train"])
-        except Exception as e:  # DatasetGenerationError & co, from deep inside datasets
-            while e.__cause__ is not None or e.__context__ is not None:
-                e = e.__cause__ or e.__context__
-            msg = (str(e).strip().splitlines() or [""])[0][:200]
-            raise HarnessError(f"world.target.train_file {path!r} cannot be read as {fmt} ({type(e).__name__}: "
-                               f"{msg}); give JSON lines (or parquet) in the task's schema") from None
+        return read_train_file(path)
 
     def _doc(self, item: Item) -> dict:
         kind, i = item.key.split(":")
