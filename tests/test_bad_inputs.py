@@ -205,6 +205,7 @@ ROWS = [
     ("real-broken-include", ["run", "--preset", "@broken_include", "--dry-run"], "my_broken_task.yaml"),
     ("real-mc-target-grpo", ["run", "--preset", "@mc_target", "--method", "grpo"], "no reward"),
     ("real-mc-target-grpo-dry", ["run", "--preset", "@mc_target", "--method", "trapo", "--dry-run"], "no reward"),
+    ("real-mc-target-sweep", ["sweep", "--preset", "@mc_target", "--methods", "sft,grpo", "trials=1"], "no reward"),
     ("real-long-gen", ["run", "--preset", "@long_gen", "--dry-run"], "world.retention[1].max_gen_toks"),
     ("real-long-rollout", ["run", "--preset", "@long_rollout", "--dry-run"], "world.max_new_tokens"),
     ("real-hub-dataset", ["run", "--preset", "@hub_dataset", "--dry-run"], "hub dataset allenai/ai2_arc"),
@@ -277,3 +278,36 @@ def test_a_ready_dry_run_is_followed_by_a_run_that_gets_past_loading(env, capsys
     assert "ready: 12 training items" in out and "ok       tokenizer and chat template" in out
     assert main(["run", "--preset", good, "--method", "sft", "--quiet"]) == 0
     assert "sft on tiny-bad/gsm8k" in capsys.readouterr().out
+
+
+def test_a_locked_store_is_one_line(env, capsys):
+    """A store another process holds an exclusive lock on: one line after sqlite's wait, nothing changed."""
+    import sqlite3
+
+    from harness.cli import main
+    before = _snapshot(env)
+    lock = sqlite3.connect(env / "store" / "mlflow.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        assert main(["ui", "--no-browser"]) == 2
+    finally:
+        lock.rollback()
+        lock.close()
+    err = capsys.readouterr().err.strip()
+    assert "database is locked" in err and len(err.splitlines()) == 1, err
+    assert _snapshot(env) == before
+
+
+def test_dry_run_counts_a_staged_hub_dataset_as_present(env, monkeypatch):
+    """The hub-dataset row turns ok once the dataset is in the datasets cache (where `harness fetch` puts it)."""
+    import datasets.config
+
+    from benchmarks.staging import requirements
+    from harness.config import resolve_config
+    cfg, _ = resolve_config(preset=env / "hub_dataset.yaml")
+    rows = {r.what: r for r in requirements(cfg.world)}
+    assert rows["arc_easy data"].present is False and "allenai/ai2_arc" in rows["arc_easy data"].where
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", env / "cache" / "datasets")
+    (env / "cache" / "datasets" / "allenai___ai2_arc").mkdir(parents=True)
+    rows = {r.what: r for r in requirements(cfg.world)}
+    assert rows["arc_easy data"].present is True and rows["tokenizer and chat template"].present is True
