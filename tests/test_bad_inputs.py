@@ -57,6 +57,7 @@ def env(tmp_path_factory):
     (root / "bad.yaml").write_text("train: {max_steps: 3\n")                      # unclosed flow mapping
     (root / "list.yaml").write_text("- just\n- a list\n")
     (root / "spec-extra.yaml").write_text("world: micro\ntrails: 3\n")
+    (root / "binary.yaml").write_bytes(bytes(range(256)) * 4)
     (root / "corrupt.db").write_bytes(b"this is not a sqlite database" * 40)
 
     # A model folder without tokenizer files; a tokenizer without a chat template.
@@ -153,7 +154,8 @@ ROWS = [
     ("run-missing-preset", ["run", "--preset", "{root}/nope.yaml"], "nope.yaml"),
     ("run-malformed-preset", ["run", "--preset", "{root}/bad.yaml"], "bad.yaml"),
     ("run-preset-not-mapping", ["run", "--preset", "{root}/list.yaml"], "list.yaml"),
-    ("run-preset-is-folder", ["run", "--preset", "{root}/store"], "store"),
+    ("run-preset-is-folder", ["run", "--preset", "{root}/store"], "is a folder"),
+    ("run-preset-binary", ["run", "--preset", "{root}/binary.yaml"], "not a text file"),
     ("run-unknown-flag", ["run", "--wrld", "micro"], "has no option --wrld"),
     ("run-unknown-target", ["run", "--world", "micro", "world.target=revv"], "Did you mean 'rev'"),
     # --- sweep
@@ -171,6 +173,8 @@ ROWS = [
     ("sweep-bad-objective", ["sweep", "--world", "micro", "objective=fastest"], "objective"),
     ("sweep-missing-spec", ["sweep", "--spec", "{root}/nope.yaml"], "nope.yaml"),
     ("sweep-malformed-spec", ["sweep", "--spec", "{root}/bad.yaml"], "bad.yaml"),
+    ("sweep-spec-is-folder", ["sweep", "--spec", "{root}/store"], "is a folder"),
+    ("sweep-preset-binary", ["sweep", "--preset", "{root}/binary.yaml"], "not a text file"),
     ("sweep-spec-typo", ["sweep", "--spec", "{root}/spec-extra.yaml"], "Did you mean 'trials'"),
     ("sweep-unknown-world", ["sweep", "--world", "mikro", "trials=1"], "Did you mean 'micro'"),
     ("sweep-disagree", ["sweep", "--world", "micro", "world=toy"], "disagree"),
