@@ -145,13 +145,12 @@ class RealWorld(World):
 
     def _check_first_docs(self) -> None:
         """Each task's first eval doc and the target's first training doc rendered and scored as a run will."""
-        for t, rt in self.real.items():
-            if self._docs[t]:
-                c = rt.task.config
-                rt.check_doc(self._docs[t][0], rt.data_file(c.test_split or c.validation_split))
-        docs, rt = self._train_docs, self.real[self.target]
-        if docs:
-            path = self.cfg.target.train_file
+        for leaf in (leaf for rt in self.real.values() for leaf in getattr(rt, "leaves", [rt])):  # a group: each
+            c, docs = leaf.task.config, leaf.task.eval_docs
+            if len(docs):
+                leaf.check_doc(docs[0], leaf.data_file(c.test_split or c.validation_split))
+        docs, rt, path = self._train_docs, self.real[self.target], self.cfg.target.train_file
+        if docs and not hasattr(rt, "leaves"):  # (a group target's: its leaves' own code)
             rt.check_doc(docs[0], f"world.target.train_file {path!r}" if path else
                          rt.data_file(rt.task.config.training_split))
 
