@@ -150,7 +150,7 @@ class RealWorld(World):
             if len(docs):
                 leaf.check_doc(docs[0], leaf.data_file(c.test_split or c.validation_split))
         docs, rt, path = self._train_docs, self.real[self.target], self.cfg.target.train_file
-        if docs and not hasattr(rt, "leaves"):  # (a group target's: its leaves' own code)
+        if docs and not hasattr(rt, "leaves"):  # a group has no one task to render them with
             rt.check_doc(docs[0], f"world.target.train_file {path!r}" if path else
                          rt.data_file(rt.task.config.training_split))
 
