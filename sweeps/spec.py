@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from harness.config import deep_merge, load_yaml_mapping, parse_overrides
 from harness.errors import HarnessError, unknown
@@ -85,10 +85,10 @@ class SweepSpec(BaseModel):
 
     @field_validator("methods", "seeds", "params")
     @classmethod
-    def _listed_once(cls, v: Any) -> Any:
-        """A list field is non-empty and names each entry once (`methods: []` would sweep nothing)."""
+    def _listed_once(cls, v: Any, info: ValidationInfo) -> Any:
+        """A list names each entry once; methods and seeds list at least one (`methods: []` would sweep nothing)."""
         if isinstance(v, list):
-            if not v:
+            if not v and info.field_name != "params":
                 raise ValueError("is empty; list at least one")
             twice = sorted({str(x) for x in v if v.count(x) > 1})
             if twice:

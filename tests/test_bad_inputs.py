@@ -220,6 +220,8 @@ ROWS = [
     ("real-unknown-metric", ["run", "--preset", "@good", "world.target.metric=acc"], "lm-eval metric"),
     ("real-no-nltk", ["run", "--preset", "@good", "--dry-run", "NLTK_DATA"], "punkt_tab"),
     ("real-shipped-preset-dry", ["run", "--world", "rbd-qwen2.5-1.5b-ifeval", "--dry-run"], "not ready"),
+    ("real-fetch-local-no-tokenizer", ["fetch", "--preset", "@no_tokenizer"], "no tokenizer files"),
+    ("real-fetch-local-missing-data", ["fetch", "--preset", "@missing_data"], "nope.jsonl"),
     ("real-fetch-offline", ["fetch", "--world", "tms-qwen2.5-1.5b-math", "OFFLINE"], "could not download"),
 ]
 
