@@ -7,7 +7,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from harness.cliargs import Setting, add_settings, as_bool, as_str, spellings, take_settings
+from harness.cliargs import Setting, add_settings, as_bool, as_list, as_str, spellings, take_settings
 from harness.errors import HarnessError
 
 REPORT_SETTINGS = [Setting("experiment", ("experiment", "name"), as_str), Setting("out", ("out",), as_str),
@@ -62,7 +62,10 @@ def cmd_crossworld(args: argparse.Namespace, client) -> int:
     from reports.crossworld import write_crossworld
     from reports.frame import load
 
-    names = [n.strip() for n in args.experiment.split(",") if n.strip()]
+    try:
+        names = as_list(args.experiment)
+    except ValueError as e:
+        raise HarnessError(f"`--experiment {args.experiment}`: experiment {e}") from None
     frames = [load(n, client) for n in names]
     out = Path(args.out) if args.out else Path("reports") / "out" / ("crossworld-" + "+".join(map(slug, names)))
     files = write_crossworld(frames, out)

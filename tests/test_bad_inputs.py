@@ -183,6 +183,8 @@ ROWS = [
     ("report-out-is-file", ["report", "--out", "{root}/afile"], "is a file, not a folder"),
     ("report-unknown-setting", ["report", "colour=red"], "unknown setting 'colour=red'"),
     ("report-unknown-experiment", ["report", "--experiment", "existng"], "existng"),
+    ("report-empty-list", ["report", "--experiment", ","], "experiment is empty"),
+    ("report-list-twice", ["report", "experiment=existing,existing"], "'existing' twice"),
     # --- ui
     ("ui-port-zero", ["ui", "--port", "0"], "port must be between 1 and 65535"),
     ("ui-port-high", ["ui", "port=70000"], "port must be between 1 and 65535"),
