@@ -179,7 +179,7 @@ class RealWorld(World):
         """The base model's tokenizer (for its chat template)."""
         from harness.modeling import load_tokenizer
         return load_tokenizer(self.base_path(), chat_template=self.cfg.chat_template,
-                              trust_remote_code=self.cfg.trust_remote_code)
+                              trust_remote_code=self.cfg.trust_remote_code, system_prompt=self.cfg.system_prompt)
 
     def render(self, text: str) -> str:
         """A prompt as the model sees it: the chat template around it when the world uses one, else as is."""

@@ -84,7 +84,8 @@ def _tokenizer_requirement(cfg, folder: str) -> Requirement:
     from harness.modeling import load_tokenizer
     what = "tokenizer" + (" and chat template" if cfg.chat_template else "")
     try:
-        load_tokenizer(folder, chat_template=cfg.chat_template, trust_remote_code=cfg.trust_remote_code)
+        load_tokenizer(folder, chat_template=cfg.chat_template, trust_remote_code=cfg.trust_remote_code,
+                       system_prompt=cfg.system_prompt)
     except HarnessError as e:
         return Requirement(what, folder, False, problem=str(e))
     return Requirement(what, folder, True)

@@ -65,9 +65,9 @@ def local_model(name: str, revision: str | None = None) -> str:
 
 
 def load_tokenizer(path: str, *, chat_template: bool = False, trust_remote_code: bool = False,
-                   setting: str = "world.base_model") -> PreTrainedTokenizerBase:
+                   setting: str = "world.base_model", system_prompt: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer saved in a local model folder; one-line HarnessError when it is missing, unreadable or empty,
-    or when `chat_template` is asked of a tokenizer that has none."""
+    or when `chat_template` is asked of a tokenizer that has none or whose template fails on a probe chat."""
     folder = Path(path)
     if folder.is_dir() and not any((folder / f).exists() for f in TOKENIZER_FILES):
         raise HarnessError(f"{setting} {path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); "
@@ -84,6 +84,18 @@ def load_tokenizer(path: str, *, chat_template: bool = False, trust_remote_code:
     if chat_template and not getattr(tok, "chat_template", None):
         raise HarnessError(f"the tokenizer in {setting} {path!r} has no chat template but world.chat_template is "
                            f"true; set world.chat_template=false for plain prompts, or use a tokenizer with one")
+    if chat_template:
+        chat = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+            [{"role": "user", "content": "2 + 2?"}]
+        try:
+            tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # jinja's TemplateError, or the template's own raise_exception("...")
+            msg = (str(e).strip().splitlines() or [""])[0][:200]
+            hint = "drop world.system_prompt (the template may not take a system turn)" if system_prompt else \
+                "fix the template or set world.chat_template=false"
+            raise HarnessError(f"the chat template of {setting} {path!r} fails on a "
+                               f"{'system + ' if system_prompt else ''}user chat ({type(e).__name__}: {msg}); "
+                               f"{hint}") from None
     return tok
 
 

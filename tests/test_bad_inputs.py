@@ -64,6 +64,13 @@ def env(tmp_path_factory):
     (notok := root / "no-tokenizer").mkdir()
     for f in ("config.json", "model.safetensors", "generation_config.json"):
         shutil.copy(model / f, notok / f)
+    strict = root / "no-system-turn"  # a template that refuses a system turn, as Gemma's does
+    shutil.copytree(model, strict)
+    cfg = json.loads((strict / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                            "supported') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    (strict / "chat_template.jinja").unlink(missing_ok=True)
+    (strict / "tokenizer_config.json").write_text(json.dumps(cfg))
     nochat = root / "no-chat-template"
     shutil.copytree(model, nochat)
     (nochat / "chat_template.jinja").unlink(missing_ok=True)
@@ -94,6 +101,7 @@ def env(tmp_path_factory):
         "good": base,
         "no_tokenizer": _deep(base, "world.base_model", str(notok)),
         "no_chat_template": _deep(base, "world.base_model", str(nochat)),
+        "system_refused": _deep(_deep(base, "world.base_model", str(strict)), "world.system_prompt", "Be brief."),
         "wrong_schema_target": _deep(base, "world.target.data_files.test", str(root / "gsm8k_q.jsonl")),
         "wrong_schema_retention": _deep(base, "world.retention.0.data_files.test", str(root / "arc_nochoices.jsonl")),
         "wrong_schema_all": _deep(base, "world.target.data_files", {"train": str(root / "gsm8k_q_train.jsonl"),
@@ -199,6 +207,8 @@ ROWS = [
     ("real-no-tokenizer-dry", ["run", "--preset", "@no_tokenizer", "--dry-run"], "no tokenizer files"),
     ("real-no-chat-template", ["run", "--preset", "@no_chat_template"], "no chat template"),
     ("real-no-chat-template-dry", ["run", "--preset", "@no_chat_template", "--dry-run"], "no chat template"),
+    ("real-system-turn-refused", ["run", "--preset", "@system_refused"], "System role not supported"),
+    ("real-system-turn-refused-dry", ["run", "--preset", "@system_refused", "--dry-run"], "drop world.system_prompt"),
     ("real-wrong-schema-target", ["run", "--preset", "@wrong_schema_target", "--dry-run"],
      "gsm8k_q.jsonl' (gsm8k test) lacks field(s) question"),
     ("real-wrong-schema-target-run", ["run", "--preset", "@wrong_schema_target"], "gsm8k_q.jsonl"),
