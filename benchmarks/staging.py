@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.lmeval_checks import first_line
 from harness.errors import HarnessError
 
 NLTK_TASKS = ("ifeval",)  # lm-eval tasks whose scoring reads nltk's punkt_tab
@@ -152,7 +153,7 @@ def fetch(cfg, progress: bool = True) -> list[Requirement]:
                 raise
             except Exception as e:  # datasets/fsspec/httpx errors from deep inside lm-eval's dataset download
                 raise HarnessError(f"could not download the dataset of lm-eval task {src.task!r} "
-                                   f"({type(e).__name__}: {_first_line(e)}); check the network, or give "
+                                   f"({type(e).__name__}: {first_line(e)}); check the network, or give "
                                    f"data_files with local copies") from None
             if progress:
                 print(f"dataset of {src.task} cached")
@@ -162,10 +163,6 @@ def fetch(cfg, progress: bool = True) -> list[Requirement]:
         if not nltk.download("punkt_tab", download_dir=target, quiet=not progress):
             raise HarnessError("nltk could not download punkt_tab; check the network, or copy it into $NLTK_DATA")
     return _report(requirements(cfg))
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 def _download_model(name: str, revision: str | None) -> str:
@@ -184,7 +181,7 @@ def _download_model(name: str, revision: str | None) -> str:
         raise HarnessError(f"world.base_model {name!r} is not a model on the hub (or is private); check the id, "
                            "or log in with `hf auth login`") from None
     except Exception as e:  # LocalEntryNotFoundError (no network), HTTP and OS errors: one line, not a traceback
-        raise HarnessError(f"could not download model {name!r} ({type(e).__name__}: {_first_line(e)}); "
+        raise HarnessError(f"could not download model {name!r} ({type(e).__name__}: {first_line(e)}); "
                            "`harness fetch` needs the network: run it on a machine that has it") from None
 
 
@@ -239,8 +236,12 @@ def check_context(world) -> None:
     if not limit:
         return
     tok = world.tokenizer
-    longest = lambda items: max((len(tok(it.prompt, add_special_tokens=False)["input_ids"]) for it in items), default=0)
-    knob = "world.max_new_tokens" if world.cfg.max_new_tokens else f"world.target.max_gen_toks of {world.target!r}"
+
+    def longest(items) -> int:
+        return max((len(tok(it.prompt, add_special_tokens=False)["input_ids"]) for it in items), default=0)
+
+    # Rollouts sample up to world.max_new_tokens, else the target's max_gen_toks (RealWorld.max_new_tokens).
+    knob = "world.max_new_tokens" if world.cfg.max_new_tokens else "world.target.max_gen_toks"
     n = longest(world.train_items + world.heldout_items)
     if n + world.max_new_tokens > limit:
         raise HarnessError(f"a {world.target!r} training prompt of {n} tokens plus {knob}={world.max_new_tokens} "
