@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
-import importlib.util
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -18,11 +15,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from benchmarks.lmeval_checks import broken_yaml, first_line, preflight, quiet_datasets, root_cause
 from harness.errors import HarnessError, unknown
 
-# Optional packages that lm-eval task modules import at load time, and the lm-eval extra that installs them.
-_OPTIONAL_DEPS = {"langdetect": "ifeval", "immutabledict": "ifeval", "math_verify": "math",
-                  "sympy": "math", "antlr4": "math"}
 _NAME_LINE = re.compile(r"^['\"]?(?:task|group)['\"]?:[ \t]*['\"]?([^'\"\s#]+)", re.M)  # `"task": "x"` too
 _SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -113,7 +108,31 @@ class RealTask:
 
     def preflight(self) -> None:
         """Raise a one-line HarnessError if an optional package or nltk data this task needs is missing."""
-        _preflight(self.yaml_path, self.source.task)
+        preflight(self.yaml_path, self.source.task)
+
+    def check_doc(self, doc: dict, where: str) -> None:
+        """Render `doc` (the first of `where`) as a run will: a file in another schema fails here in one line."""
+        try:
+            self.prompt(doc)
+            try:
+                label = self.label(doc)
+            except HarnessError:  # a task without label text (IFEval): scored on a plain response
+                label = "a"
+            self.score(doc, label)
+        except HarnessError:
+            raise
+        except Exception as e:  # jinja's "'question' is undefined", KeyError, TypeError from the task's own code
+            fields = ", ".join(map(str, doc)) or "none"
+            raise HarnessError(f"{where} does not fit lm-eval task {self.source.task!r} ({type(e).__name__}: "
+                               f"{first_line(e)}); its rows have fields {fields}: give it in the task's hub "
+                               f"schema") from None
+
+    def data_file(self, split: str | None) -> str:
+        """How to name a split's data to the user: its local file, else the task's hub dataset."""
+        files = self.source.data_files or {}
+        if split in files:
+            return f"data file {files[split]!r} ({self.source.task} {split})"
+        return f"the {split} split of {self.source.task!r}'s dataset"
 
     def doc_refs(self) -> list[tuple[str, int]]:
         """(lm-eval task name, doc id) of each eval doc, in `eval_docs` order."""
@@ -161,7 +180,7 @@ def load_task(source: TaskSource, workdir: Path) -> RealTask:
     if base.get("output_type") not in ("generate_until", "multiple_choice"):
         raise HarnessError(f"lm-eval task {source.task!r} has output_type {base.get('output_type')!r}; "
                            f"only generate_until and multiple_choice tasks are supported")
-    _preflight(entry.yaml_path, source.task)  # before lm-eval imports the task's modules
+    preflight(entry.yaml_path, source.task)  # before lm-eval imports the task's modules
 
     name = f"harness_real_{source.task}"
     # lm-eval merges an include shallowly (tasks/_yaml_loader.py::load_yaml, `merged.update(cfg)`),
@@ -178,12 +197,19 @@ def load_task(source: TaskSource, workdir: Path) -> RealTask:
     (folder := Path(workdir) / "lmeval_tasks" / name).mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
     try:
-        task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]
-    except ModuleNotFoundError as e:  # a dependency _preflight does not know about
+        with quiet_datasets():
+            task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]
+    except ModuleNotFoundError as e:  # a dependency preflight does not know about
         raise HarnessError(f"lm-eval task {source.task!r} needs the missing package {e.name!r}; pip install it") from e
     except (ConnectionError, FileNotFoundError) as e:  # offline with no cached copy of the hub dataset
         raise HarnessError(f"lm-eval task {source.task!r} could not read its dataset "
                            f"({type(e).__name__}); pass data_files with local copies of its splits") from e
+    except Exception as e:  # datasets' DatasetGenerationError & co: a local file that is not what it claims
+        if source.data_files is None or not type(e).__module__.startswith(("datasets", "pyarrow", "json")):
+            raise
+        raise HarnessError(f"data_files of {source.task!r} ({', '.join(sorted(map(str, source.data_files.values())))})"
+                           f" could not be read as one dataset ({type(e).__name__}: {first_line(root_cause(e))}); give "
+                           f"JSON lines (or parquet) with the same fields in every split") from None
     if getattr(task, "multiple_input", 0):
         raise HarnessError(f"lm-eval task {source.task!r} has one context per choice; not supported yet")
     if source.num_fewshot > 0:
@@ -205,6 +231,8 @@ def _data_overrides(source: TaskSource, base: dict, workdir: Path) -> dict[str, 
     if None in kinds or len(kinds) != 1:
         raise HarnessError(f"data_files of {source.task!r} must all be .jsonl/.json or all .parquet, "
                            f"got {sorted(p.name for p in files.values())}")
+    from benchmarks.lmeval_checks import check_data_files
+    check_data_files(source.task, base, files)  # first rows against the task's fields, before datasets reads them
     return {"dataset_path": kinds.pop(), "dataset_name": None,
             # The arrow cache goes beside the YAML: never into the user's ~/.cache for local files.
             "dataset_kwargs": {"data_files": {s: str(p) for s, p in files.items()},
@@ -228,7 +256,9 @@ def find_entry(name: str, include_path: str | None = None) -> Any:
             found: dict = {}
             try:
                 TaskIndex.process_cfg(load_yaml(path, resolve_func=False), path, found)
-            except Exception:  # lm-eval's index skips unparsable files too (tasks/_index.py::build)
+            except Exception as e:  # lm-eval's index skips unparsable files too (tasks/_index.py::build)
+                if path in own:  # but a broken file of yours that defines the task is the answer, not a skip
+                    raise broken_yaml(path, name, e) from None
                 continue
             if name in found:
                 return found[name]
@@ -236,6 +266,11 @@ def find_entry(name: str, include_path: str | None = None) -> Any:
     if include_path:  # your own tasks' entries (and tags) win over lm-eval's
         index.update(TaskIndex.build([Path(include_path).expanduser()]))
     if name not in index:
+        for path in (p for p in own if name in p.read_text(encoding="utf-8", errors="replace")):
+            try:  # a file of yours that names the task but that lm-eval's index skipped as unparsable
+                load_yaml(path, resolve_func=False)
+            except Exception as e:
+                raise broken_yaml(path, name, e) from None
         import difflib
         near = difflib.get_close_matches(name, index, n=6, cutoff=0.0)  # listing all 14k names helps nobody
         raise unknown("lm-eval task", name, near, fix=f"(the closest of {len(index)}; `lm-eval ls tasks` lists all)")
@@ -246,40 +281,6 @@ def find_entry(name: str, include_path: str | None = None) -> Any:
 def _full_index() -> dict:
     from lm_eval.tasks import TaskManager
     return TaskManager().task_index
-
-
-def _preflight(yaml_path: Path, task: str) -> None:
-    """Check the optional imports and nltk data of the task's modules by reading them, not importing them."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    folders, path = [], Path(yaml_path)
-    while True:  # the task's folder and those of the YAMLs it includes
-        folders.append(path.parent)
-        inc = load_yaml(path, resolve_func=False, recursive=False).get("include")
-        if not isinstance(inc, str):
-            break
-        path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
-    source = "\n".join(p.read_text(encoding="utf-8", errors="replace") for d in folders for p in d.glob("*.py"))
-    for module, extra in _OPTIONAL_DEPS.items():
-        if re.search(rf"^\s*(?:import|from)\s+{module}\b", source, re.M) and importlib.util.find_spec(module) is None:
-            raise HarnessError(f"lm-eval task {task!r} needs {module}; install it with "
-                               f'pip install "lm-eval[{extra}]"')
-    if re.search(r"^\s*import antlr4", source, re.M) and \
-            not importlib.metadata.version("antlr4-python3-runtime").startswith("4.11"):
-        raise HarnessError(f'lm-eval task {task!r} needs antlr4-python3-runtime 4.11; pip install "lm-eval[math]"')
-    if "punkt" not in source:
-        return
-    import nltk
-    # nltk reads NLTK_DATA once, at import; honour a value set later in this process too.
-    for d in reversed([d for d in os.environ.get("NLTK_DATA", "").split(os.pathsep) if d]):
-        if d not in nltk.data.path:
-            nltk.data.path.insert(0, d)
-    try:  # lm-eval's ifeval downloads punkt_tab at import when it is missing: check first, never import blind
-        nltk.data.find("tokenizers/punkt_tab/english/")
-    except LookupError:
-        raise HarnessError(f"lm-eval task {task!r} needs nltk's punkt_tab data, which is missing (lm-eval would try "
-                           f"to download it); set NLTK_DATA to a folder holding tokenizers/punkt_tab or run "
-                           f"`harness fetch`") from None
 
 
 def _pick(kind: str, chosen: str | None, valid: list[str], task: str) -> str:

@@ -32,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from benchmarks.lmeval_checks import read_train_file
 from benchmarks.lmeval_tasks import RealTask, TaskSource, load_task
 from harness.errors import HarnessError
 from harness.greedy import cut_at_stop
@@ -139,7 +140,27 @@ class RealWorld(World):
         for rt in self.real.values():
             rt.preflight()
         self._docs = {t: rt.eval_docs() for t, rt in self.real.items()}
+        self._check_first_docs()
         self._draw_splits()
+
+    def _check_first_docs(self) -> None:
+        """Each task's first eval doc and the target's first training doc rendered and scored as a run will."""
+        for leaf in (leaf for rt in self.real.values() for leaf in getattr(rt, "leaves", [rt])):  # a group: each
+            c, docs = leaf.task.config, leaf.task.eval_docs
+            if len(docs):
+                leaf.check_doc(docs[0], leaf.data_file(c.test_split or c.validation_split))
+        docs, rt, path = self._train_docs, self.real[self.target], self.cfg.target.train_file
+        if docs and not hasattr(rt, "leaves"):  # a group has no one task to render them with
+            rt.check_doc(docs[0], f"world.target.train_file {path!r}" if path else
+                         rt.data_file(rt.task.config.training_split))
+
+    def check_method(self, method: str) -> None:
+        """Refuse a method that trains on the verifier's reward when the target cannot give one from sampled text."""
+        from harness.method import get_method
+        if get_method(method).rewarded and self.real[self.target].output_type != "generate_until":
+            raise HarnessError(f"world.target {self.target!r} is a {self.real[self.target].output_type} task (lm-eval "
+                               f"scores it by log-likelihood), so {method} would get no reward from sampled text; "
+                               f"pick a generate_until target (gsm8k, ifeval) or a label-trained method (sft, idft, tms)")
 
     def _draw_splits(self) -> None:
         """Doc ids per (split, task): a seeded shuffle of each task's eval docs, cut into validation and eval."""
@@ -156,8 +177,9 @@ class RealWorld(World):
     @cached_property
     def tokenizer(self):
         """The base model's tokenizer (for its chat template)."""
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(self.base_path(), trust_remote_code=self.cfg.trust_remote_code)
+        from harness.modeling import load_tokenizer
+        return load_tokenizer(self.base_path(), chat_template=self.cfg.chat_template,
+                              trust_remote_code=self.cfg.trust_remote_code, system_prompt=self.cfg.system_prompt)
 
     def render(self, text: str) -> str:
         """A prompt as the model sees it: the chat template around it when the world uses one, else as is."""
@@ -223,11 +245,7 @@ class RealWorld(World):
         path = self.cfg.target.train_file
         if path is None:
             return self.real[self.target].train_docs()
-        if not Path(path).expanduser().exists():
-            raise HarnessError(f"world.target.train_file {path!r} does not exist; give a local JSONL/parquet file")
-        import datasets
-        fmt = "parquet" if path.endswith(".parquet") else "json"
-        return list(datasets.load_dataset(fmt, data_files={"train": str(Path(path).expanduser())})["train"])
+        return read_train_file(path)
 
     def _doc(self, item: Item) -> dict:
         kind, i = item.key.split(":")

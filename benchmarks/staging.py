@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.lmeval_checks import first_line
 from harness.errors import HarnessError
 
 NLTK_TASKS = ("ifeval",)  # lm-eval tasks whose scoring reads nltk's punkt_tab
@@ -24,11 +25,13 @@ class Requirement:
     what: str
     where: str
     present: bool | None
+    problem: str = ""
+    """When not present: the one-line problem and fix, if more is known than that the file is absent."""
 
     def line(self) -> str:
         """A printable row."""
         mark = {True: "ok     ", False: "MISSING", None: "on load"}[self.present]
-        return f"  {mark}  {self.what}: {self.where}"
+        return f"  {mark}  {self.what}: {self.where}" + (f" -- {self.problem}" if self.problem else "")
 
 
 def _task_sources(cfg) -> list:
@@ -62,12 +65,15 @@ def requirements(cfg) -> list[Requirement]:
     except HarnessError:
         where, ok = f"{cfg.base_model}" + (f"@{cfg.revision}" if cfg.revision else ""), False
     out.append(Requirement("base model", where, ok))
+    if ok:
+        out.append(_tokenizer_requirement(cfg, where))
     for src in _task_sources(cfg):
         if src.data_files:
             for split, f in src.data_files.items():
                 out.append(Requirement(f"{src.task} {split} data", f, Path(f).expanduser().exists()))
         else:
-            out.append(Requirement(f"{src.task} data", "lm-eval's hub dataset (datasets cache)", None))
+            out += [Requirement(f"{src.task} data", f"hub dataset {ds} (datasets cache)", hub_dataset_cached(ds))
+                    for ds in hub_datasets(src)]
     train_file = getattr(cfg.target, "train_file", None)
     if train_file:
         out.append(Requirement(f"{cfg.target.task} training docs", train_file, Path(train_file).expanduser().exists()))
@@ -75,6 +81,57 @@ def requirements(cfg) -> list[Requirement]:
         out.append(Requirement("nltk punkt_tab (IFEval)", os.environ.get("NLTK_DATA", "nltk's default paths"),
                                nltk_punkt_present()))
     return out
+
+
+def _tokenizer_requirement(cfg, folder: str) -> Requirement:
+    """The base model's tokenizer loaded (with its chat template when the world renders prompts with one)."""
+    from harness.modeling import load_tokenizer
+    what = "tokenizer" + (" and chat template" if cfg.chat_template else "")
+    try:
+        load_tokenizer(folder, chat_template=cfg.chat_template, trust_remote_code=cfg.trust_remote_code,
+                       system_prompt=cfg.system_prompt)
+    except HarnessError as e:
+        return Requirement(what, folder, False, problem=str(e))
+    return Requirement(what, folder, True)
+
+
+def hub_datasets(src) -> list[str]:
+    """The hub dataset repositories (`org/name`) an lm-eval task, or every task of a group, reads."""
+    from lm_eval.tasks._index import Kind, TaskIndex
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from benchmarks.lmeval_tasks import _full_index, find_entry
+    entries = [find_entry(src.task, src.include_path)]
+    if entries[0].kind in (Kind.GROUP, Kind.TAG):  # one index for the whole tree: a text scan per leaf takes minutes
+        index = dict(_full_index()) | (TaskIndex.build([Path(src.include_path).expanduser()]) if src.include_path
+                                        else {})
+        entries = _leaf_entries(entries[0], index)
+    repos = set()
+    for e in entries:
+        cfg = load_yaml(e.yaml_path, resolve_func=False) if e.yaml_path else {}
+        if cfg.get("dataset_path"):
+            repos.add(str(cfg["dataset_path"]))
+    return sorted(repos)
+
+
+def _leaf_entries(entry, index: dict) -> list:
+    from lm_eval.tasks._index import Kind
+    if entry.kind is Kind.TAG:
+        return [x for m in sorted(entry.tags) if m in index for x in _leaf_entries(index[m], index)]
+    if entry.kind is not Kind.GROUP:
+        return [entry]
+    members = [m for m in (entry.cfg or {}).get("task", []) if isinstance(m, str) and m in index]
+    return [x for m in members for x in _leaf_entries(index[m], index)]
+
+
+def hub_dataset_cached(dataset: str) -> bool:
+    """Whether a hub dataset repository (`org/name`) is in the local hub or datasets cache (what an offline run reads)."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    hub = Path(constants.HF_HUB_CACHE) / ("datasets--" + dataset.replace("/", "--"))
+    built = Path(datasets.config.HF_DATASETS_CACHE) / dataset.replace("/", "___")
+    return hub.is_dir() or built.is_dir()
 
 
 def fetch(cfg, progress: bool = True, rebuild_base: bool = False) -> list[Requirement]:
@@ -91,15 +148,21 @@ def fetch(cfg, progress: bool = True, rebuild_base: bool = False) -> list[Requir
         raise HarnessError("HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set: `harness fetch` needs the network; unset "
                            "them on a machine that has it")
     if not Path(cfg.base_model).expanduser().exists():
-        from huggingface_hub import snapshot_download
-        path = snapshot_download(cfg.base_model, revision=cfg.revision)
+        path = _download_model(cfg.base_model, cfg.revision)
         if progress:
             print(f"model {cfg.base_model} -> {path}")
     from benchmarks.lmeval_tasks import load_task
     from harness.world import cache_root
     for src in _task_sources(cfg):
         if not src.data_files:  # building the task downloads its dataset into the datasets cache
-            load_task(src, cache_root() / "lmeval-tasks" / "fetch").eval_docs()
+            try:
+                load_task(src, cache_root() / "lmeval-tasks" / "fetch").eval_docs()
+            except HarnessError:
+                raise
+            except Exception as e:  # datasets/fsspec/httpx errors from deep inside lm-eval's dataset download
+                raise HarnessError(f"could not download the dataset of lm-eval task {src.task!r} "
+                                   f"({type(e).__name__}: {first_line(e)}); check the network, or give "
+                                   f"data_files with local copies") from None
             if progress:
                 print(f"dataset of {src.task} cached")
     if any(s.task in NLTK_TASKS for s in _task_sources(cfg)) and not nltk_punkt_present():
@@ -108,6 +171,26 @@ def fetch(cfg, progress: bool = True, rebuild_base: bool = False) -> list[Requir
         if not nltk.download("punkt_tab", download_dir=target, quiet=not progress):
             raise HarnessError("nltk could not download punkt_tab; check the network, or copy it into $NLTK_DATA")
     return _report(requirements(cfg))
+
+
+def _download_model(name: str, revision: str | None) -> str:
+    """snapshot_download with huggingface_hub's errors said in one line, naming world.base_model/world.revision."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    try:
+        return snapshot_download(name, revision=revision)
+    except GatedRepoError:
+        raise HarnessError(f"model {name!r} is gated on the hub; accept its licence on its page and log in "
+                           f"(`hf auth login`), or set world.base_model to a local folder") from None
+    except RevisionNotFoundError:
+        raise HarnessError(f"world.revision {revision!r} is not a revision of {name!r}; give a commit or tag "
+                           "the hub lists") from None
+    except RepositoryNotFoundError:
+        raise HarnessError(f"world.base_model {name!r} is not a model on the hub (or is private); check the id, "
+                           "or log in with `hf auth login`") from None
+    except Exception as e:  # LocalEntryNotFoundError (no network), HTTP and OS errors: one line, not a traceback
+        raise HarnessError(f"could not download model {name!r} ({type(e).__name__}: {first_line(e)}); "
+                           "`harness fetch` needs the network: run it on a machine that has it") from None
 
 
 def _report(reqs: list[Requirement]) -> list[Requirement]:
@@ -135,10 +218,18 @@ def dry_run(cfg) -> int:
     print("needs:")
     for r in reqs:
         print(r.line())
-    if any(r.present is False for r in reqs):
-        print("not ready: fix what is MISSING above (`harness fetch` stages models and data on a machine with network)")
-        return 2
-    world = build_world(cfg.world)  # loads the lm-eval tasks and draws the splits, offline
+    missing = [r for r in reqs if r.present is False]
+    if missing:
+        more = f" and {len(missing) - 1} more MISSING above" if len(missing) > 1 else ""
+        first = missing[0]
+        if first.problem:
+            raise HarnessError(f"not ready{more and ' (' + more.strip() + ')'}: {first.problem}")
+        raise HarnessError(f"not ready: {first.what} is missing ({first.where}){more}; fix it "
+                           "(`harness fetch` stages models and data on a machine with network)")
+    world = build_world(cfg.world)  # loads the lm-eval tasks, renders each one's first docs, draws the splits
+    world.check_method(cfg.method)
+    if cfg.world.kind == "real":
+        check_context(world)
     sizes = {sp: {t: len(v) for t, v in world.eval_splits()[sp].items()} for sp in ("val", "eval")}
     print(f"ready: {len(world.train_items)} training items, {len(world.heldout_items)} held-out, "
           f"validation {sizes['val']}, eval {sizes['eval']}")
@@ -146,3 +237,30 @@ def dry_run(cfg) -> int:
         from harness.fsdp import dry_run_line
         print(dry_run_line(cfg.train, world.base_path(progress=False)))
     return 0
+
+
+def check_context(world) -> None:
+    """Longest prompt + generation budget within the model's positions, for every task; names the knob that sets it."""
+    import json
+
+    limit = json.loads((Path(world.base_path()) / "config.json").read_text()).get("max_position_embeddings")
+    if not limit:
+        return
+    tok = world.tokenizer
+
+    def longest(items) -> int:
+        return max((len(tok(it.prompt, add_special_tokens=False)["input_ids"]) for it in items), default=0)
+
+    # Rollouts sample up to world.max_new_tokens, else the target's max_gen_toks (RealWorld.max_new_tokens).
+    knob = "world.max_new_tokens" if world.cfg.max_new_tokens else "world.target.max_gen_toks"
+    n = longest(world.train_items + world.heldout_items)
+    if n + world.max_new_tokens > limit:
+        raise HarnessError(f"a {world.target!r} training prompt of {n} tokens plus {knob}={world.max_new_tokens} "
+                           f"exceeds the model's {limit} positions; lower {knob} or use a longer-context model")
+    for i, src in enumerate([world.cfg.target, *world.cfg.retention]):
+        budget = world.real[src.task].gen_kwargs.get("max_gen_toks") or 0
+        n = max(longest(items[src.task]) for items in (world.val_items, world.eval_items))
+        if world.real[src.task].output_type == "generate_until" and n + budget > limit:
+            key = "world.target" if i == 0 else f"world.retention[{i - 1}]"
+            raise HarnessError(f"a {src.task!r} eval prompt of {n} tokens plus its max_gen_toks={budget} exceeds the "
+                               f"model's {limit} positions; lower {key}.max_gen_toks or use a longer-context model")

@@ -107,7 +107,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.world is None and args.preset is None:
         raise HarnessError("`harness fetch` needs --world NAME (see `harness list`) or --preset FILE with a real world")
     cfg, _ = resolve_config(world=args.world, preset=args.preset, overrides=list(args.overrides))
-    return 0 if all(r.present is not False for r in fetch(cfg.world, rebuild_base=args.rebuild_base)) else 2
+    missing = [r for r in fetch(cfg.world, rebuild_base=args.rebuild_base) if r.present is False]
+    if missing:  # what no download can fix: a local file or folder the preset names
+        first = missing[0]
+        raise HarnessError(f"{first.what} is missing after fetching: {first.problem or first.where}"
+                           + (f" ({len(missing) - 1} more MISSING above)" if len(missing) > 1 else ""))
+    return 0
 
 
 def _sweep_inputs(args: argparse.Namespace) -> tuple[str | None, list[str], dict]:

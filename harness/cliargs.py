@@ -26,7 +26,10 @@ def as_int(v: Any) -> int:
     """An integer setting."""
     if isinstance(v, bool) or isinstance(v, float) and not v.is_integer():
         raise ValueError("takes an integer")
-    return int(v)
+    try:
+        return int(v)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(f"takes an integer, got {v!r}") from None
 
 
 def as_bool(v: Any) -> bool:
@@ -41,15 +44,40 @@ def as_bool(v: Any) -> bool:
     raise ValueError("takes true or false")
 
 
+def as_count(v: Any) -> int:
+    """A count of at least 1 (workers, trials)."""
+    n = as_int(v)
+    if n < 1:
+        raise ValueError(f"must be at least 1, got {n}")
+    return n
+
+
+def as_port(v: Any) -> int:
+    """A TCP port, 1..65535."""
+    n = as_int(v)
+    if not 1 <= n <= 65535:
+        raise ValueError(f"must be between 1 and 65535, got {n}")
+    return n
+
+
 def as_list(v: Any) -> list[str]:
-    """A list setting: `a,b`, `[a, b]` or a single `a`."""
+    """A list setting: `a,b`, `[a, b]` or a single `a`; never empty, no name twice."""
     items = v if isinstance(v, list) else str(v).split(",")
-    return [str(x).strip() for x in items if str(x).strip()]
+    out = [str(x).strip() for x in items if str(x).strip()]
+    if not out:
+        raise ValueError("is empty; give at least one value, e.g. a,b")
+    twice = sorted({x for x in out if out.count(x) > 1})
+    if twice:
+        raise ValueError(f"lists {twice[0]!r} twice; give each once")
+    return out
 
 
 def as_int_list(v: Any) -> list[int]:
-    """A list of integers: `0,1,2`, `[0, 1, 2]` or `0`."""
-    return [as_int(yaml.safe_load(x)) for x in as_list(v)]
+    """A list of integers ≥ 0 (seeds): `0,1,2`, `[0, 1, 2]` or `0`."""
+    out = [as_int(yaml.safe_load(x)) for x in as_list(v)]
+    if any(n < 0 for n in out):
+        raise ValueError(f"takes integers >= 0, got {min(out)}")
+    return out
 
 
 def as_methods(v: Any) -> str | list[str]:

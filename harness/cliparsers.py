@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from harness.cliargs import Setting, add_settings, as_bool, as_int, as_int_list, as_methods, as_str, spellings
+from harness.cliargs import (Setting, add_settings, as_bool, as_count, as_int_list, as_methods, as_port, as_str,
+                             spellings)
 
 EPILOG = """\
 examples:
@@ -35,11 +36,11 @@ RUN_SETTINGS = [Setting("world", ("world",), as_str), Setting("method", ("method
                 Setting("preset", ("preset",), as_str), Setting("experiment", ("experiment",), as_str),
                 Setting("seed", ("seed", "seeds"), _single_seed), Setting("quiet", ("quiet",), as_bool)]
 SWEEP_SETTINGS = [Setting("world", ("world",), as_str), Setting("methods", ("methods", "method"), as_methods),
-                  Setting("name", ("name", "experiment"), as_str), Setting("trials", ("trials",), as_int),
+                  Setting("name", ("name", "experiment"), as_str), Setting("trials", ("trials",), as_count),
                   Setting("seeds", ("seeds", "seed"), as_int_list), Setting("storage", ("storage",), as_str),
-                  Setting("workers", ("workers",), as_int), Setting("spec", ("spec",), as_str),
+                  Setting("workers", ("workers",), as_count), Setting("spec", ("spec",), as_str),
                   Setting("preset", ("preset",), as_str), Setting("quiet", ("quiet",), as_bool)]
-UI_SETTINGS = [Setting("experiment", ("experiment", "name"), as_str), Setting("port", ("port",), as_int),
+UI_SETTINGS = [Setting("experiment", ("experiment", "name"), as_str), Setting("port", ("port",), as_port),
                Setting("no_browser", ("no_browser",), as_bool)]
 
 

@@ -178,8 +178,12 @@ def load_yaml_mapping(path: str | Path, kind: str, hint: str = "") -> dict:
     path = Path(path)
     if not path.exists():
         raise HarnessError(f"{kind} {str(path)!r} does not exist{hint}")
+    if not path.is_file():
+        raise HarnessError(f"{kind} {str(path)!r} is a folder, not a YAML file{hint}")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise HarnessError(f"{kind} {str(path)!r} is not a text file; give a YAML file{hint}") from None
     except yaml.YAMLError as e:
         raise HarnessError(f"{kind} {str(path)!r} is not valid YAML: {e}") from None
     if not isinstance(loaded, dict):

@@ -224,7 +224,8 @@ def greedy_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     longest = max(map(len, enc))
     if limit is not None and longest + max_new_tokens > limit:
         raise HarnessError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
-                           f"model's {limit} positions; lower world.max_new_tokens or use a longer-context model")
+                           f"model's {limit} positions; lower the budget (world.max_new_tokens for rollouts, the task's "
+                           f"max_gen_toks for evaluation) or use a longer-context model")
     order = sorted(range(len(prompts)), key=lambda i: (-len(enc[i]), prompts[i]))
     pad = tokenizer.pad_token_id
     eos = _eos_ids(model, tokenizer)

@@ -66,6 +66,9 @@ class Method:
     # The method's own settings for a smoke run (two steps on micro in about a second): tests and check scripts
     # read them from the registry, so a new method needs no edit outside its file.
     smoke: ClassVar[dict[str, Any]] = {}
+    # Whether the method trains on the verifier's reward of its own samples (RL): a world whose target cannot score
+    # sampled text (a multiple-choice task, scored by log-likelihood) refuses such a method before anything runs.
+    rewarded: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg

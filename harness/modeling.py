@@ -11,6 +11,9 @@ from harness.errors import HarnessError
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # Load dtypes a run may ask for (TrainConfig.frozen_dtype); float16 is left out: bf16-trained models overflow it.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Files any saved tokenizer has at least one of; without them transformers 5 silently builds an empty tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
 
 
 def build_char_tokenizer(chars: str) -> PreTrainedTokenizerBase:
@@ -61,6 +64,41 @@ def local_model(name: str, revision: str | None = None) -> str:
                            f"<preset>` on a machine with network, or set world.base_model to a local folder") from None
 
 
+def load_tokenizer(path: str, *, chat_template: bool = False, trust_remote_code: bool = False,
+                   setting: str = "world.base_model", system_prompt: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a local model folder; one-line HarnessError when it is missing, unreadable or empty,
+    or when `chat_template` is asked of a tokenizer that has none or whose template fails on a probe chat."""
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / f).exists() for f in TOKENIZER_FILES):
+        raise HarnessError(f"{setting} {path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); "
+                           f"save the tokenizer into it too (tokenizer.save_pretrained(folder))")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as e:  # unreadable or inconsistent tokenizer files
+        msg = (str(e).strip().splitlines() or [""])[0][:200]
+        raise HarnessError(f"the tokenizer in {setting} {path!r} cannot be loaded ({type(e).__name__}: {msg}); "
+                           f"save it again with tokenizer.save_pretrained") from None
+    if len(tok) < 2:
+        raise HarnessError(f"the tokenizer in {setting} {path!r} is empty ({len(tok)} token); save the model's "
+                           f"real tokenizer into the folder")
+    if chat_template and not getattr(tok, "chat_template", None):
+        raise HarnessError(f"the tokenizer in {setting} {path!r} has no chat template but world.chat_template is "
+                           f"true; set world.chat_template=false for plain prompts, or use a tokenizer with one")
+    if chat_template:
+        chat = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+            [{"role": "user", "content": "2 + 2?"}]
+        try:
+            tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # jinja's TemplateError, or the template's own raise_exception("...")
+            msg = (str(e).strip().splitlines() or [""])[0][:200]
+            hint = "drop world.system_prompt (the template may not take a system turn)" if system_prompt else \
+                "fix the template or set world.chat_template=false"
+            raise HarnessError(f"the chat template of {setting} {path!r} fails on a "
+                               f"{'system + ' if system_prompt else ''}user chat ({type(e).__name__}: {msg}); "
+                               f"{hint}") from None
+    return tok
+
+
 def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str = "float32",
                device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local folder or a hub id, like any hub model.
@@ -74,7 +112,7 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str
     src = local_model(name_or_path)  # never a download at run time: `harness fetch` stages hub models
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # "Loading weights" bars on every load drown the harness's own progress
-    tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    tok = load_tokenizer(src, trust_remote_code=trust_remote_code, setting="model")
     if tok.pad_token_id is None:
         raise HarnessError(f"the tokenizer of {name_or_path!r} has no pad token; set one "
                            f"(e.g. tokenizer.pad_token = tokenizer.eos_token) and save it again")

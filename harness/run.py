@@ -153,6 +153,7 @@ def prepare_world(cfg: RunConfig, progress: bool = True):
     """World, base path, a fresh policy, tokenizer, evaluator and the (cached) base scores."""
     _freeze_heap()
     world = build_world(cfg.world)
+    world.check_method(cfg.method)  # before the base is scored or anything is logged
     base_path = world.base_path(progress=progress)
     policy, tok = load_model(base_path, device=cfg.train.device, **world.load_kwargs())
     evaluator = _evaluator(world, tok, cfg.eval.batch_size, cfg.score_batch_size)

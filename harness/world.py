@@ -73,6 +73,9 @@ class World(ABC):
         """Every task: the target first, then the retention tasks."""
         return [self.target, *self.nontarget]
 
+    def check_method(self, method: str) -> None:
+        """Raise a one-line HarnessError if this world cannot train `method` (every method fits a toy world)."""
+
     @property
     @abstractmethod
     def max_new_tokens(self) -> int:

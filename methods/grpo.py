@@ -65,6 +65,7 @@ class GRPOConfig(MethodConfig):
 @register
 class GRPO(Method):
     name = "grpo"
+    rewarded = True
     description = "group-relative policy optimisation with the verifier reward (on-policy RL)"
     paper = "DeepSeekMath, arXiv 2402.03300; as used in Retaining by Doing, arXiv 2510.18874"
     order = 7

@@ -71,6 +71,7 @@ class TRAPOConfig(MethodConfig):
 @register
 class TRAPO(Method):
     name = "trapo"
+    rewarded = True
     description = "trust-region SFT on adaptive expert prefixes + group-relative RL on continuations"
     paper = "TRAPO, Su et al., arXiv 2512.17636 (ICLR 2026)"
     order = 6

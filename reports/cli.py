@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import textwrap
 import time
 from pathlib import Path
 
-from harness.cliargs import Setting, add_settings, as_bool, as_str, spellings, take_settings
+from harness.cliargs import Setting, add_settings, as_bool, as_list, as_str, spellings, take_settings
+from harness.errors import HarnessError
 
 REPORT_SETTINGS = [Setting("experiment", ("experiment", "name"), as_str), Setting("out", ("out",), as_str),
                    Setting("no_log", ("no_log",), as_bool), Setting("mixed_samplers", ("mixed_samplers",), as_bool)]
@@ -18,6 +20,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports.build import build_report
 
     take_settings(args, REPORT_SETTINGS, getattr(args, "overrides", []), strict=True)
+    if args.out:
+        check_out_dir(Path(args.out))  # before anything is read or logged: a bad --out leaves the store as it was
     client = open_store()  # a report reads the store: it must never create (or migrate) one
     if args.experiment and "," in args.experiment:
         return cmd_crossworld(args, client)
@@ -37,13 +41,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_out_dir(out: Path) -> None:
+    """One-line HarnessError unless `out` is (or can be made) a writable folder; creates nothing."""
+    where = out.expanduser().absolute()
+    if where.exists() and not where.is_dir():
+        raise HarnessError(f"--out {str(out)!r} is a file, not a folder; give a folder (it is created if missing)")
+    parent = where
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise HarnessError(f"--out {str(out)!r} cannot be created: {str(parent)!r} is a file; give another folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HarnessError(f"--out {str(out)!r} is not writable (no write permission on {str(parent)!r}); "
+                           "give a folder you can write")
+
+
 def cmd_crossworld(args: argparse.Namespace, client) -> int:
     """`--experiment a,b,c`: the table of the core effect across the named sweeps (one row each)."""
     from reports.build import slug
     from reports.crossworld import write_crossworld
     from reports.frame import load
 
-    names = [n.strip() for n in args.experiment.split(",") if n.strip()]
+    try:
+        names = as_list(args.experiment)
+    except ValueError as e:
+        raise HarnessError(f"`--experiment {args.experiment}`: experiment {e}") from None
     frames = [load(n, client) for n in names]
     out = Path(args.out) if args.out else Path("reports") / "out" / ("crossworld-" + "+".join(map(slug, names)))
     files = write_crossworld(frames, out)

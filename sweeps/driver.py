@@ -174,11 +174,18 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
     from sweeps.spec import resolve_methods
 
     methods = resolve_methods(spec)
-    worlds = {}
+    worlds, arms = {}, {}
     for m in methods:  # every error in the spec surfaces before anything trains
         search_space(spec, m)
         cfg, _ = resolve_config(world=spec.world, method=arm_method(spec, m), overrides=arm_overrides(spec, m))
         worlds.setdefault(cfg.world.data_key(), cfg)
+        arms.setdefault(cfg.world.data_key(), []).append(arm_method(spec, m))
+    for key, cfg in worlds.items():  # a real target that cannot reward an arm's method: refused before any write
+        if cfg.world.kind == "real":
+            from harness.world import build_world
+            world = build_world(cfg.world)
+            for method in arms[key]:
+                world.check_method(method)
     exp_id = ensure_experiment(spec.name)
     mark_stale_runs(exp_id)
     stream = stream or sys.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from harness.config import deep_merge, load_yaml_mapping, parse_overrides
 from harness.errors import HarnessError, unknown
@@ -84,6 +84,34 @@ class SweepSpec(BaseModel):
     steps_rule: StepsRule | None = None
     """One step budget for every arm, chosen per world on calibration seeds before any reported run
     (sweeps/steps_rule.py); None: the world preset's max_steps."""
+
+    @field_validator("methods", "seeds", "params")
+    @classmethod
+    def _listed_once(cls, v: Any, info: ValidationInfo) -> Any:
+        """A list names each entry once; methods and seeds list at least one (`methods: []` would sweep nothing)."""
+        if isinstance(v, list):
+            if not v and info.field_name != "params":
+                raise ValueError("is empty; list at least one")
+            twice = sorted({str(x) for x in v if v.count(x) > 1})
+            if twice:
+                raise ValueError(f"lists {twice[0]!r} twice; give each once")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_non_negative(cls, v: list[int]) -> list[int]:
+        """Seeds are integers >= 0 (torch and numpy reject negative seeds mid-run)."""
+        if any(s < 0 for s in v):
+            raise ValueError(f"takes integers >= 0, got {min(v)}")
+        return v
+
+    @field_validator("budget")
+    @classmethod
+    def _finite_budget(cls, v: float) -> float:
+        """The objective's budget is a finite number of points."""
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError("must be a finite number of points")
+        return v
 
     @property
     def isolated(self) -> bool:
