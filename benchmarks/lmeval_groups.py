@@ -48,9 +48,9 @@ class RealGroup:
     def _leaf(self, doc: dict) -> RealTask:
         return self.leaves[doc[SUBTASK]] if SUBTASK in doc else self.leaves[0]
 
-    def prompt(self, doc: dict) -> str:
-        """The doc's subtask's context."""
-        return self._leaf(doc).prompt(doc)
+    def prompt(self, doc: dict, system_instruction: str | None = None, chat: Any = None) -> str:
+        """The doc's subtask's context (its own description; see `RealTask.prompt`)."""
+        return self._leaf(doc).prompt(doc, system_instruction, chat)
 
     def label(self, doc: dict) -> str:
         """The doc's subtask's expert answer text."""

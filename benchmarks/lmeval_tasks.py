@@ -13,7 +13,7 @@ import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -83,10 +83,16 @@ class RealTask:
                                f"{self.task.config.test_split!r}); train on another task's data")
         return list(self.task.training_docs())
 
-    def prompt(self, doc: dict) -> str:
-        """The context lm-eval sends the model for `doc` (plain text; exemplars from its seeded sampler if few-shot)."""
+    def prompt(self, doc: dict, system_instruction: str | None = None, chat: ChatTemplate | None = None) -> str:
+        """The context lm-eval sends the model for `doc`, rendered by lm-eval's own `fewshot_context`.
+
+        The task's description and `system_instruction` form the system message (plain text: they lead the
+        context); `chat` (see `chat_template`) renders the messages as the model's chat template does, as
+        `lm_eval.evaluator.evaluate(apply_chat_template=True)` does; exemplars come from the seeded sampler.
+        """
         return self.task.fewshot_context(doc, num_fewshot=self.source.num_fewshot,
-                                         gen_prefix=self.task.doc_to_prefix(doc))
+                                         system_instruction=system_instruction, apply_chat_template=chat is not None,
+                                         chat_template=chat, gen_prefix=self.task.doc_to_prefix(doc))
 
     def label(self, doc: dict) -> str:
         """The expert answer text for `doc`: doc_to_target, or the gold choice's text for multiple choice."""
@@ -137,6 +143,27 @@ class RealTask:
             return float(max(hits, key=lambda i: len(choices[i].strip())) == gold)
         letter = _LETTER.match(text)
         return float(letter is not None and ord(letter.group(1)) - ord("A") == gold)
+
+
+ChatTemplate = Callable[..., str]  # (messages, add_generation_prompt=True) -> the rendered text
+
+
+def chat_template(tokenizer: Any) -> ChatTemplate:
+    """`tokenizer`'s chat template as lm-eval's HFLM applies it (models/huggingface.py::apply_chat_template).
+
+    A generation prefix continues the last (assistant) message instead of opening a new one, and a template
+    that rejects a system message is retried without it, as HFLM does.
+    """
+    def render(chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        from jinja2.exceptions import TemplateError
+
+        kw = {"tokenize": False, "add_generation_prompt": add_generation_prompt,
+              "continue_final_message": not add_generation_prompt}
+        try:
+            return tokenizer.apply_chat_template(chat_history, **kw)
+        except TemplateError:
+            return tokenizer.apply_chat_template([m for m in chat_history if m["role"] != "system"], **kw)
+    return render
 
 
 def load_task(source: TaskSource, workdir: Path) -> RealTask:
