@@ -35,7 +35,7 @@ class TaskSource(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     task: str
-    """lm-eval task name, e.g. "gsm8k", "arc_easy", "ifeval" (groups such as mmlu are not supported yet)."""
+    """lm-eval task, group or tag name, e.g. "gsm8k", "arc_easy", "ifeval", "mmlu" (a group is one task)."""
     data_files: dict[str, str] | None = None
     """lm-eval split name -> local .jsonl/.json/.parquet file; None: the task's own dataset (HF cache)."""
     filter: str | None = None
