@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.lmeval_tasks import RealTask, TaskSource, find_entry
+from benchmarks.lmeval_lookup import find_entry
+from benchmarks.lmeval_tasks import RealTask, TaskSource
 from harness.errors import HarnessError
 
 SUBTASK = "_harness_subtask"  # key a group's docs carry: which of its subtasks the doc belongs to

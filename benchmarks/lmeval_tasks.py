@@ -6,8 +6,6 @@ runs the task's own filters and `process_results`, so the training reward is lm-
 """
 from __future__ import annotations
 
-import functools
-import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -18,12 +16,12 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from benchmarks.lmeval_lookup import find_entry
 from harness.errors import HarnessError, unknown
 
 # Optional packages that lm-eval task modules import at load time, and the lm-eval extra that installs them.
 _OPTIONAL_DEPS = {"langdetect": "ifeval", "immutabledict": "ifeval", "math_verify": "math",
                   "sympy": "math", "antlr4": "math"}
-_NAME_LINE = re.compile(r"^['\"]?(?:task|group)['\"]?:[ \t]*['\"]?([^'\"\s#]+)", re.M)  # `"task": "x"` too
 _SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _LETTER = re.compile(r"\(?([A-Z])(?:[).:\s]|$)")
@@ -236,43 +234,6 @@ def _data_overrides(source: TaskSource, base: dict, workdir: Path) -> dict[str, 
             # The arrow cache goes beside the YAML: never into the user's ~/.cache for local files.
             "dataset_kwargs": {"data_files": {s: str(p) for s, p in files.items()},
                                "cache_dir": str(Path(workdir).resolve() / "datasets_cache")}}
-
-
-def find_entry(name: str, include_path: str | None = None) -> Any:
-    """lm-eval's index entry for `name` (your include_path first); a text scan finds most names in 0.4 s instead
-    of indexing for 9 s."""
-    from lm_eval.tasks._index import TaskIndex
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    tasks_dir = Path(importlib.import_module("lm_eval.tasks").__file__).parent
-    roots = ([Path(include_path).expanduser()] if include_path else []) + [tasks_dir]
-    if include_path and not roots[0].is_dir():
-        raise HarnessError(f"include_path {include_path!r} is not a folder; point it at your lm-eval task YAMLs")
-    own = [p for p in sorted(roots[0].rglob("*.yaml"), key=lambda p: p.as_posix())] if include_path else []
-    for path in own + sorted(tasks_dir.rglob("*.yaml"), key=lambda p: p.as_posix()):  # lm-eval's own order
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if name in text and any(m.group(1) == name for m in _NAME_LINE.finditer(text)):
-            found: dict = {}
-            try:
-                TaskIndex.process_cfg(load_yaml(path, resolve_func=False), path, found)
-            except Exception:  # lm-eval's index skips unparsable files too (tasks/_index.py::build)
-                continue
-            if name in found:
-                return found[name]
-    index = dict(_full_index())  # tags and anything the scan misses
-    if include_path:  # your own tasks' entries (and tags) win over lm-eval's
-        index.update(TaskIndex.build([Path(include_path).expanduser()]))
-    if name not in index:
-        import difflib
-        near = difflib.get_close_matches(name, index, n=6, cutoff=0.0)  # listing all 14k names helps nobody
-        raise unknown("lm-eval task", name, near, fix=f"(the closest of {len(index)}; `lm-eval ls tasks` lists all)")
-    return index[name]
-
-
-@functools.cache
-def _full_index() -> dict:
-    from lm_eval.tasks import TaskManager
-    return TaskManager().task_index
 
 
 def _preflight(yaml_path: Path, task: str) -> None:

@@ -33,7 +33,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.lmeval_tasks import RealTask, TaskSource, chat_template, load_task
+from benchmarks.lmeval_lookup import loaded_tasks
+from benchmarks.lmeval_tasks import RealTask, TaskSource, chat_template
 from harness.errors import HarnessError
 from harness.greedy import cut_at_stop
 from harness.modeling import local_model
@@ -137,10 +138,8 @@ class RealWorld(World):
         self.cfg = cfg
         self.target = cfg.target.task
         self.nontarget = [r.task for r in cfg.retention]
-        workdir = cache_root() / "lmeval-tasks" / cfg.data_key()
-        self.real: dict[str, RealTask] = {s.task: load_task(s, workdir) for s in [cfg.target, *cfg.retention]}
-        for rt in self.real.values():
-            rt.preflight()
+        self.real: dict[str, RealTask] = loaded_tasks([cfg.target, *cfg.retention],
+                                                      cache_root() / "lmeval-tasks" / cfg.data_key())
         self._docs = {t: rt.eval_docs() for t, rt in self.real.items()}
         self._draw_splits()
 

@@ -5,7 +5,9 @@
 Builds a tiny real world offline (harness.tiny: a 2-layer Qwen2 with a chat template, local gsm8k and arc_easy
 files), then for each source tree runs `harness run --preset <it> --method sft` in fresh processes:
 - cold: an empty harness cache and a fresh MLflow store (lm-eval tasks built, base scored, schema created);
-- warm: the same cache and store again (`--repeats` times; the median is shown).
+- warm: the same cache and store again (`--repeats` times; the median is shown);
+- store: the warm cache and a fresh MLflow store (a new project folder: the schema is created again);
+- again: a run after another in the same process, as in a sweep worker (imports and loaded tasks reused).
 Each run's wall time is the process's; training, sampling and evaluation seconds are the run's own `cost/`
 metrics read back from MLflow, so "outside" = wall - train - gen - eval is imports, world building, model
 loading, tracking and shutdown. Pass the old checkout as another `--source` to measure before and after in one go.
@@ -63,6 +65,24 @@ def _one(source: Path, preset: Path, cache: Path, store: Path, python: str) -> d
     return {"wall": wall, **_costs(store / "mlflow.db", python)}
 
 
+def _in_worker(source: Path, preset: Path, cache: Path, store: Path, python: str, n: int) -> list[dict[str, float]]:
+    """`n` runs one after another in ONE process, as a sweep worker runs them: wall and cost of each but the
+    first (which pays the imports)."""
+    env = {**os.environ, "PYTHONPATH": str(source), "HARNESS_CACHE": str(cache),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    code = ("import json,sys,time;from harness.cli import main;out=[]\n"
+            f"for _ in range({n + 1}):\n"
+            "    t=time.perf_counter();assert main(['run','--preset',sys.argv[1],'--method','sft','--quiet'])==0;"
+            "out.append(time.perf_counter()-t)\n"
+            "print('WALLS',json.dumps(out[1:]))")
+    out = subprocess.run([python, "-c", code, str(preset)], cwd=store, env=env, capture_output=True, text=True)
+    walls = [json.loads(line[6:]) for line in out.stdout.splitlines() if line.startswith("WALLS ")]
+    if out.returncode != 0 or not walls:
+        raise SystemExit(f"in-process runs failed in {source}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    cost = _costs(store / "mlflow.db", python)  # the last run's; every run is the same
+    return [{"wall": w, **cost} for w in walls[0]]
+
+
 def _costs(db: Path, python: str) -> dict[str, float]:
     """The newest finished run's cost/train_s, cost/gen_s and cost/eval_s, read in a separate process."""
     code = ("import json,sqlite3,sys;c=sqlite3.connect(sys.argv[1]);"
@@ -77,7 +97,7 @@ def _costs(db: Path, python: str) -> dict[str, float]:
 def _row(label: str, runs: list[dict[str, float]]) -> str:
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     outside = med["wall"] - med["train"] - med["eval"]
-    return f"  {label:6s} wall {med['wall']:6.1f} s   train+gen {med['train']:5.1f} s   eval {med['eval']:5.1f} s   " \
+    return f"  {label:5s} wall {med['wall']:6.1f} s   train+gen {med['train']:5.1f} s   eval {med['eval']:5.1f} s   " \
            f"outside {outside:5.1f} s"
 
 
@@ -102,9 +122,15 @@ def main(argv: list[str] | None = None) -> None:
             d.mkdir(parents=True)
         cold = _one(src, preset, cache, store, sys.executable)
         warm = [_one(src, preset, cache, store, sys.executable) for _ in range(args.repeats)]
+        shutil.rmtree(store)
+        store.mkdir()
+        new_store = _one(src, preset, cache, store, sys.executable)
+        worker = _in_worker(src, preset, cache, store, sys.executable, args.repeats)
         print(f"{src}:")
         print(_row("cold", [cold]))
+        print(_row("store", [new_store]))
         print(_row("warm", warm))
+        print(_row("again", worker))
 
 
 if __name__ == "__main__":
