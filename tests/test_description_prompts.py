@@ -121,7 +121,7 @@ def test_description_prompts_and_rewards_are_lm_evals(desc_env, chat, system_pro
     q = world.train_items[0].prompt
     doc = world._doc(world.train_items[0])
     body = f"Q: {doc['question']}?\nA:"
-    system = "Answer these questions:\n\n" if system_prompt is None else f"Be brief.\nAnswer these questions:\n\n"
+    system = "Answer these questions:\n\n" if system_prompt is None else "Be brief.\nAnswer these questions:\n\n"
     if chat:  # the description is the system message: Qwen's default system prompt is gone
         assert q == f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{body}<|im_end|>\n" \
                     "<|im_start|>assistant\n"

@@ -115,23 +115,25 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("NLTK_DATA", str(work / "nltk"))
     preset = _world(work)
     print(f"tiny real world: {preset}; sft, {STEPS} steps, one evaluation; 1 torch thread")
-    for src in sources:
-        cache, store = work / f"cache-{src.name}", work / f"store-{src.name}"
+    dirs = {src: (work / f"cache-{i}-{src.name}", work / f"store-{i}-{src.name}") for i, src in enumerate(sources)}
+    rows: dict[Path, dict[str, list]] = {src: {"cold": [], "store": [], "warm": [], "again": []} for src in sources}
+    for src, (cache, store) in dirs.items():
         for d in (cache, store):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
-        cold = _one(src, preset, cache, store, sys.executable)
-        warm = [_one(src, preset, cache, store, sys.executable) for _ in range(args.repeats)]
+        rows[src]["cold"].append(_one(src, preset, cache, store, sys.executable))
+    for _ in range(args.repeats):  # sources alternate, so a drifting machine load hits each alike
+        for src, (cache, store) in dirs.items():
+            rows[src]["warm"].append(_one(src, preset, cache, store, sys.executable))
+    for src, (cache, store) in dirs.items():
         shutil.rmtree(store)
         store.mkdir()
-        new_store = _one(src, preset, cache, store, sys.executable)
-        worker = _in_worker(src, preset, cache, store, sys.executable, args.repeats)
+        rows[src]["store"].append(_one(src, preset, cache, store, sys.executable))
+        rows[src]["again"] = _in_worker(src, preset, cache, store, sys.executable, args.repeats)
+    for src in sources:
         print(f"{src}:")
-        print(_row("cold", [cold]))
-        print(_row("store", [new_store]))
-        print(_row("warm", warm))
-        print(_row("again", worker))
-
+        for label, runs in rows[src].items():
+            print(_row(label, runs))
 
 if __name__ == "__main__":
     main()
