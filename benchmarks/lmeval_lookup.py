@@ -106,6 +106,7 @@ def find_entry(name: str, include_path: str | None = None) -> Any:
     roots = ([Path(include_path).expanduser()] if include_path else []) + [tasks_dir]
     if include_path and not roots[0].is_dir():
         raise HarnessError(f"include_path {include_path!r} is not a folder; point it at your lm-eval task YAMLs")
+
     def defined_in(path: Path) -> Any:
         text = path.read_text(encoding="utf-8", errors="replace")
         if name in text and any(m.group(1) == name for m in _NAME_LINE.finditer(text)):
