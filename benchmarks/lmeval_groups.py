@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.lmeval_tasks import RealTask, TaskSource, find_entry
+from benchmarks.lmeval_lookup import find_entry
+from benchmarks.lmeval_tasks import RealTask, TaskSource
 from harness.errors import HarnessError
 
 SUBTASK = "_harness_subtask"  # key a group's docs carry: which of its subtasks the doc belongs to
@@ -48,9 +49,9 @@ class RealGroup:
     def _leaf(self, doc: dict) -> RealTask:
         return self.leaves[doc[SUBTASK]] if SUBTASK in doc else self.leaves[0]
 
-    def prompt(self, doc: dict) -> str:
-        """The doc's subtask's context."""
-        return self._leaf(doc).prompt(doc)
+    def prompt(self, doc: dict, system_instruction: str | None = None, chat: Any = None) -> str:
+        """The doc's subtask's context (its own description; see `RealTask.prompt`)."""
+        return self._leaf(doc).prompt(doc, system_instruction, chat)
 
     def label(self, doc: dict) -> str:
         """The doc's subtask's expert answer text."""

@@ -6,19 +6,16 @@ runs the task's own filters and `process_results`, so the training reward is lm-
 """
 from __future__ import annotations
 
-import functools
-import importlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.lmeval_checks import broken_yaml, first_line, preflight, quiet_datasets, root_cause
+from benchmarks.lmeval_checks import first_line, preflight, quiet_datasets, root_cause
+from benchmarks.lmeval_lookup import find_entry
 from harness.errors import HarnessError, unknown
-
-_NAME_LINE = re.compile(r"^['\"]?(?:task|group)['\"]?:[ \t]*['\"]?([^'\"\s#]+)", re.M)  # `"task": "x"` too
 _SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _LETTER = re.compile(r"\(?([A-Z])(?:[).:\s]|$)")
@@ -30,7 +27,7 @@ class TaskSource(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     task: str
-    """lm-eval task name, e.g. "gsm8k", "arc_easy", "ifeval" (groups such as mmlu are not supported yet)."""
+    """lm-eval task, group or tag name, e.g. "gsm8k", "arc_easy", "ifeval", "mmlu" (a group is one task)."""
     data_files: dict[str, str] | None = None
     """lm-eval split name -> local .jsonl/.json/.parquet file; None: the task's own dataset (HF cache)."""
     filter: str | None = None
@@ -78,10 +75,16 @@ class RealTask:
                                f"{self.task.config.test_split!r}); train on another task's data")
         return list(self.task.training_docs())
 
-    def prompt(self, doc: dict) -> str:
-        """The context lm-eval sends the model for `doc` (plain text; exemplars from its seeded sampler if few-shot)."""
+    def prompt(self, doc: dict, system_instruction: str | None = None, chat: ChatTemplate | None = None) -> str:
+        """The context lm-eval sends the model for `doc`, rendered by lm-eval's own `fewshot_context`.
+
+        The task's description and `system_instruction` form the system message (plain text: they lead the
+        context); `chat` (see `chat_template`) renders the messages as the model's chat template does, as
+        `lm_eval.evaluator.evaluate(apply_chat_template=True)` does; exemplars come from the seeded sampler.
+        """
         return self.task.fewshot_context(doc, num_fewshot=self.source.num_fewshot,
-                                         gen_prefix=self.task.doc_to_prefix(doc))
+                                         system_instruction=system_instruction, apply_chat_template=chat is not None,
+                                         chat_template=chat, gen_prefix=self.task.doc_to_prefix(doc))
 
     def label(self, doc: dict) -> str:
         """The expert answer text for `doc`: doc_to_target, or the gold choice's text for multiple choice."""
@@ -156,6 +159,27 @@ class RealTask:
             return float(max(hits, key=lambda i: len(choices[i].strip())) == gold)
         letter = _LETTER.match(text)
         return float(letter is not None and ord(letter.group(1)) - ord("A") == gold)
+
+
+ChatTemplate = Callable[..., str]  # (messages, add_generation_prompt=True) -> the rendered text
+
+
+def chat_template(tokenizer: Any) -> ChatTemplate:
+    """`tokenizer`'s chat template as lm-eval's HFLM applies it (models/huggingface.py::apply_chat_template).
+
+    A generation prefix continues the last (assistant) message instead of opening a new one, and a template
+    that rejects a system message is retried without it, as HFLM does.
+    """
+    def render(chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        from jinja2.exceptions import TemplateError
+
+        kw = {"tokenize": False, "add_generation_prompt": add_generation_prompt,
+              "continue_final_message": not add_generation_prompt}
+        try:
+            return tokenizer.apply_chat_template(chat_history, **kw)
+        except TemplateError:
+            return tokenizer.apply_chat_template([m for m in chat_history if m["role"] != "system"], **kw)
+    return render
 
 
 def load_task(source: TaskSource, workdir: Path) -> RealTask:
@@ -239,48 +263,6 @@ def _data_overrides(source: TaskSource, base: dict, workdir: Path) -> dict[str, 
                                "cache_dir": str(Path(workdir).resolve() / "datasets_cache")}}
 
 
-def find_entry(name: str, include_path: str | None = None) -> Any:
-    """lm-eval's index entry for `name` (your include_path first); a text scan finds most names in 0.4 s instead
-    of indexing for 9 s."""
-    from lm_eval.tasks._index import TaskIndex
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    tasks_dir = Path(importlib.import_module("lm_eval.tasks").__file__).parent
-    roots = ([Path(include_path).expanduser()] if include_path else []) + [tasks_dir]
-    if include_path and not roots[0].is_dir():
-        raise HarnessError(f"include_path {include_path!r} is not a folder; point it at your lm-eval task YAMLs")
-    own = [p for p in sorted(roots[0].rglob("*.yaml"), key=lambda p: p.as_posix())] if include_path else []
-    for path in own + sorted(tasks_dir.rglob("*.yaml"), key=lambda p: p.as_posix()):  # lm-eval's own order
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if name in text and any(m.group(1) == name for m in _NAME_LINE.finditer(text)):
-            found: dict = {}
-            try:
-                TaskIndex.process_cfg(load_yaml(path, resolve_func=False), path, found)
-            except Exception as e:  # lm-eval's index skips unparsable files too (tasks/_index.py::build)
-                if path in own:  # but a broken file of yours that defines the task is the answer, not a skip
-                    raise broken_yaml(path, name, e) from None
-                continue
-            if name in found:
-                return found[name]
-    index = dict(_full_index())  # tags and anything the scan misses
-    if include_path:  # your own tasks' entries (and tags) win over lm-eval's
-        index.update(TaskIndex.build([Path(include_path).expanduser()]))
-    if name not in index:
-        for path in (p for p in own if name in p.read_text(encoding="utf-8", errors="replace")):
-            try:  # a file of yours that names the task but that lm-eval's index skipped as unparsable
-                load_yaml(path, resolve_func=False)
-            except Exception as e:
-                raise broken_yaml(path, name, e) from None
-        import difflib
-        near = difflib.get_close_matches(name, index, n=6, cutoff=0.0)  # listing all 14k names helps nobody
-        raise unknown("lm-eval task", name, near, fix=f"(the closest of {len(index)}; `lm-eval ls tasks` lists all)")
-    return index[name]
-
-
-@functools.cache
-def _full_index() -> dict:
-    from lm_eval.tasks import TaskManager
-    return TaskManager().task_index
 
 
 def _pick(kind: str, chosen: str | None, valid: list[str], task: str) -> str:

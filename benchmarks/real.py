@@ -7,9 +7,10 @@ tasks are lm-eval task names, optionally pointed at local data files in the
 hub dataset's schema, so everything runs offline. lm-eval's own task
 definitions do the rest:
 
-* **prompts**: the zero-shot context lm-eval builds for a doc, rendered with the
-  model's chat template when the world uses one (the same text lm-eval
-  evaluates on), so training, sampling and evaluation see the same ids;
+* **prompts**: the context lm-eval builds for a doc, by lm-eval's own
+  `fewshot_context` (a task's description and the world's system prompt in the
+  system message, the model's chat template when the world uses one): the same
+  text lm-eval evaluates on, so training, sampling and evaluation see the same ids;
 * **expert labels**: the task's `doc_to_target` on its training docs, or a
   declared field of the local data (e.g. a teacher's reasoning trace);
 * **verifier**: the task's own filters and metric on one response, cut at the
@@ -33,7 +34,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks.lmeval_checks import read_train_file
-from benchmarks.lmeval_tasks import RealTask, TaskSource, load_task
+from benchmarks.lmeval_lookup import loaded_tasks
+from benchmarks.lmeval_tasks import RealTask, TaskSource, chat_template
 from harness.errors import HarnessError
 from harness.greedy import cut_at_stop
 from harness.modeling import local_model
@@ -74,7 +76,9 @@ class RealWorldConfig(_Strict):
     chat_template: bool = True
     """Render every prompt (training, sampling, PLD/KL sets, lm-eval) with the tokenizer's chat template."""
     system_prompt: str | None = None
-    """System message of the chat template (None: the template's default)."""
+    """System instruction, as lm-eval's `system_instruction`: it opens the system message, followed by the task's
+    description (lm-eval's rule); None: a task's description alone is the system message, and a task without one
+    keeps the template's default. Without a chat template both lead the plain-text prompt."""
     target: TargetSource = Field(default_factory=lambda: TargetSource(task="gsm8k"))
     """The task trained on."""
     retention: list[TaskSource] = Field(default_factory=list)
@@ -135,10 +139,8 @@ class RealWorld(World):
         self.cfg = cfg
         self.target = cfg.target.task
         self.nontarget = [r.task for r in cfg.retention]
-        workdir = cache_root() / "lmeval-tasks" / cfg.data_key()
-        self.real: dict[str, RealTask] = {s.task: load_task(s, workdir) for s in [cfg.target, *cfg.retention]}
-        for rt in self.real.values():
-            rt.preflight()
+        self.real: dict[str, RealTask] = loaded_tasks([cfg.target, *cfg.retention],
+                                                      cache_root() / "lmeval-tasks" / cfg.data_key())
         self._docs = {t: rt.eval_docs() for t, rt in self.real.items()}
         self._check_first_docs()
         self._draw_splits()
@@ -181,13 +183,15 @@ class RealWorld(World):
         return load_tokenizer(self.base_path(), chat_template=self.cfg.chat_template,
                               trust_remote_code=self.cfg.trust_remote_code, system_prompt=self.cfg.system_prompt)
 
-    def render(self, text: str) -> str:
-        """A prompt as the model sees it: the chat template around it when the world uses one, else as is."""
-        if not self.cfg.chat_template:
-            return text
-        chat = ([{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else [])
-        return self.tokenizer.apply_chat_template(chat + [{"role": "user", "content": text}], tokenize=False,
-                                                  add_generation_prompt=True)
+    @cached_property
+    def _chat(self):
+        """The chat template as lm-eval applies it, or None when the world uses none."""
+        return chat_template(self.tokenizer) if self.cfg.chat_template else None
+
+    def prompt(self, task: str, doc: dict) -> str:
+        """A doc's prompt exactly as lm-eval renders it for this world: the task's description and
+        world.system_prompt in the system message, the chat template when the world uses one (else plain text)."""
+        return self.real[task].prompt(doc, self.cfg.system_prompt, self._chat)
 
     def _item(self, task: str, doc: dict, key: str, label: str = "") -> Item:
         rt = self.real[task]
@@ -195,7 +199,7 @@ class RealWorld(World):
             answer = rt.label(doc)
         except HarnessError:  # a task without answer text (IFEval's checks are its gold): nothing to show
             answer = ""
-        return Item(task, self.render(rt.prompt(doc)), answer, label, key)
+        return Item(task, self.prompt(task, doc), answer, label, key)
 
     @property
     def max_new_tokens(self) -> int:

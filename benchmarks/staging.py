@@ -100,7 +100,7 @@ def hub_datasets(src) -> list[str]:
     from lm_eval.tasks._index import Kind, TaskIndex
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from benchmarks.lmeval_tasks import _full_index, find_entry
+    from benchmarks.lmeval_lookup import _full_index, find_entry
     entries = [find_entry(src.task, src.include_path)]
     if entries[0].kind in (Kind.GROUP, Kind.TAG):  # one index for the whole tree: a text scan per leaf takes minutes
         index = dict(_full_index()) | (TaskIndex.build([Path(src.include_path).expanduser()]) if src.include_path

@@ -14,18 +14,44 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 
-def config_help(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) rows for every field, recursing into sub-sections (`harness run --help-config`)."""
+def config_help(model: type[BaseModel], prefix: str = "", world: type[BaseModel] | None = None
+                ) -> list[tuple[str, str, str]]:
+    """(key, default, doc) rows for every field, recursing into sub-sections and lists of them
+    (`harness run --help-config`); `world` is the world config class of the kind in use (toy or real)."""
+    import typing
+
     from pydantic import BaseModel
     rows = []
     for name, f in model.model_fields.items():
-        ann = f.annotation
+        ann = world if name == "world" and world is not None else f.annotation
+        args = typing.get_args(ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows += config_help(ann, f"{prefix}{name}.")
+        elif typing.get_origin(ann) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            rows.append((f"{prefix}{name}", "[]", (f.description or "").strip()))  # one entry per list item:
+            rows += config_help(args[0], f"{prefix}{name}[].")
         elif name != "method_args":
             default = f.default_factory() if f.default_factory is not None else f.default
-            rows.append((f"{prefix}{name}", repr(default), (f.description or "").strip()))
+            rows.append((f"{prefix}{name}", "(required)" if f.is_required() else repr(default),
+                         (f.description or "").strip()))
     return rows
+
+
+def help_config(args: argparse.Namespace, over: dict) -> int:
+    """Print every setting of the run, with the world's keys of the kind its settings select (toy or real)."""
+    from harness.config import RunConfig, resolve_config
+    from methods.base import get_method
+
+    try:
+        world = type(resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)[0].world)
+    except HarnessError:  # settings that do not resolve still get the help, for the default (toy) world
+        from benchmarks.world import WorldConfig as world
+    print(f"settings of `harness run` (world kind `{world.model_fields['kind'].default}`; "
+          f"defaults before any preset):")
+    cls = get_method(args.method or "sft")
+    for key, default, doc in config_help(RunConfig, world=world) + config_help(cls.Config, f"{cls.name}."):
+        print(f"  {key:32s} {default:14s} {doc}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -76,13 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     over = _run_overrides(args)
     if args.help_config:
-        from harness.config import RunConfig
-        rows = config_help(RunConfig)
-        cls = get_method(args.method or "sft")
-        rows += config_help(cls.Config, f"{cls.name}.")
-        for key, default, doc in rows:
-            print(f"  {key:32s} {default:14s} {doc}")
-        return 0
+        return help_config(args, over)
     cfg, mcfg = resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)
     if args.dry_run:
         from benchmarks.staging import dry_run

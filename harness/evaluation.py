@@ -105,9 +105,10 @@ class LiveLM(LM):
         return str(getattr(self.tokenizer, "name_or_path", "live")).replace("/", "__")
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """The tokenizer's own chat template, as text (lm-eval then treats it as the context)."""
-        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        """The tokenizer's own chat template, as text, applied as lm-eval's HFLM applies it (the same function
+        renders a real world's training prompts: benchmarks.lmeval_tasks.chat_template)."""
+        from benchmarks.lmeval_tasks import chat_template
+        return chat_template(self.tokenizer)(chat_history, add_generation_prompt)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy responses, one per request, grouped by identical generation kwargs."""

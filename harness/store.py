@@ -128,9 +128,60 @@ def init_store(uri: str | None = None) -> MlflowClient:
     # MlflowClient() builds the store eagerly and that runs the alembic migrations; two processes doing
     # so on a fresh file race ("duplicate column name", "table ... already exists"), hence the lock.
     with _dir_lock(db.parent if db else None):
+        fresh = db is not None and not db.exists()
+        if fresh:
+            _copy_schema(db)
         client = MlflowClient(uri)
+        if fresh:
+            _keep_schema(db)
     _initialized.add(uri)
     return client
+
+
+def _schema_template() -> Path:
+    """An empty, migrated sqlite store for this MLflow version in the harness cache (one migration per version)."""
+    from importlib.metadata import version
+
+    from harness.world import cache_root
+    return cache_root() / "mlflow-schema" / f"mlflow-{version('mlflow')}.db"
+
+
+def _copy_schema(db: Path) -> None:
+    """Start a fresh sqlite store as a copy of the migrated template, if there is one (migrating takes ~6 s);
+    MLflow then checks its schema version and creates the Default experiment, as on any fresh store."""
+    import shutil
+    template = _schema_template()
+    if template.is_file():
+        tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+        shutil.copyfile(template, tmp)
+        os.replace(tmp, db)
+
+
+def _keep_schema(db: Path) -> None:
+    """Save the freshly migrated store, without its Default experiment (whose artifact location is this
+    store's), as the template later fresh stores start from."""
+    import shutil
+    import sqlite3
+    template = _schema_template()
+    if template.is_file():
+        return
+    tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(db, tmp)
+        con = sqlite3.connect(tmp)
+        with con:
+            tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+            if {r[0] for r in con.execute("select count(*) from runs")} != {0}:
+                raise sqlite3.DatabaseError("not an empty store")
+            for table in ("experiment_tags", "experiments"):
+                if table in tables:
+                    con.execute(f"delete from {table}")
+        con.close()
+        os.replace(tmp, template)
+    except (OSError, sqlite3.DatabaseError) as e:  # no template: the next fresh store migrates again
+        log.debug("no MLflow schema template kept: %s", e)
+        Path(tmp).unlink(missing_ok=True)
 
 
 def ensure_experiment(name: str, artifact_location: str | None = None) -> str:

@@ -158,7 +158,8 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
     styles = F.method_styles(method_names(), fr.runs["method"].dropna().unique().tolist())
     files: dict[str, Path] = {}
     sections: list[tuple[str, str, str]] = []  # (title, stem or "", caption)
-    for fig_spec in FIGURES:
+    has_dial = bool(T.teacher_styles(fr))  # only a world with teacher styles (the toy ones) has an off-policy dial
+    for fig_spec in (f for f in FIGURES if has_dial or f.make is not T.dial_figure):
         with plt.rc_context(F.RC):
             fig = fig_spec.make(fr, styles)
             for ext in ("png", "pdf"):
@@ -175,7 +176,7 @@ def build_report(experiment: str | None, out: Path | None = None, *, log_artifac
                            "slope": s["slope"], "intercept": s["intercept"], "n": int(s["n"])}
                           for (_, label), s in zip(F.PREDICTORS, F.predictor_stats(fr).values())])
     g, claims = C.claims_frame(fr)
-    dial = D.dial(fr, g)
+    dial = D.dial(fr, g) if has_dial else pd.DataFrame()
     if len(dial) >= 2:  # a dial needs the sweep to have run SFT on more than one teacher style
         res, verdict = D.dial_verdict(dial)
         claims.loc[len(claims)] = {"source": "this harness (the off-policy dial)", "claim": D.DIAL_CLAIM,
@@ -229,8 +230,9 @@ def _pages(fr: Frames, styles: dict, sections, overview, matched, stats, front, 
     """(Markdown summary, self-contained HTML page)."""
     ctx = fr.runs.iloc[0]
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    meta = (f"world `{ctx.get('world')}`, target `{ctx.get('target')}`, teacher style `{ctx.get('teacher_style')}`; "
-            f"{_n(fr)}; generated {when} from MLflow only.")
+    style = ctx.get("teacher_style")  # a real world has none
+    style = f", teacher style `{style}`" if isinstance(style, str) else ""
+    meta = f"world `{ctx.get('world')}`, target `{ctx.get('target')}`{style}; {_n(fr)}; generated {when} from MLflow only."
     g, claims, dial = claims_part
     cl = _claims_md(g, claims)
     md = [f"# Forgetting report: experiment `{fr.experiment}`", "", meta, "", *cl, "## Runs", "",

@@ -168,12 +168,21 @@ def markdown_table(df: pd.DataFrame, digits: int = 1) -> str:
     return "\n".join([head, sep, *body])
 
 
+def teacher_styles(fr: Frames, method: str = "sft") -> list[str]:
+    """The teacher styles `method` was run on in this sweep: none in a world without styles (a real world)."""
+    runs = fr.all_runs if fr.all_runs is not None else fr.runs
+    if "teacher_style" not in runs.columns:
+        return []
+    return sorted(runs.loc[runs["method"] == method, "teacher_style"].dropna().unique().tolist())
+
+
 def dial_figure(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     """The off-policy dial: SFT's drop at matched gain against the base's NLL of each teacher style's labels."""
     from reports.claims import matched_level
     from reports.dial import dial
     g = matched_level(fr.ckpts)
-    table = dial(fr, g)
+    # a world without teacher styles (a real one) has no dial: never ask for one there
+    table = dial(fr, g) if teacher_styles(fr) else pd.DataFrame()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(PAGE, 2.6))
     colour = styles.get("sft", {"color": "#0072B2"})["color"]
     ok = table.dropna(subset=["drop_at_g"]) if len(table) else table

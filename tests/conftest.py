@@ -24,6 +24,15 @@ def pytest_configure(config) -> None:
                                     f"{transformers.__file__}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """A harness cache for the whole session (tests that set their own override it): what the harness keeps
+    across stores and processes (the MLflow schema template, where lm-eval's task YAMLs are) never lands in ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_CACHE", str(tmp_path_factory.mktemp("session_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def micro_world(tmp_path_factory):
     """(world, model, tokenizer) of the `micro` preset; pretraining takes ~10-30 s, so it is shared."""
