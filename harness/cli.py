@@ -40,7 +40,7 @@ def config_help(model: type[BaseModel], prefix: str = "", world: type[BaseModel]
 def help_config(args: argparse.Namespace, over: dict) -> int:
     """Print every setting of the run, with the world's keys of the kind its settings select (toy or real)."""
     from harness.config import RunConfig, resolve_config
-    from methods.base import get_method
+    from harness.method import get_method
 
     try:
         world = type(resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)[0].world)
