@@ -38,7 +38,8 @@ def test_sweep_flags_and_key_value_are_one_setting():
 def test_sweep_takes_run_settings_for_every_trial(tmp_path):
     spec = _spec(["world=micro", "train.max_steps=20", "world.target=rev", "sft.kl_beta=0.05"])
     assert spec.world == "micro"
-    assert spec.overrides == {"train": {"max_steps": 20}, "world": {"target": "rev"}, "sft": {"kl_beta": 0.05}}
+    default = load_spec(None).overrides  # the default recipe's own settings stay under the command line's
+    assert spec.overrides == {**default, "train": {"max_steps": 20}, "world": {"target": "rev"}, "sft": {"kl_beta": 0.05}}
     preset = tmp_path / "p.yaml"
     preset.write_text("train: {max_steps: 7, eval_every: 7}\n")
     spec = _spec(["--preset", str(preset), "train.max_steps=9"])     # key=value over the preset, as in `run`
