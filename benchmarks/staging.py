@@ -52,14 +52,25 @@ def requirements(cfg) -> list[Requirement]:
         world = build_world(cfg)
         base = world.cache_dir / "base"
         return [Requirement("toy base model (pretrained on first use, ~1-2 min)", str(base), base.exists())]
+    from harness import gguf
     from harness.modeling import local_model
     out = []
-    try:
-        where, ok = local_model(cfg.base_model, cfg.revision), True
-    except HarnessError:
-        where, ok = f"{cfg.base_model}" + (f"@{cfg.revision}" if cfg.revision else ""), False
-    out.append(Requirement("base model", where, ok))
+    if gguf.is_gguf(cfg.base_model):  # converted on first use (or by `harness fetch`), offline
+        try:
+            folder = gguf.converted_folder(cfg.base_model)
+            out.append(Requirement("base model (GGUF, converted once on first use)", str(folder),
+                                   True if (folder / "model.safetensors").exists() else None))
+        except HarnessError as e:
+            out.append(Requirement("base model", str(e), False))
+    else:
+        try:
+            where, ok = local_model(cfg.base_model, cfg.revision), True
+        except HarnessError:
+            where, ok = f"{cfg.base_model}" + (f"@{cfg.revision}" if cfg.revision else ""), False
+        out.append(Requirement("base model", where, ok))
     for src in _task_sources(cfg):
+        if src.include_path:
+            out.append(Requirement(f"{src.task} task folder", src.include_path, Path(src.include_path).is_dir()))
         if src.data_files:
             for split, f in src.data_files.items():
                 out.append(Requirement(f"{src.task} {split} data", f, Path(f).expanduser().exists()))
@@ -82,7 +93,10 @@ def fetch(cfg, progress: bool = True) -> list[Requirement]:
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         raise HarnessError("HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set: `harness fetch` needs the network; unset "
                            "them on a machine that has it")
-    if not Path(cfg.base_model).expanduser().exists():
+    from harness import gguf
+    if gguf.is_gguf(cfg.base_model):
+        gguf.ensure_converted(cfg.base_model, progress)
+    elif not Path(cfg.base_model).expanduser().exists():
         from huggingface_hub import snapshot_download
         path = snapshot_download(cfg.base_model, revision=cfg.revision)
         if progress:
