@@ -132,9 +132,11 @@ def antonyms_docs() -> dict[str, list[dict]]:
 
 
 def capitals_gen_docs() -> dict[str, list[dict]]:
-    """{question, answer} docs: name the capital of each country in free text."""
+    """{question, answer} docs: name the capital of each country in free text. The `train` split asks the same
+    countries in other words (a short-answer target for the CI test's flow, not a held-out skill)."""
     return {"test": [{"question": f"What is the capital of {c}? Answer with the name of the city.", "answer": a}
-                     for c, a in CAPITALS.items()]}
+                     for c, a in CAPITALS.items()],
+            "train": [{"question": f"Name the capital city of {c}.", "answer": a} for c, a in CAPITALS.items()]}
 
 
 # lm-eval calls a task's custom_dataset with the task's metadata as keyword arguments (version, ...): ignored here.

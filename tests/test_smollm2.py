@@ -113,7 +113,12 @@ def test_verifier_is_lm_evals_gsm8k_score_and_accepts_the_models_own_words(env):
 
 
 def test_every_method_trains_and_a_sweep_on_it_is_reported(env, capsys):
-    """`harness sweep` over every method (2 steps, 2 seeds) on SmolLM2, then `harness report` prints claims."""
+    """`harness sweep` over every method (2 steps, 2 seeds) on SmolLM2, then `harness report` prints claims.
+
+    The target here is the capitals named in free text (short answers the base gets right half the time, so every
+    method that learns from its own verified samples has some within 12 tokens); the preset's arithmetic needs
+    ~100-token answers, too long to sample in CI.
+    """
     from harness.cli import main
     from harness.config import deep_merge, parse_overrides
     from methods.base import method_names
@@ -121,7 +126,9 @@ def test_every_method_trains_and_a_sweep_on_it_is_reported(env, capsys):
     from sweeps.spec import load_spec
 
     root, _ = env
-    overrides = {"world": {"retention": RETENTION},
+    overrides = {"world": {"target": {"task": "smol_capitals_gen", "include_path": TASKS, "metric": "acc",
+                                      "filter": None, "max_gen_toks": 12},
+                           "retention": RETENTION[:2], "max_new_tokens": 12},
                  "tms": {"checkpoints": 2, "teacher_steps": 2}, "iterative_sft": {"rounds": 2}}
     spec = load_spec(SPEC, name="smol-ci", methods="all", seeds=[0, 1],
                      overrides=deep_merge(parse_overrides(TINY), overrides))
@@ -131,11 +138,35 @@ def test_every_method_trains_and_a_sweep_on_it_is_reported(env, capsys):
     runs = mlflow.search_runs(experiment_names=["smol-ci"])
     runs = runs[runs["tags.kind"] == "run"]
     assert len(runs) == 2 * len(method_names()) and set(runs.status) == {"FINISHED"}
+    assert (runs["metrics.steps"] == 2).all()
     for k in ("target_gain", "nontarget_drop", "kl_to_base", "base/label_nll_seq"):
         assert runs[f"metrics.{k}"].map(math.isfinite).all(), k
-    # the gsm8k-format labels are off-policy for this model: many nats per answer under the base
-    assert (runs["metrics.base/label_nll_seq"] > 10).all()
     capsys.readouterr()
     assert main(["report", "--experiment", "smol-ci", "--out", str(root / "report")]) == 0
     out = capsys.readouterr().out
     assert "claim" in out.lower()
+
+
+def test_the_arithmetic_labels_are_off_policy_for_the_base(env):
+    """The base's NLL of the gsm8k-format expert answers is far above that of its own greedy answers."""
+    from harness.modeling import load_model
+
+    _, folder = env
+    _, world = _world()
+    model, tok = load_model(str(folder))
+
+    def nll_per_token(prompt: str, response: str) -> float:
+        p, r = tok(prompt, add_special_tokens=False).input_ids, tok(response, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logits = model(torch.tensor([p + r])).logits[0, len(p) - 1:-1]
+        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(r)))
+
+    labels, own = [], []
+    for it in world.heldout_items[:2]:
+        ids = tok(it.prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
+        labels.append(nll_per_token(it.prompt, it.label))
+        own.append(nll_per_token(it.prompt, tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)))
+    # measured: ~1.9 nats per label token against <0.5 for the model's own greedy words
+    assert min(labels) > 1.0 and max(own) < 0.8 and min(labels) > 2 * max(own)
