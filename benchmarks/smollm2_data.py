@@ -71,23 +71,25 @@ def _arith(rng: random.Random) -> tuple[str, str]:
     """One two-step word problem and its gsm8k-style answer (annotations, `#### N`)."""
     name, item, kind = rng.choice(NAMES), rng.choice(ITEMS), rng.randrange(4)
     if kind == 0:
-        a, b, c = rng.randint(12, 60), rng.randint(5, 40), rng.randint(3, 20)
+        a, b = rng.randint(5, 30), rng.randint(2, 15)
+        c = rng.randint(1, a)
         q = (f"{name} has {a} {item}. {name} buys {b} more and then gives {c} to a friend. "
              f"How many {item} does {name} have now?")
         steps, n = [f"{a}+{b}={a + b}", f"{a + b}-{c}={a + b - c}"], a + b - c
     elif kind == 1:
-        a, b, c = rng.randint(3, 12), rng.randint(4, 15), rng.randint(2, 20)
+        a, b, c = rng.randint(2, 5), rng.randint(2, 6), rng.randint(1, 3)
         q = (f"{name} buys {a} packs of {item} with {b} {item} in each pack, then loses {c} of them. "
              f"How many {item} are left?")
         steps, n = [f"{a}*{b}={a * b}", f"{a * b}-{c}={a * b - c}"], a * b - c
     elif kind == 2:
-        a, b, c = rng.randint(5, 30), rng.randint(2, 9), rng.randint(5, 50)
+        a, b = rng.randint(2, 10), rng.randint(2, 5)
+        c = rng.randint(1, a * b - 1)
         q = (f"{name} earns {a} dollars a day for {b} days and then spends {c} dollars on a present. "
              f"How many dollars does {name} have left?")
         steps, n = [f"{a}*{b}={a * b}", f"{a * b}-{c}={a * b - c}"], a * b - c
     else:
-        b, c = rng.randint(2, 8), rng.randint(3, 25)
-        a = b * rng.randint(3, 12)
+        b, c = rng.randint(2, 5), rng.randint(1, 9)
+        a = b * rng.randint(2, 6)
         q = (f"{name} shares {a} {item} equally among {b} friends. Each friend then finds {c} more. "
              f"How many {item} does each friend have?")
         steps, n = [f"{a}/{b}={a // b}", f"{a // b}+{c}={a // b + c}"], a // b + c

