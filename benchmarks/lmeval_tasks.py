@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from benchmarks.lmeval_checks import first_line, preflight, quiet_datasets, root_cause
 from benchmarks.lmeval_lookup import find_entry
@@ -40,7 +40,17 @@ class TaskSource(BaseModel):
     num_fewshot: int = Field(default=0, ge=0)
     """Few-shot examples in each prompt (the task YAML's own num_fewshot is overridden)."""
     include_path: str | None = None
-    """A folder of your own lm-eval task/group YAMLs (e.g. a task lm-eval lacks), searched before lm-eval's."""
+    """A folder of your own lm-eval task/group YAMLs (e.g. a task lm-eval lacks), searched before lm-eval's; a relative
+    path that is not a folder here but is one of the project's (benchmarks/smollm2_tasks) names the shipped one."""
+
+    @field_validator("include_path")
+    @classmethod
+    def _shipped_folder(cls, value: str | None) -> str | None:
+        # Shipped presets name their task folders relative to the project, so they work from any directory.
+        if value is None or Path(value).expanduser().is_absolute() or Path(value).is_dir():
+            return value
+        shipped = Path(__file__).resolve().parent.parent / value
+        return str(shipped) if shipped.is_dir() else value
 
 
 class RealTask:

@@ -58,16 +58,27 @@ def requirements(cfg) -> list[Requirement]:
         how = ("shipped, installed on first use" if shipped_base(cfg.base_key())
                else "pretrained here on first use: minutes on a CPU")
         return [Requirement(f"toy base model ({how})", str(base), base.exists())]
+    from harness import gguf
     from harness.modeling import local_model
     out = []
-    try:
-        where, ok = local_model(cfg.base_model, cfg.revision), True
-    except HarnessError:
-        where, ok = f"{cfg.base_model}" + (f"@{cfg.revision}" if cfg.revision else ""), False
-    out.append(Requirement("base model", where, ok))
-    if ok:
-        out.append(_tokenizer_requirement(cfg, where))
+    if gguf.is_gguf(cfg.base_model):  # converted on first use (or by `harness fetch`), offline
+        try:
+            folder = gguf.converted_folder(cfg.base_model)
+            out.append(Requirement("base model (GGUF, converted once on first use)", str(folder),
+                                   True if (folder / "model.safetensors").exists() else None))
+        except HarnessError as e:
+            out.append(Requirement("base model", str(e), False))
+    else:
+        try:
+            where, ok = local_model(cfg.base_model, cfg.revision), True
+        except HarnessError:
+            where, ok = f"{cfg.base_model}" + (f"@{cfg.revision}" if cfg.revision else ""), False
+        out.append(Requirement("base model", where, ok))
+        if ok:
+            out.append(_tokenizer_requirement(cfg, where))
     for src in _task_sources(cfg):
+        if src.include_path:
+            out.append(Requirement(f"{src.task} task folder", src.include_path, Path(src.include_path).is_dir()))
         if src.data_files:
             for split, f in src.data_files.items():
                 out.append(Requirement(f"{src.task} {split} data", f, Path(f).expanduser().exists()))
@@ -144,10 +155,14 @@ def fetch(cfg, progress: bool = True, rebuild_base: bool = False) -> list[Requir
     if rebuild_base:
         raise HarnessError("--rebuild-base is for toy worlds, whose base the harness pretrains; a real world's base "
                            "is its model folder or hub id")
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise HarnessError("HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set: `harness fetch` needs the network; unset "
-                           "them on a machine that has it")
-    if not Path(cfg.base_model).expanduser().exists():
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    from harness import gguf
+    if gguf.is_gguf(cfg.base_model):  # a GGUF file a package ships: converted here, offline
+        gguf.ensure_converted(cfg.base_model, progress)
+    elif not Path(cfg.base_model).expanduser().exists():
+        if offline:
+            raise HarnessError("HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set: `harness fetch` needs the network; unset "
+                               "them on a machine that has it")
         path = _download_model(cfg.base_model, cfg.revision)
         if progress:
             print(f"model {cfg.base_model} -> {path}")

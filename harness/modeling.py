@@ -48,7 +48,11 @@ def check_device(device: str) -> None:
 
 
 def local_model(name: str, revision: str | None = None) -> str:
-    """A local folder for a model path or a cached hub id; one-line HarnessError when it is not on disk."""
+    """A local folder for a model path, a cached hub id or a `gguf:` file (converted once into the harness cache);
+    one-line HarnessError when it is not on disk."""
+    from harness import gguf
+    if gguf.is_gguf(name):
+        return str(gguf.ensure_converted(name))
     path = Path(name).expanduser()
     if path.exists():
         return str(path)
