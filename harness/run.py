@@ -270,6 +270,7 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
             zero = eval_metrics(world, base, {sp: base.correct_arrays(sp) for sp in base.correct}, [base.pld], 0.0,
                                 0, cfg.train.seed)
             tr.log_metrics(zero, 0)
+            last_eval = dict(zero)  # a run whose method has no data for a single step ends at the base's metrics
         try:
             trainer.train(method, ctx, on_step, on_eval)
         finally:

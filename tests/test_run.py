@@ -122,3 +122,14 @@ def test_same_seed_same_config_gives_identical_metrics(store):
     b = run(cfg, m, progress=False)
     timing = {k for k in a if k.startswith("cost/") and k.endswith(("_s", "wall_s"))}
     assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+
+
+def test_a_run_whose_method_has_no_data_ends_at_the_base_with_its_metrics(store, micro_world, monkeypatch):
+    """Self-SFT with no verified sample trains no step: the run still reports gain and drop (the base's, 0), so a
+    sweep's trial reads them instead of failing on a missing `target_gain`."""
+    from methods.sft import SFT
+    monkeypatch.setattr(SFT, "data", lambda self, ctx, phase: None)
+    cfg, m = resolve_config(world="micro", method="sft", overrides=["train.max_steps=4", "train.eval_every=2"])
+    final = run(cfg, m, progress=False)
+    assert final["steps"] == 0
+    assert final["target_gain"] == 0 and final["nontarget_drop"] == 0 and final["val/target_gain"] == 0
