@@ -193,8 +193,8 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
     for cfg in worlds.values():  # pretrain the base and score it once per world variant, before workers start
         t0 = time.time()
         if not live:
-            print(f"preparing world {cfg.world.name!r} (target {cfg.world.target_task}): the base model is pretrained "
-                  "on first use, then cached", file=stream, flush=True)
+            print(f"preparing world {cfg.world.name!r} (target {cfg.world.target_task}): its base model (the shipped "
+                  "copy, or pretrained here, on first use) and its scores, then cached", file=stream, flush=True)
         prepare_world(cfg, progress=live)
         if not live:
             print(f"world {cfg.world.name!r} ready ({time.time() - t0:.0f} s)", file=stream, flush=True)
