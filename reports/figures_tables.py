@@ -179,7 +179,7 @@ def teacher_styles(fr: Frames, method: str = "sft") -> list[str]:
 def dial_figure(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     """The off-policy dial: SFT's drop at matched gain against the base's NLL of each teacher style's labels."""
     from reports.claims import matched_level
-    from reports.dial import dial
+    from reports.dial import dial, shared_rate
     g = matched_level(fr.ckpts)
     # a world without teacher styles (a real one) has no dial: never ask for one there
     table = dial(fr, g) if teacher_styles(fr) else pd.DataFrame()
@@ -198,6 +198,10 @@ def dial_figure(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     ax.axhline(0, color="0.6", lw=0.6, zorder=0)
     ck = fr.all_ckpts if fr.all_ckpts is not None else fr.ckpts
     ck = ck[ck["method"] == "sft"]
+    runs = fr.all_runs if fr.all_runs is not None else fr.runs
+    rate = shared_rate(runs[runs["method"] == "sft"]) if teacher_styles(fr) else None
+    if rate is not None:  # the styles trained one stated rate: both panels read them there
+        ck = ck[np.isclose(ck["lr"], rate)]
     trained = trained_checkpoints(ck)
     grid = gain_grid(float(trained["val/target_gain"].max()) if len(trained) else np.nan, max_ticks=8)
     greys = plt.get_cmap("viridis")
