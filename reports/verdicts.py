@@ -105,17 +105,16 @@ def evaluate_claim(spec: ClaimSpec, g: float, drop: dict[str, Estimate], gain: d
         parts.append(f"gain {b} {gain[b].text()} vs {a} {gain[a].text()}: {said} ({t.text})")
         signs.append(t.sign)
         need += [(f"comparable gain {b} vs {a}", t.power)] if t.sign == 0 else []
-    for a, b in spec.more:
+    # "A forgets more than B" (spec.more) is shown by a significant A > B; "A does not" (spec.not_more) is
+    # contradicted by one, and otherwise reads as shown (its sign flipped), without a power figure.
+    for a, b, claimed in [(a, b, True) for a, b in spec.more] + [(a, b, False) for a, b in spec.not_more]:
         t = S.directional(drop[a].values, drop[b].values, drop[a].halves, drop[b].halves, 0.0, spec.effect,
                           what=f"drop {a} − {b}")
-        parts.append(f"{a} > {b}: {_say(t, 'yes', 'no, the opposite', 'not shown')} ({t.text})")
-        signs.append(t.sign)
-        need += [(f"{a} > {b}", t.power)] if t.sign == 0 else []
-    for a, b in spec.not_more:
-        t = S.directional(drop[a].values, drop[b].values, drop[a].halves, drop[b].halves, 0.0, spec.effect,
-                          what=f"drop {a} − {b}")
-        parts.append(f"{a} > {b}: {_say(t, 'yes (the claim needs no)', 'no', 'not shown')} ({t.text})")
-        signs.append(None if t.sign is None else -1 if t.sign == 1 else 1)   # significant A > B contradicts
+        said = _say(t, "yes", "no, the opposite", "not shown") if claimed else \
+            _say(t, "yes (the claim needs no)", "no", "not shown")
+        parts.append(f"{a} > {b}: {said} ({t.text})")
+        signs.append(t.sign if claimed or t.sign is None else -1 if t.sign == 1 else 1)
+        need += [(f"{a} > {b}", t.power)] if claimed and t.sign == 0 else []
     body = head + "; ".join(parts)
     if any(s is None for s in signs):
         return Claim(spec.source, spec.statement, body, "not tested", reads)
