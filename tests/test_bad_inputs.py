@@ -255,6 +255,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, argv, message, cap
         import huggingface_hub
         from huggingface_hub.errors import LocalEntryNotFoundError
         argv.remove("OFFLINE")
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # CI sets them: this row is the unset, no-network case
+            monkeypatch.delenv(var, raising=False)
 
         def offline(*a, **k):
             raise LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub, and we "
