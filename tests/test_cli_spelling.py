@@ -145,3 +145,12 @@ def test_harness_error_for_a_bad_spec_file_is_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(HarnessError):
         _spec(["trails=3"])
+
+
+def test_output_cut_short_by_a_pipe_ends_quietly():
+    """`harness list | head -1`: the reader leaves early; no BrokenPipeError traceback, and the first line arrives."""
+    import subprocess
+    import sys
+    out = subprocess.run(f"{sys.executable} -m harness.cli list | head -1", shell=True, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.startswith("worlds") and "Traceback" not in out.stderr, out.stderr
