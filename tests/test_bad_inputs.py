@@ -235,6 +235,8 @@ ROWS = [
     ("real-fetch-local-no-tokenizer", ["fetch", "--preset", "@no_tokenizer"], "no tokenizer files"),
     ("real-fetch-local-missing-data", ["fetch", "--preset", "@missing_data"], "nope.jsonl"),
     ("real-fetch-offline", ["fetch", "--world", "tms-qwen2.5-1.5b-math", "OFFLINE"], "could not download"),
+    ("real-fetch-rebuild-base", ["fetch", "--world", "tms-qwen2.5-1.5b-math", "--rebuild-base"],
+     "--rebuild-base is for toy worlds"),
 ]
 
 
