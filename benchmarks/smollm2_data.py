@@ -1,6 +1,6 @@
 """The SmolLM2 world's data, generated deterministically in lm-eval schemas (the `custom_dataset` of its task YAMLs).
 
-* `smol_arith` (target, gsm8k's schema {question, answer}): two-step arithmetic word problems. The expert answer is
+* `smol_arith` (target, gsm8k's schema {question, answer}): one-step arithmetic word problems. The expert answer is
   written the way gsm8k's are (calculator annotations `<<a+b=c>>` and a final `#### N`), a format the instruct model
   never writes: the off-policy teacher. The score is gsm8k's flexible-extract (the last number of the response), so
   the model's own correct answers in its own words count as well.
@@ -68,33 +68,27 @@ SEED = 20260206
 
 
 def _arith(rng: random.Random) -> tuple[str, str]:
-    """One two-step word problem and its gsm8k-style answer (annotations, `#### N`)."""
-    name, item, kind = rng.choice(NAMES), rng.choice(ITEMS), rng.randrange(4)
+    """One one-step word problem (add, take away or multiply small numbers) and its gsm8k-style answer.
+
+    One step, not two: the base answers 35% of these right by its own last number (48 drawn, 64 tokens, bf16) but
+    6% of two-step ones, where it rambles past its answer; at 35% the on-policy arms have verified answers of
+    their own to learn from, and the room to gain is wide.
+    """
+    name, item, kind = rng.choice(NAMES), rng.choice(ITEMS), rng.randrange(3)
     if kind == 0:
-        a, b = rng.randint(5, 30), rng.randint(2, 15)
-        c = rng.randint(1, a)
-        q = (f"{name} has {a} {item}. {name} buys {b} more and then gives {c} to a friend. "
-             f"How many {item} does {name} have now?")
-        steps, n = [f"{a}+{b}={a + b}", f"{a + b}-{c}={a + b - c}"], a + b - c
+        a, b = rng.randint(3, 20), rng.randint(2, 9)
+        q = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
+        expr, n = f"{a}+{b}", a + b
     elif kind == 1:
-        a, b, c = rng.randint(2, 5), rng.randint(2, 6), rng.randint(1, 3)
-        q = (f"{name} buys {a} packs of {item} with {b} {item} in each pack, then loses {c} of them. "
-             f"How many {item} are left?")
-        steps, n = [f"{a}*{b}={a * b}", f"{a * b}-{c}={a * b - c}"], a * b - c
-    elif kind == 2:
-        a, b = rng.randint(2, 10), rng.randint(2, 5)
-        c = rng.randint(1, a * b - 1)
-        q = (f"{name} earns {a} dollars a day for {b} days and then spends {c} dollars on a present. "
-             f"How many dollars does {name} have left?")
-        steps, n = [f"{a}*{b}={a * b}", f"{a * b}-{c}={a * b - c}"], a * b - c
+        a = rng.randint(8, 25)
+        b = rng.randint(2, a - 3)
+        q = f"{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?"
+        expr, n = f"{a}-{b}", a - b
     else:
-        b, c = rng.randint(2, 5), rng.randint(1, 9)
-        a = b * rng.randint(2, 6)
-        q = (f"{name} shares {a} {item} equally among {b} friends. Each friend then finds {c} more. "
-             f"How many {item} does each friend have?")
-        steps, n = [f"{a}/{b}={a // b}", f"{a // b}+{c}={a // b + c}"], a // b + c
-    lines = [f"{s.rsplit('=', 1)[0]}=<<{s}>>{s.rsplit('=', 1)[1]}" for s in steps]
-    return q, f"{name}: {lines[0]}. Then {lines[1]}.\n#### {n}"
+        a, b = rng.randint(2, 6), rng.randint(2, 5)
+        q = f"{name} has {a} boxes with {b} {item} in each box. How many {item} does {name} have?"
+        expr, n = f"{a}*{b}", a * b
+    return q, f"{name}: {expr}=<<{expr}={n}>>{n}.\n#### {n}"
 
 
 def _dataset(splits: dict[str, list[dict]]):

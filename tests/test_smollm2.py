@@ -74,9 +74,8 @@ def test_generated_docs_are_fixed_and_their_answers_right():
     assert len(docs["train"]) == 2000 and len(docs["test"]) == 400
     assert not {d["question"] for d in docs["train"]} & {d["question"] for d in docs["test"]}
     assert docs["test"][1] == {
-        "question": "Fatima has 6 pencils. Fatima buys 12 more and then gives 5 to a friend. How many pencils does "
-                    "Fatima have now?",
-        "answer": "Fatima: 6+12=<<6+12=18>>18. Then 18-5=<<18-5=13>>13.\n#### 13"}  # 6 + 12 - 5 = 13
+        "question": "Ravi has 6 boxes with 2 apples in each box. How many apples does Ravi have?",
+        "answer": "Ravi: 6*2=<<6*2=12>>12.\n#### 12"}  # 6 boxes of 2
     for d in docs["train"][:200]:  # every annotation's arithmetic holds, and the final number is the last one
         for expr, value in (s.split("=") for s in re.findall(r"<<([^>]+)>>", d["answer"])):
             assert eval(expr.replace("/", "//")) == int(value)
