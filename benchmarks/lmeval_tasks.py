@@ -46,9 +46,12 @@ class TaskSource(BaseModel):
     @field_validator("include_path")
     @classmethod
     def _shipped_folder(cls, value: str | None) -> str | None:
-        # Shipped presets name their task folders relative to the project, so they work from any directory.
-        if value is None or Path(value).expanduser().is_absolute() or Path(value).is_dir():
+        # Shipped presets name their task folders relative to the project, so they work from any directory; a folder
+        # found here is made absolute, since lm-eval resolves the staged task's `include:` from the staging folder.
+        if value is None or Path(value).expanduser().is_absolute():
             return value
+        if Path(value).expanduser().is_dir():
+            return str(Path(value).expanduser().resolve())
         shipped = Path(__file__).resolve().parent.parent / value
         return str(shipped) if shipped.is_dir() else value
 
@@ -219,7 +222,7 @@ def load_task(source: TaskSource, workdir: Path) -> RealTask:
     name = f"harness_real_{source.task}"
     # lm-eval merges an include shallowly (tasks/_yaml_loader.py::load_yaml, `merged.update(cfg)`),
     # so every overridden mapping is written whole.
-    override: dict[str, Any] = {"include": str(entry.yaml_path), "task": name, "num_fewshot": source.num_fewshot}
+    override: dict[str, Any] = {"include": str(Path(entry.yaml_path).resolve()), "task": name, "num_fewshot": source.num_fewshot}
     if base["output_type"] == "generate_until":
         gen = dict(base.get("generation_kwargs") or default_gen_kwargs(base.get("fewshot_delimiter", "\n\n")))
         # Written explicitly so that every lm-eval backend (HFLM, vLLM) and the harness's rollouts use one

@@ -359,3 +359,18 @@ def test_a_group_is_one_task_scored_per_example_by_its_subtasks(real_env, tmp_pa
         preset["world"]["retention"][0]["data_files"] = data["arc_easy"]
         path.write_text(yaml.safe_dump(preset))
         _world(path)
+
+
+def test_a_relative_include_path_loads_from_the_folder_it_names(monkeypatch, tmp_path):
+    """Run from the project root, `include_path: benchmarks/smollm2_tasks` names a folder here: it is made absolute,
+    so the staged task's `include:` resolves (it once stayed relative and lm-eval found no task)."""
+    from pathlib import Path
+
+    from benchmarks.lmeval_tasks import TaskSource, load_task
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    source = TaskSource(task="smol_capitals", include_path="benchmarks/smollm2_tasks", metric="acc")
+    assert source.include_path == str(root / "benchmarks" / "smollm2_tasks")
+    task = load_task(source, tmp_path)
+    assert len(task.eval_docs()) == 104 and task.prompt(task.eval_docs()[0]).startswith("Question: What is the capital of")
