@@ -11,6 +11,7 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -104,10 +105,19 @@ def quiet_datasets():
     level = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
+    # lm-eval's advice on `--metadata` for a task whose dataset is a function (two lines per task built) names a
+    # flag of its own CLI that a harness user has no use for.
+    task_log = logging.getLogger("lm_eval.api.task")
+    task_log.addFilter(_no_metadata_advice)
     try:
         yield
     finally:
         datasets.logging.set_verbosity(level)
+        task_log.removeFilter(_no_metadata_advice)
+
+
+def _no_metadata_advice(record: logging.LogRecord) -> bool:
+    return "Custom kwargs can be passed to `--metadata`" not in record.getMessage()
 
 
 def first_line(e: BaseException) -> str:
