@@ -28,7 +28,6 @@ import json
 import random
 from functools import cached_property
 from importlib.metadata import version
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,9 +39,6 @@ from harness.errors import HarnessError
 from harness.greedy import cut_at_stop
 from harness.modeling import local_model
 from harness.world import EvalTask, Item, World, cache_root
-
-PRESET_DIR = Path(__file__).parent / "presets"
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
@@ -126,6 +122,8 @@ def _shuffled(n: int, seed: int, task: str) -> list[int]:
 
 class RealWorld(World):
     """A resolved real world: lm-eval tasks loaded (offline), splits drawn, the base model's folder resolved."""
+
+    Config = RealWorldConfig
 
     def __init__(self, cfg: RealWorldConfig):
         if not cfg.base_model:
@@ -290,19 +288,3 @@ class RealWorld(World):
     def base_path(self, progress: bool = True) -> str:
         """The local model folder: the path itself, or the hub id's snapshot in the local HF cache."""
         return local_model(self.cfg.base_model, self.cfg.revision)
-
-
-def preset_files() -> dict[str, Path]:
-    """Shipped real-world presets: name -> YAML file."""
-    return {p.stem: p for p in sorted(PRESET_DIR.glob("*.yaml"))}
-
-
-def preset_lines() -> list[str]:
-    """One line per shipped real-world preset: name, base model, target and retention tasks."""
-    from harness.config import load_yaml_mapping
-    out = []
-    for name, path in preset_files().items():
-        w = RealWorldConfig(**{**load_yaml_mapping(path, "world preset").get("world", {}), "name": name})
-        out.append(f"  {name:28s} {w.base_model}: target={w.target_task}, "
-                   f"retention={','.join(r.task for r in w.retention)}")
-    return out

@@ -199,6 +199,13 @@ class Task:
 class ToyWorld(World):
     """The resolved toy world: tasks, splits, verifiers, and the base model (pretrained on first use)."""
 
+    Config = WorldConfig
+
+    @classmethod
+    def check_config(cls, cfg: WorldConfig) -> None:
+        """Task and target names and split sizes, checked by building the world (no data is drawn yet)."""
+        cls(cfg)
+
     def __init__(self, cfg: WorldConfig):
         for t in cfg.tasks:
             if t not in FAMILIES:
