@@ -32,7 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.lmeval_checks import read_train_file
+from benchmarks.lmeval_checks import check_first_docs, check_rewarded, read_train_file
 from benchmarks.lmeval_lookup import loaded_tasks
 from benchmarks.lmeval_tasks import RealTask, TaskSource, chat_template
 from harness.errors import HarnessError
@@ -140,27 +140,12 @@ class RealWorld(World):
         self.real: dict[str, RealTask] = loaded_tasks([cfg.target, *cfg.retention],
                                                       cache_root() / "lmeval-tasks" / cfg.data_key())
         self._docs = {t: rt.eval_docs() for t, rt in self.real.items()}
-        self._check_first_docs()
+        check_first_docs(self)
         self._draw_splits()
-
-    def _check_first_docs(self) -> None:
-        """Each task's first eval doc and the target's first training doc rendered and scored as a run will."""
-        for leaf in (leaf for rt in self.real.values() for leaf in getattr(rt, "leaves", [rt])):  # a group: each
-            c, docs = leaf.task.config, leaf.task.eval_docs
-            if len(docs):
-                leaf.check_doc(docs[0], leaf.data_file(c.test_split or c.validation_split))
-        docs, rt, path = self._train_docs, self.real[self.target], self.cfg.target.train_file
-        if docs and not hasattr(rt, "leaves"):  # a group has no one task to render them with
-            rt.check_doc(docs[0], f"world.target.train_file {path!r}" if path else
-                         rt.data_file(rt.task.config.training_split))
 
     def check_method(self, method: str) -> None:
         """Refuse a method that trains on the verifier's reward when the target cannot give one from sampled text."""
-        from harness.method import get_method
-        if get_method(method).rewarded and self.real[self.target].output_type != "generate_until":
-            raise HarnessError(f"world.target {self.target!r} is a {self.real[self.target].output_type} task (lm-eval "
-                               f"scores it by log-likelihood), so {method} would get no reward from sampled text; "
-                               f"pick a generate_until target (gsm8k, ifeval) or a label-trained method (sft, idft, tms)")
+        check_rewarded(self, method)
 
     def _draw_splits(self) -> None:
         """Doc ids per (split, task): a seeded shuffle of each task's eval docs, cut into validation and eval."""
