@@ -201,3 +201,29 @@ def check_rewarded(world, method: str) -> None:
         raise HarnessError(f"world.target {world.target!r} is a {kind} task (lm-eval scores it by log-likelihood), "
                            f"so {method} would get no reward from sampled text; pick a generate_until target "
                            f"(gsm8k, ifeval) or a label-trained method (sft, idft, tms)")
+
+
+def check_context(world) -> None:
+    """A RealWorld's longest prompt + generation budget within the model's positions, for every task (`--dry-run`);
+    names the knob that sets it."""
+    limit = json.loads((Path(world.base_path()) / "config.json").read_text()).get("max_position_embeddings")
+    if not limit:
+        return
+    tok = world.tokenizer
+
+    def longest(items) -> int:
+        return max((len(tok(it.prompt, add_special_tokens=False)["input_ids"]) for it in items), default=0)
+
+    # Rollouts sample up to world.max_new_tokens, else the target's max_gen_toks (RealWorld.max_new_tokens).
+    knob = "world.max_new_tokens" if world.cfg.max_new_tokens else "world.target.max_gen_toks"
+    n = longest(world.train_items + world.heldout_items)
+    if n + world.max_new_tokens > limit:
+        raise HarnessError(f"a {world.target!r} training prompt of {n} tokens plus {knob}={world.max_new_tokens} "
+                           f"exceeds the model's {limit} positions; lower {knob} or use a longer-context model")
+    for i, src in enumerate([world.cfg.target, *world.cfg.retention]):
+        budget = world.real[src.task].gen_kwargs.get("max_gen_toks") or 0
+        n = max(longest(items[src.task]) for items in (world.val_items, world.eval_items))
+        if world.real[src.task].output_type == "generate_until" and n + budget > limit:
+            key = "world.target" if i == 0 else f"world.retention[{i - 1}]"
+            raise HarnessError(f"a {src.task!r} eval prompt of {n} tokens plus its max_gen_toks={budget} exceeds the "
+                               f"model's {limit} positions; lower {key}.max_gen_toks or use a longer-context model")

@@ -32,9 +32,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.lmeval_checks import check_first_docs, check_rewarded, read_train_file
+from benchmarks.lmeval_checks import check_context, check_first_docs, check_rewarded, read_train_file
 from benchmarks.lmeval_lookup import loaded_tasks
 from benchmarks.lmeval_tasks import RealTask, TaskSource, chat_template
+from benchmarks.staging import real_fetch, real_requirements
 from harness.errors import HarnessError
 from harness.greedy import cut_at_stop
 from harness.modeling import local_model
@@ -124,6 +125,9 @@ class RealWorld(World):
     """A resolved real world: lm-eval tasks loaded (offline), splits drawn, the base model's folder resolved."""
 
     Config = RealWorldConfig
+    requirements = staticmethod(real_requirements)  # the model, tokenizer, task data and nltk data it reads
+    stage = staticmethod(real_fetch)  # `harness fetch`: downloads them (needs the network)
+    dry_run_checks = check_context  # every prompt plus its generation budget within the model's positions
 
     def __init__(self, cfg: RealWorldConfig):
         if not cfg.base_model:

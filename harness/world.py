@@ -51,6 +51,22 @@ class Item:
 
 
 @dataclass
+class Requirement:
+    """One thing a world reads from disk: what it is, where, and whether it is there (None: known on loading)."""
+
+    what: str
+    where: str
+    present: bool | None
+    problem: str = ""
+    """When not present: the one-line problem and fix, if more is known than that the file is absent."""
+
+    def line(self) -> str:
+        """A printable row."""
+        mark = {True: "ok     ", False: "MISSING", None: "on load"}[self.present]
+        return f"  {mark}  {self.what}: {self.where}" + (f" -- {self.problem}" if self.problem else "")
+
+
+@dataclass
 class EvalTask:
     """How lm-eval evaluates one task of a world on both splits.
 
@@ -92,6 +108,19 @@ class World(ABC):
     def check_config(cls, cfg: Any) -> None:
         """Raise a one-line HarnessError for settings this kind cannot use, cheaply, before anything is computed
         (a world that loads its tasks and data to know, a real one, leaves it to `harness run --dry-run`)."""
+
+    @classmethod
+    def requirements(cls, cfg: Any) -> list[Requirement]:
+        """What a world of this config reads from disk, checked offline without loading it (`--dry-run`)."""
+        return []
+
+    @classmethod
+    def stage(cls, cfg: Any, progress: bool = True, rebuild_base: bool = False) -> None:
+        """Fill the local caches with what a world of this config reads (`harness fetch`; may need the network);
+        `rebuild_base`: rebuild a base the harness builds itself (a kind without one refuses it)."""
+
+    def dry_run_checks(self) -> None:
+        """Checks `harness run --dry-run` adds once the world is loaded (e.g. prompts within the model's context)."""
 
     def check_method(self, method: str) -> None:
         """Raise a one-line HarnessError if this world cannot train `method` (every method fits a toy world)."""
