@@ -217,11 +217,14 @@ def _looks_numeric(s: str) -> bool:
         return False
 
 
-def _fields_at(model: type[BaseModel], loc: tuple, world: type[BaseModel]) -> list[str]:
-    """Field names of the (sub-)model reached by following `loc`; `world` is the class the world validated as."""
+def _fields_at(model: type[BaseModel], loc: tuple, data: dict) -> list[str]:
+    """Field names of the (sub-)model reached by following `loc`; the world's are its kind's (read from `data`)."""
     for part in loc:
-        f = model.model_fields.get(str(part))
-        ann = world if model is RunConfig and part == "world" else f.annotation if f is not None else None
+        if model is RunConfig and part == "world":
+            ann = world_class(world_kind(data.get("world") or {})).Config
+        else:
+            f = model.model_fields.get(str(part))
+            ann = f.annotation if f is not None else None
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
         model = ann
@@ -234,8 +237,7 @@ def _format_validation(e: ValidationError, prefix: str, model: type[BaseModel], 
     key = prefix + ".".join(map(str, loc))
     if err["type"] == "extra_forbidden":
         parent = prefix + "".join(f"{p}." for p in loc[:-1])
-        world = world_class(world_kind(data.get("world") or {})).Config
-        return unknown("config key", key, [parent + f for f in _fields_at(model, loc[:-1], world)])
+        return unknown("config key", key, [parent + f for f in _fields_at(model, loc[:-1], data)])
     return HarnessError(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})")
 
 
