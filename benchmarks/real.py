@@ -41,6 +41,7 @@ from harness.greedy import cut_at_stop
 from harness.modeling import local_model
 from harness.world import EvalTask, Item, World, cache_root
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 

@@ -117,7 +117,7 @@ class World(ABC):
     @classmethod
     def stage(cls, cfg: Any, progress: bool = True, rebuild_base: bool = False) -> None:
         """Fill the local caches with what a world of this config reads (`harness fetch`; may need the network);
-        `rebuild_base`: rebuild a base the harness builds itself (a kind without one refuses it)."""
+        `rebuild_base`: rebuild the base here, for a kind whose base the harness builds (the toy one)."""
 
     def dry_run_checks(self) -> None:
         """Checks `harness run --dry-run` adds once the world is loaded (e.g. prompts within the model's context)."""
