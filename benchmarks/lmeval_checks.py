@@ -3,7 +3,8 @@
 Local data files are read against the task's template fields before datasets builds them (a file in another schema
 is named in one line, not a `DatasetGenerationError` or jinja's `'question' is undefined` deep inside); optional
 packages and nltk data are checked by reading the task's modules, not importing them; datasets' and the YAML loader's
-errors are said in one line naming the file.
+errors are said in one line naming the file. A real world's first docs are rendered and scored on loading, and a
+method that needs rewards is refused on a target that cannot score sampled text.
 """
 from __future__ import annotations
 
@@ -187,3 +188,52 @@ def read_train_file(path: str) -> list[dict]:
     except Exception as e:  # DatasetGenerationError & co, from deep inside datasets
         raise HarnessError(f"world.target.train_file {path!r} cannot be read as {fmt} ({type(root_cause(e)).__name__}"
                            f": {first_line(root_cause(e))}); give JSON lines (or parquet) in the task's schema") from None
+
+
+def check_first_docs(world) -> None:
+    """Each task's first eval doc and the target's first training doc of a RealWorld rendered and scored as a run
+    will, so a template or data problem is one line on loading, not an error deep inside a run."""
+    for leaf in (leaf for rt in world.real.values() for leaf in getattr(rt, "leaves", [rt])):  # a group: each
+        c, docs = leaf.task.config, leaf.task.eval_docs
+        if len(docs):
+            leaf.check_doc(docs[0], leaf.data_file(c.test_split or c.validation_split))
+    docs, rt, path = world._train_docs, world.real[world.target], world.cfg.target.train_file
+    if docs and not hasattr(rt, "leaves"):  # a group has no one task to render them with
+        rt.check_doc(docs[0], f"world.target.train_file {path!r}" if path else
+                     rt.data_file(rt.task.config.training_split))
+
+
+def check_rewarded(world, method: str) -> None:
+    """Refuse a method that trains on the verifier's reward when a RealWorld's target cannot score sampled text."""
+    from harness.method import get_method
+    kind = world.real[world.target].output_type
+    if get_method(method).rewarded and kind != "generate_until":
+        raise HarnessError(f"world.target {world.target!r} is a {kind} task (lm-eval scores it by log-likelihood), "
+                           f"so {method} would get no reward from sampled text; pick a generate_until target "
+                           f"(gsm8k, ifeval) or a label-trained method (sft, idft, tms)")
+
+
+def check_context(world) -> None:
+    """A RealWorld's longest prompt + generation budget within the model's positions, for every task (`--dry-run`);
+    names the knob that sets it."""
+    limit = json.loads((Path(world.base_path()) / "config.json").read_text()).get("max_position_embeddings")
+    if not limit:
+        return
+    tok = world.tokenizer
+
+    def longest(items) -> int:
+        return max((len(tok(it.prompt, add_special_tokens=False)["input_ids"]) for it in items), default=0)
+
+    # Rollouts sample up to world.max_new_tokens, else the target's max_gen_toks (RealWorld.max_new_tokens).
+    knob = "world.max_new_tokens" if world.cfg.max_new_tokens else "world.target.max_gen_toks"
+    n = longest(world.train_items + world.heldout_items)
+    if n + world.max_new_tokens > limit:
+        raise HarnessError(f"a {world.target!r} training prompt of {n} tokens plus {knob}={world.max_new_tokens} "
+                           f"exceeds the model's {limit} positions; lower {knob} or use a longer-context model")
+    for i, src in enumerate([world.cfg.target, *world.cfg.retention]):
+        budget = world.real[src.task].gen_kwargs.get("max_gen_toks") or 0
+        n = max(longest(items[src.task]) for items in (world.val_items, world.eval_items))
+        if world.real[src.task].output_type == "generate_until" and n + budget > limit:
+            key = "world.target" if i == 0 else f"world.retention[{i - 1}]"
+            raise HarnessError(f"a {src.task!r} eval prompt of {n} tokens plus its max_gen_toks={budget} exceeds the "
+                               f"model's {limit} positions; lower {key}.max_gen_toks or use a longer-context model")

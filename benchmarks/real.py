@@ -28,20 +28,18 @@ import json
 import random
 from functools import cached_property
 from importlib.metadata import version
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.lmeval_checks import read_train_file
+from benchmarks.lmeval_checks import check_context, check_first_docs, check_rewarded, read_train_file
 from benchmarks.lmeval_lookup import loaded_tasks
 from benchmarks.lmeval_tasks import RealTask, TaskSource, chat_template
+from benchmarks.staging import real_fetch, real_requirements
 from harness.errors import HarnessError
 from harness.greedy import cut_at_stop
 from harness.modeling import local_model
 from harness.world import EvalTask, Item, World, cache_root
-
-PRESET_DIR = Path(__file__).parent / "presets"
 
 
 class _Strict(BaseModel):
@@ -127,6 +125,11 @@ def _shuffled(n: int, seed: int, task: str) -> list[int]:
 class RealWorld(World):
     """A resolved real world: lm-eval tasks loaded (offline), splits drawn, the base model's folder resolved."""
 
+    Config = RealWorldConfig
+    requirements = staticmethod(real_requirements)  # the model, tokenizer, task data and nltk data it reads
+    stage = staticmethod(real_fetch)  # `harness fetch`: downloads them (needs the network)
+    dry_run_checks = check_context  # every prompt plus its generation budget within the model's positions
+
     def __init__(self, cfg: RealWorldConfig):
         if not cfg.base_model:
             raise HarnessError("world.base_model is empty; set a local model folder or a hub id")
@@ -142,27 +145,12 @@ class RealWorld(World):
         self.real: dict[str, RealTask] = loaded_tasks([cfg.target, *cfg.retention],
                                                       cache_root() / "lmeval-tasks" / cfg.data_key())
         self._docs = {t: rt.eval_docs() for t, rt in self.real.items()}
-        self._check_first_docs()
+        check_first_docs(self)
         self._draw_splits()
-
-    def _check_first_docs(self) -> None:
-        """Each task's first eval doc and the target's first training doc rendered and scored as a run will."""
-        for leaf in (leaf for rt in self.real.values() for leaf in getattr(rt, "leaves", [rt])):  # a group: each
-            c, docs = leaf.task.config, leaf.task.eval_docs
-            if len(docs):
-                leaf.check_doc(docs[0], leaf.data_file(c.test_split or c.validation_split))
-        docs, rt, path = self._train_docs, self.real[self.target], self.cfg.target.train_file
-        if docs and not hasattr(rt, "leaves"):  # a group has no one task to render them with
-            rt.check_doc(docs[0], f"world.target.train_file {path!r}" if path else
-                         rt.data_file(rt.task.config.training_split))
 
     def check_method(self, method: str) -> None:
         """Refuse a method that trains on the verifier's reward when the target cannot give one from sampled text."""
-        from harness.method import get_method
-        if get_method(method).rewarded and self.real[self.target].output_type != "generate_until":
-            raise HarnessError(f"world.target {self.target!r} is a {self.real[self.target].output_type} task (lm-eval "
-                               f"scores it by log-likelihood), so {method} would get no reward from sampled text; "
-                               f"pick a generate_until target (gsm8k, ifeval) or a label-trained method (sft, idft, tms)")
+        check_rewarded(self, method)
 
     def _draw_splits(self) -> None:
         """Doc ids per (split, task): a seeded shuffle of each task's eval docs, cut into validation and eval."""
@@ -290,19 +278,3 @@ class RealWorld(World):
     def base_path(self, progress: bool = True) -> str:
         """The local model folder: the path itself, or the hub id's snapshot in the local HF cache."""
         return local_model(self.cfg.base_model, self.cfg.revision)
-
-
-def preset_files() -> dict[str, Path]:
-    """Shipped real-world presets: name -> YAML file."""
-    return {p.stem: p for p in sorted(PRESET_DIR.glob("*.yaml"))}
-
-
-def preset_lines() -> list[str]:
-    """One line per shipped real-world preset: name, base model, target and retention tasks."""
-    from harness.config import load_yaml_mapping
-    out = []
-    for name, path in preset_files().items():
-        w = RealWorldConfig(**{**load_yaml_mapping(path, "world preset").get("world", {}), "name": name})
-        out.append(f"  {name:28s} {w.base_model}: target={w.target_task}, "
-                   f"retention={','.join(r.task for r in w.retention)}")
-    return out

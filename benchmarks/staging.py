@@ -9,29 +9,13 @@ lists each requirement with whether it is present, offline.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.lmeval_checks import first_line
 from harness.errors import HarnessError
+from harness.world import Requirement, world_class
 
 NLTK_TASKS = ("ifeval",)  # lm-eval tasks whose scoring reads nltk's punkt_tab
-
-
-@dataclass
-class Requirement:
-    """One thing a world reads from disk: what it is, where, and whether it is there (None: known on loading)."""
-
-    what: str
-    where: str
-    present: bool | None
-    problem: str = ""
-    """When not present: the one-line problem and fix, if more is known than that the file is absent."""
-
-    def line(self) -> str:
-        """A printable row."""
-        mark = {True: "ok     ", False: "MISSING", None: "on load"}[self.present]
-        return f"  {mark}  {self.what}: {self.where}" + (f" -- {self.problem}" if self.problem else "")
 
 
 def _task_sources(cfg) -> list:
@@ -49,15 +33,12 @@ def nltk_punkt_present() -> bool:
 
 
 def requirements(cfg) -> list[Requirement]:
-    """Everything a world config reads from disk, checked without network."""
-    if cfg.kind != "real":
-        from harness.world import build_world
-        world = build_world(cfg)
-        base = world.cache_dir / "base"
-        from benchmarks.shipped_bases import shipped_base
-        how = ("shipped, installed on first use" if shipped_base(cfg.base_key())
-               else "pretrained here on first use: minutes on a CPU")
-        return [Requirement(f"toy base model ({how})", str(base), base.exists())]
+    """Everything a world config reads from disk, checked without network, as its kind's World says."""
+    return world_class(cfg.kind).requirements(cfg)
+
+
+def real_requirements(cfg) -> list[Requirement]:
+    """What a real world reads: the base model and tokenizer, task folders, data files or hub datasets, nltk data."""
     from harness import gguf
     from harness.modeling import local_model
     out = []
@@ -146,12 +127,14 @@ def hub_dataset_cached(dataset: str) -> bool:
 
 
 def fetch(cfg, progress: bool = True, rebuild_base: bool = False) -> list[Requirement]:
-    """Stage what a world needs into the local caches: a real world's downloads (needs network), a toy world's base
-    (shipped or pretrained; `rebuild_base` pretrains it here); prints and returns the requirements after."""
-    if cfg.kind != "real":
-        from harness.world import build_world
-        build_world(cfg).base_path(progress=progress, rebuild=rebuild_base)
-        return _report(requirements(cfg))
+    """Stage what a world needs into the local caches, as its kind's World does it (a real world's downloads need
+    the network; a toy world's base is shipped or pretrained); prints and returns the requirements after."""
+    world_class(cfg.kind).stage(cfg, progress=progress, rebuild_base=rebuild_base)
+    return _report(requirements(cfg))
+
+
+def real_fetch(cfg, progress: bool = True, rebuild_base: bool = False) -> None:
+    """A real world's downloads: the base model at its revision, lm-eval datasets not given as files, nltk data."""
     if rebuild_base:
         raise HarnessError("--rebuild-base is for toy worlds, whose base the harness pretrains; a real world's base "
                            "is its model folder or hub id")
@@ -185,7 +168,6 @@ def fetch(cfg, progress: bool = True, rebuild_base: bool = False) -> list[Requir
         target = os.environ.get("NLTK_DATA")
         if not nltk.download("punkt_tab", download_dir=target, quiet=not progress):
             raise HarnessError("nltk could not download punkt_tab; check the network, or copy it into $NLTK_DATA")
-    return _report(requirements(cfg))
 
 
 def _download_model(name: str, revision: str | None) -> str:
@@ -222,7 +204,7 @@ def dry_run(cfg) -> int:
     print(f"world  {cfg.world.summary()}")
     print(f"method {cfg.method}: {cfg.train.max_steps} steps of {cfg.train.batch_size} sequences, lr {cfg.train.lr:g}, "
           f"precision {cfg.train.precision}, device {cfg.train.device}, eval every {cfg.train.eval_every} steps")
-    if cfg.world.kind == "real" and cfg.world.source:
+    if getattr(cfg.world, "source", ""):
         print(f"source {cfg.world.source}")
     reqs = requirements(cfg.world)
     try:
@@ -243,39 +225,11 @@ def dry_run(cfg) -> int:
                            "(`harness fetch` stages models and data on a machine with network)")
     world = build_world(cfg.world)  # loads the lm-eval tasks, renders each one's first docs, draws the splits
     world.check_method(cfg.method)
-    if cfg.world.kind == "real":
-        check_context(world)
+    world.dry_run_checks()
     sizes = {sp: {t: len(v) for t, v in world.eval_splits()[sp].items()} for sp in ("val", "eval")}
     print(f"ready: {len(world.train_items)} training items, {len(world.heldout_items)} held-out, "
           f"validation {sizes['val']}, eval {sizes['eval']}")
-    if cfg.train.parallel == "fsdp" and cfg.world.kind == "real":  # rank 0's evaluation memory vs the GPU present
+    if cfg.train.parallel == "fsdp":  # rank 0's evaluation memory vs the GPU present
         from harness.fsdp import dry_run_line
         print(dry_run_line(cfg.train, world.base_path(progress=False)))
     return 0
-
-
-def check_context(world) -> None:
-    """Longest prompt + generation budget within the model's positions, for every task; names the knob that sets it."""
-    import json
-
-    limit = json.loads((Path(world.base_path()) / "config.json").read_text()).get("max_position_embeddings")
-    if not limit:
-        return
-    tok = world.tokenizer
-
-    def longest(items) -> int:
-        return max((len(tok(it.prompt, add_special_tokens=False)["input_ids"]) for it in items), default=0)
-
-    # Rollouts sample up to world.max_new_tokens, else the target's max_gen_toks (RealWorld.max_new_tokens).
-    knob = "world.max_new_tokens" if world.cfg.max_new_tokens else "world.target.max_gen_toks"
-    n = longest(world.train_items + world.heldout_items)
-    if n + world.max_new_tokens > limit:
-        raise HarnessError(f"a {world.target!r} training prompt of {n} tokens plus {knob}={world.max_new_tokens} "
-                           f"exceeds the model's {limit} positions; lower {knob} or use a longer-context model")
-    for i, src in enumerate([world.cfg.target, *world.cfg.retention]):
-        budget = world.real[src.task].gen_kwargs.get("max_gen_toks") or 0
-        n = max(longest(items[src.task]) for items in (world.val_items, world.eval_items))
-        if world.real[src.task].output_type == "generate_until" and n + budget > limit:
-            key = "world.target" if i == 0 else f"world.retention[{i - 1}]"
-            raise HarnessError(f"a {src.task!r} eval prompt of {n} tokens plus its max_gen_toks={budget} exceeds the "
-                               f"model's {limit} positions; lower {key}.max_gen_toks or use a longer-context model")

@@ -25,7 +25,12 @@ import hashlib
 import random
 import string
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+from harness.world import Item
+
+if TYPE_CHECKING:
+    from benchmarks.world import WorldConfig
 
 DIGITS = string.digits
 LETTERS = string.ascii_lowercase
@@ -170,3 +175,22 @@ def draw_payloads(family: str, split: str, n: int, seed: int) -> list[str]:
         if split_of(family, p) == split:
             seen.setdefault(p, None)
     return list(seen)
+
+
+class Task:
+    """A task of a world: split items and the verifier shared by rewards and evaluation."""
+
+    def __init__(self, family: TaskFamily, cfg: WorldConfig):
+        self.family, self.cfg, self.name = family, cfg, family.name
+
+    def items(self, split: str, n: int) -> list[Item]:
+        """The first `n` items of a split (deterministic)."""
+        return [self._item(p) for p in draw_payloads(self.name, split, n, self.cfg.seed)]
+
+    def _item(self, payload: str) -> Item:
+        f = self.family
+        return Item(self.name, f.prompt(payload), f.answer(payload), f.label(payload, self.cfg.teacher_style), payload)
+
+    def verify(self, item: Item, response: str) -> float:
+        """1.0 if the response solves the item, else 0.0."""
+        return self.family.verify(item.key, response)

@@ -38,9 +38,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.tasks import FAMILIES, TaskFamily, draw_payloads
+from benchmarks.tasks import FAMILIES, Task
 from harness.errors import HarnessError, unknown
-from harness.world import EvalTask, Item, World, cache_root
+from harness.world import EvalTask, Item, Requirement, World, cache_root
 
 from harness.greedy import STOP  # toy responses are one line
 from benchmarks.toy_eval import TASK_PREFIX, toy_task_config
@@ -177,27 +177,29 @@ def _hash(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
-class Task:
-    """A task of a world: split items and the verifier shared by rewards and evaluation."""
-
-    def __init__(self, family: TaskFamily, cfg: WorldConfig):
-        self.family, self.cfg, self.name = family, cfg, family.name
-
-    def items(self, split: str, n: int) -> list[Item]:
-        """The first `n` items of a split (deterministic)."""
-        return [self._item(p) for p in draw_payloads(self.name, split, n, self.cfg.seed)]
-
-    def _item(self, payload: str) -> Item:
-        f = self.family
-        return Item(self.name, f.prompt(payload), f.answer(payload), f.label(payload, self.cfg.teacher_style), payload)
-
-    def verify(self, item: Item, response: str) -> float:
-        """1.0 if the response solves the item, else 0.0."""
-        return self.family.verify(item.key, response)
-
-
 class ToyWorld(World):
     """The resolved toy world: tasks, splits, verifiers, and the base model (pretrained on first use)."""
+
+    Config = WorldConfig
+
+    @classmethod
+    def check_config(cls, cfg: WorldConfig) -> None:
+        """Task and target names and split sizes, checked by building the world (no data is drawn yet)."""
+        cls(cfg)
+
+    @classmethod
+    def requirements(cls, cfg: WorldConfig) -> list[Requirement]:
+        """The base model: shipped with the project or pretrained here, on first use."""
+        from benchmarks.shipped_bases import shipped_base
+        base = cls(cfg).cache_dir / "base"
+        how = ("shipped, installed on first use" if shipped_base(cfg.base_key())
+               else "pretrained here on first use: minutes on a CPU")
+        return [Requirement(f"toy base model ({how})", str(base), base.exists())]
+
+    @classmethod
+    def stage(cls, cfg: WorldConfig, progress: bool = True, rebuild_base: bool = False) -> None:
+        """Install the shipped base, or pretrain it (`rebuild_base`: pretrain it here, replacing a cached copy)."""
+        cls(cfg).base_path(progress=progress, rebuild=rebuild_base)
 
     def __init__(self, cfg: WorldConfig):
         for t in cfg.tasks:

@@ -46,7 +46,8 @@ def help_config(args: argparse.Namespace, over: dict) -> int:
     try:
         world = type(resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)[0].world)
     except HarnessError:  # settings that do not resolve still get the help, for the default (toy) world
-        from benchmarks.world import WorldConfig as world
+        from harness.world import DEFAULT_KIND, world_class
+        world = world_class(DEFAULT_KIND).Config
     print(f"settings of `harness run` (world kind `{world.model_fields['kind'].default}`; "
           f"defaults before any preset):")
     cls = get_method(args.method or "sft")
@@ -58,18 +59,14 @@ def help_config(args: argparse.Namespace, over: dict) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     """Print worlds, tasks and methods."""
     from benchmarks.tasks import FAMILIES
-    from benchmarks.toy_presets import WORLD_PRESETS
-    from benchmarks.world import WorldConfig
+    from harness.config import world_presets
     from harness.method import get_method, method_names
+    from harness.world import WORLD_KINDS, world_class
 
-    from benchmarks.real import preset_lines
-
-    print("worlds:")
-    for name, preset in WORLD_PRESETS.items():
-        w = WorldConfig(name=name, **preset.get("world", {}))
-        print(f"  {name:8s} target={w.target}, tasks={','.join(w.tasks)}, teacher_style={w.teacher_style}")
-    print("\nreal-world presets (benchmarks/presets; `harness run --world NAME --dry-run` checks one):")
-    print("\n".join(preset_lines()))
+    print("worlds (presets in benchmarks/presets; `harness run --world NAME --dry-run` checks one):")
+    for kind in WORLD_KINDS:
+        for name, preset in world_presets(kind).items():
+            print(f"  {world_class(kind).Config(**{**preset.get('world', {}), 'name': name}).summary()}")
     print("\ntasks (any can be the target: world.target=<task>):")
     for name, fam in FAMILIES.items():
         print(f"  {name:8s} {fam.description}   e.g. {fam.prompt('12345' if name != 'count' else 'aabcadae')}")

@@ -8,26 +8,15 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from benchmarks.real import RealWorldConfig, preset_files
-from benchmarks.toy_presets import WORLD_PRESETS
-from benchmarks.world import WorldConfig
 from harness.errors import HarnessError, unknown
-
-
-def _world_kind(value: Any) -> str:
-    """The `kind` of a world config or mapping; a mapping without one is the toy world."""
-    return value.get("kind", "toy") if isinstance(value, dict) else getattr(value, "kind", "toy")
-
+from harness.world import DEFAULT_KIND, preset_files, validate_world, world_class, world_kind
 
 VLLM_MAX_TEMPERATURE = 2.0  # vLLM 0.33's SamplingParams raises above it (shared/REAL-SCALE-NOTES.md §8)
-WORLD_KINDS: dict[str, type[BaseModel]] = {"toy": WorldConfig, "real": RealWorldConfig}
-AnyWorldConfig = Annotated[Union[Annotated[WorldConfig, Tag("toy")], Annotated[RealWorldConfig, Tag("real")]],
-                           Discriminator(_world_kind)]
 
 
 class _Strict(BaseModel):
@@ -143,13 +132,19 @@ class RunConfig(_Strict):
 
     method: str = "sft"
     """Registry key of the method (`harness list`)."""
-    world: AnyWorldConfig = Field(default_factory=WorldConfig)
-    """The world: `kind: toy` (default, the embedded world) or `kind: real` (a preset file under benchmarks/presets)."""
+    world: Any = Field(default_factory=lambda: world_class(DEFAULT_KIND).Config())
+    """The world: `kind: toy` (default, the embedded world) or `kind: real` (a preset file under benchmarks/presets);
+    validated as the `Config` of its kind's World (harness.world.WORLD_KINDS)."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     method_args: dict[str, Any] = Field(default_factory=dict)
     """The method's own hyper-parameters (given as `<method>.<field>=value`), validated by its Config."""
+
+    @field_validator("world", mode="before")
+    @classmethod
+    def _world(cls, value: Any) -> Any:
+        return validate_world(value)
 
     @property
     def rollout_batch_size(self) -> int:
@@ -222,36 +217,27 @@ def _looks_numeric(s: str) -> bool:
         return False
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the (sub-)model reached by following `loc` (a world's loc carries its kind as a tag)."""
-    kind = str(loc[1]) if len(loc) > 1 and loc[0] == "world" and str(loc[1]) in WORLD_KINDS else "toy"
-    for part in _key_path(loc):
+def _fields_at(model: type[BaseModel], loc: tuple, data: dict) -> list[str]:
+    """Field names of the (sub-)model reached by following `loc`; the world's are its kind's (read from `data`)."""
+    for part in loc:
         if model is RunConfig and part == "world":
-            model = WORLD_KINDS[kind]
-            continue
-        f = model.model_fields.get(str(part))
-        ann = f.annotation if f is not None else None
+            ann = world_class(world_kind(data.get("world") or {})).Config
+        else:
+            f = model.model_fields.get(str(part))
+            ann = f.annotation if f is not None else None
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
         model = ann
     return list(model.model_fields)
 
 
-def _key_path(loc: tuple) -> tuple:
-    """A validation error's location without the union tag pydantic inserts after `world`."""
-    return tuple(p for i, p in enumerate(loc) if not (i == 1 and loc[0] == "world" and str(p) in WORLD_KINDS))
-
-
-def _format_validation(e: ValidationError, prefix: str, model: type[BaseModel]) -> HarnessError:
+def _format_validation(e: ValidationError, prefix: str, model: type[BaseModel], data: dict) -> HarnessError:
     err = e.errors()[0]
-    raw = tuple(err["loc"])
-    loc = _key_path(raw)
+    loc = tuple(err["loc"])
     key = prefix + ".".join(map(str, loc))
     if err["type"] == "extra_forbidden":
         parent = prefix + "".join(f"{p}." for p in loc[:-1])
-        return unknown("config key", key, [parent + f for f in _fields_at(model, raw[:-1])])
-    if err["type"] == "union_tag_invalid":
-        return unknown("world kind", str(err.get("input", {}).get("kind")), WORLD_KINDS, "Set world.kind.")
+        return unknown("config key", key, [parent + f for f in _fields_at(model, loc[:-1], data)])
     return HarnessError(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})")
 
 
@@ -274,7 +260,7 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
     presets = world_presets()
     if world_name in presets:
         merged = deep_merge(deep_merge(presets[world_name], {"world": {"name": world_name}}), merged)
-    elif world is not None or _world_kind(merged.get("world", {})) != "real":  # a preset file may define a real world
+    elif world is not None or world_kind(merged.get("world", {})) == DEFAULT_KIND:  # a preset file may define a world
         raise unknown("world", world_name, presets, "See `harness list`.")
     method_name = merged.get("method", "sft")
     cls = get_method(method_name)
@@ -287,25 +273,21 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
     try:
         cfg = RunConfig.model_validate(merged)
     except ValidationError as e:
-        raise _format_validation(e, "", RunConfig) from None
+        raise _format_validation(e, "", RunConfig, merged) from None
     try:
         mcfg = cls.Config.model_validate(method_args)
     except ValidationError as e:
-        raise _format_validation(e, f"{method_name}.", cls.Config) from None
+        raise _format_validation(e, f"{method_name}.", cls.Config, {}) from None
     cfg.method_args = mcfg.model_dump()
     hot = cfg.method_args.get("temperature")
     if cfg.train.sampler == "vllm" and isinstance(hot, (int, float)) and hot > VLLM_MAX_TEMPERATURE:
         raise HarnessError(f"{method_name}.temperature={hot:g} is above what vLLM samples at "
                            f"({VLLM_MAX_TEMPERATURE:g}: SamplingParams raises); lower it or use train.sampler=hf")
-    if cfg.world.kind == "toy":  # validates task and target names before anything is computed (a real world
-        from harness.world import build_world  # loads its tasks and data: `harness run --dry-run` checks it)
-        build_world(cfg.world)
+    world_class(cfg.world.kind).check_config(cfg.world)
     return cfg, mcfg
 
 
-def world_presets() -> dict[str, dict]:
-    """Every world preset: the toy ones, then the real ones shipped as YAML under benchmarks/presets."""
-    out = dict(WORLD_PRESETS)
-    for name, path in preset_files().items():
-        out[name] = load_yaml_mapping(path, "world preset")
-    return out
+def world_presets(kind: str | None = None) -> dict[str, dict]:
+    """Shipped world presets (of one kind, if given): name -> the run-config overrides of its YAML file."""
+    out = {name: load_yaml_mapping(path, "world preset") for name, path in preset_files().items()}
+    return {n: p for n, p in out.items() if kind is None or world_kind(p.get("world") or {}) == kind}

@@ -7,17 +7,30 @@ verifier that scores a response (training rewards and evaluation use the same
 function), how lm-eval evaluates each task, and the tags a run logs.
 
 `benchmarks/world.py` (the embedded toy world) and `benchmarks/real.py` (a
-Hugging Face model on real lm-eval tasks, from a YAML preset) implement it; the
-engine reaches them only through `build_world`, keyed by the config's `kind`.
+Hugging Face model on real lm-eval tasks) implement it. The engine reaches them
+only through `WORLD_KINDS`, one table of `"kind": "module:Class"` strings
+imported on first use (as lm-eval's registry names its classes): the run
+config validates its world by the kind's `Config`, `build_world` builds it, and
+`harness list` and the staging commands read the same table. Presets of every
+kind are YAML files in one folder (`PRESETS`), looked up by name.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from harness.errors import unknown
+
+# Each kind's World class; its `Config` (a pydantic model whose `kind` field defaults to the key) is what a run
+# config's `world` mapping is validated as. A new kind is one module and one line here.
+WORLD_KINDS: dict[str, str] = {"toy": "benchmarks.world:ToyWorld", "real": "benchmarks.real:RealWorld"}
+DEFAULT_KIND = "toy"  # the kind of a world mapping that names none
+PRESETS = "benchmarks:PRESET_DIR"  # the folder of shipped world presets: <name>.yaml, run-config overrides each
 
 SPLITS = ("val", "eval")  # every selection reads "val"; every reported number reads "eval"
 
@@ -35,6 +48,22 @@ class Item:
     answer: str
     label: str
     key: str
+
+
+@dataclass
+class Requirement:
+    """One thing a world reads from disk: what it is, where, and whether it is there (None: known on loading)."""
+
+    what: str
+    where: str
+    present: bool | None
+    problem: str = ""
+    """When not present: the one-line problem and fix, if more is known than that the file is absent."""
+
+    def line(self) -> str:
+        """A printable row."""
+        mark = {True: "ok     ", False: "MISSING", None: "on load"}[self.present]
+        return f"  {mark}  {self.what}: {self.where}" + (f" -- {self.problem}" if self.problem else "")
 
 
 @dataclass
@@ -59,7 +88,9 @@ class EvalTask:
 class World(ABC):
     """A resolved world; subclasses fill the abstract members (see the module docstring)."""
 
-    cfg: Any  # the world's validated config (a pydantic model with `kind` and `name`)
+    # The kind's validated config: a pydantic model with `kind`, `name`, `target_task`, `summary()`, `data_key()`.
+    Config: ClassVar[type]
+    cfg: Any
     target: str
     nontarget: list[str]
 
@@ -72,6 +103,24 @@ class World(ABC):
     def tasks(self) -> list[str]:
         """Every task: the target first, then the retention tasks."""
         return [self.target, *self.nontarget]
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Raise a one-line HarnessError for settings this kind cannot use, cheaply, before anything is computed
+        (a world that loads its tasks and data to know, a real one, leaves it to `harness run --dry-run`)."""
+
+    @classmethod
+    def requirements(cls, cfg: Any) -> list[Requirement]:
+        """What a world of this config reads from disk, checked offline without loading it (`--dry-run`)."""
+        return []
+
+    @classmethod
+    def stage(cls, cfg: Any, progress: bool = True, rebuild_base: bool = False) -> None:
+        """Fill the local caches with what a world of this config reads (`harness fetch`; may need the network);
+        `rebuild_base`: rebuild the base here, for a kind whose base the harness builds (the toy one)."""
+
+    def dry_run_checks(self) -> None:
+        """Checks `harness run --dry-run` adds once the world is loaded (e.g. prompts within the model's context)."""
 
     def check_method(self, method: str) -> None:
         """Raise a one-line HarnessError if this world cannot train `method` (every method fits a toy world)."""
@@ -148,10 +197,35 @@ def cache_root() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "forgetting-harness"))
 
 
+def _resolve(ref: str) -> Any:
+    """The object a "module:Attr" string names, its module imported now."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def world_class(kind: str) -> type[World]:
+    """The World class of a kind (imported on first use); HarnessError listing the kinds otherwise."""
+    if not isinstance(kind, str) or kind not in WORLD_KINDS:
+        raise unknown("world kind", str(kind), WORLD_KINDS, "Set world.kind.")
+    return _resolve(WORLD_KINDS[kind])
+
+
+def world_kind(value: Any) -> str:
+    """The kind of a world config or mapping (DEFAULT_KIND where it names none)."""
+    return value.get("kind", DEFAULT_KIND) if isinstance(value, dict) else getattr(value, "kind", DEFAULT_KIND)
+
+
+def validate_world(value: Any) -> Any:
+    """A world mapping validated as its kind's Config (a config of that class is kept as it is)."""
+    cls = world_class(world_kind(value)).Config
+    return value if isinstance(value, cls) else cls.model_validate(value)
+
+
 def build_world(cfg) -> World:
-    """The World a config describes, by its `kind` (the only place the engine reaches a world module)."""
-    if cfg.kind == "real":
-        from benchmarks.real import RealWorld
-        return RealWorld(cfg)
-    from benchmarks.world import ToyWorld
-    return ToyWorld(cfg)
+    """The World a validated world config describes, built by its kind's class."""
+    return world_class(cfg.kind)(cfg)
+
+
+def preset_files() -> dict[str, Path]:
+    """Shipped world presets of every kind: name -> YAML file."""
+    return {p.stem: p for p in sorted(Path(_resolve(PRESETS)).glob("*.yaml"))}

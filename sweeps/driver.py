@@ -171,6 +171,7 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
 
     from harness.run import prepare_world
     from harness.store import ensure_experiment, mark_stale_runs
+    from harness.world import build_world
     from sweeps.spec import resolve_methods
 
     methods = resolve_methods(spec)
@@ -180,12 +181,11 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
         cfg, _ = resolve_config(world=spec.world, method=arm_method(spec, m), overrides=arm_overrides(spec, m))
         worlds.setdefault(cfg.world.data_key(), cfg)
         arms.setdefault(cfg.world.data_key(), []).append(arm_method(spec, m))
-    for key, cfg in worlds.items():  # a real target that cannot reward an arm's method: refused before any write
-        if cfg.world.kind == "real":
-            from harness.world import build_world
-            world = build_world(cfg.world)
-            for method in arms[key]:
-                world.check_method(method)
+    # A method a world cannot train (a real target that cannot reward it) is refused before anything is written.
+    for key, cfg in worlds.items():
+        world = build_world(cfg.world)
+        for method in arms[key]:
+            world.check_method(method)
     exp_id = ensure_experiment(spec.name)
     mark_stale_runs(exp_id)
     stream = stream or sys.stdout

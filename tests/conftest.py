@@ -36,13 +36,13 @@ def _session_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def micro_world(tmp_path_factory):
     """(world, model, tokenizer) of the `micro` preset; pretraining takes ~10-30 s, so it is shared."""
-    from benchmarks.toy_presets import WORLD_PRESETS
     from benchmarks.world import ToyWorld, WorldConfig
+    from harness.config import world_presets
     from harness.modeling import load_model
 
     with pytest.MonkeyPatch.context() as mp:
         # The session's own cache: never read or write the user's ~/.cache from tests.
         mp.setenv("HARNESS_CACHE", str(tmp_path_factory.mktemp("harness_cache")))
-        world = ToyWorld(WorldConfig(name="micro", **WORLD_PRESETS["micro"]["world"]))
+        world = ToyWorld(WorldConfig(name="micro", **world_presets("toy")["micro"]["world"]))
         model, tokenizer = load_model(world.base_path(progress=False))
         yield world, model, tokenizer

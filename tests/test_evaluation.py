@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.toy_presets import WORLD_PRESETS
 from benchmarks.world import ToyWorld, WorldConfig
+from harness.config import world_presets
 from harness.errors import HarnessError
 from harness.evaluation import Evaluator, LiveLM, greedy_generate
 
@@ -59,7 +59,7 @@ def test_evaluate_leaves_rng_and_modes_alone(micro_world, evaluator):
 
 def test_evaluation_uses_the_world_verifier(micro_world):
     _, model, tok = micro_world
-    cfg = WorldConfig(name="micro", **WORLD_PRESETS["micro"]["world"])
+    cfg = WorldConfig(name="micro", **world_presets("toy")["micro"]["world"])
     world = ToyWorld(cfg)
     world.verify = lambda item, response: 1.0  # the function training rewards call
     res = Evaluator(world, tok).evaluate(model)
@@ -69,8 +69,8 @@ def test_evaluation_uses_the_world_verifier(micro_world):
 def test_empty_eval_split_raises(micro_world):
     tok = micro_world[2]
     with pytest.raises(HarnessError, match="empty evaluation split"):  # the World refuses n_eval = 0 itself ...
-        Evaluator(ToyWorld(WorldConfig(name="micro", **{**WORLD_PRESETS["micro"]["world"], "n_eval": 0})), tok)
-    world = ToyWorld(WorldConfig(name="micro", **WORLD_PRESETS["micro"]["world"]))
+        Evaluator(ToyWorld(WorldConfig(name="micro", **{**world_presets("toy")["micro"]["world"], "n_eval": 0})), tok)
+    world = ToyWorld(WorldConfig(name="micro", **world_presets("toy")["micro"]["world"]))
     world.__dict__["eval_items"] = {**world.eval_items, "add": []}  # ... and the Evaluator any empty task split
     with pytest.raises(HarnessError, match="'add' has an empty eval split"):
         Evaluator(world, tok)

@@ -11,13 +11,13 @@ import pytest
 from benchmarks.pretrain import (HINT_TEMPLATE, VOCAB_CHARS, encode_sequence, pretraining_pairs,
                                  pretraining_texts)
 from benchmarks.tasks import FAMILIES
-from benchmarks.toy_presets import WORLD_PRESETS
 from benchmarks.world import ToyWorld, WorldConfig
+from harness.config import world_presets
 from harness.modeling import build_char_tokenizer
 
 
 def _micro(**pretrain) -> ToyWorld:
-    preset = WORLD_PRESETS["micro"]["world"]
+    preset = world_presets("toy")["micro"]["world"]
     return ToyWorld(WorldConfig(name="micro", **{**preset, "pretrain": {**preset["pretrain"], **pretrain}}))
 
 
@@ -55,7 +55,7 @@ def _old_key(cfg: WorldConfig, **dump) -> str:
 
 
 @pytest.mark.parametrize("cfg", [WorldConfig(), WorldConfig(target="add", seed=2),
-                                 WorldConfig(name="micro", **WORLD_PRESETS["micro"]["world"])],
+                                 WorldConfig(name="micro", **world_presets("toy")["micro"]["world"])],
                          ids=["toy", "toy-add-seed2", "micro"])
 def test_default_world_keys_unchanged(cfg):
     assert cfg.pretrain.hint_frac == 0.0

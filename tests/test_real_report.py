@@ -29,12 +29,14 @@ def _own_task(folder, test_file: str) -> str:
 @pytest.fixture
 def sweeps_dir(tmp_path, monkeypatch, micro_world):
     """A project folder with its own MLflow store, and a real-world preset `tiny-own` among the shipped ones."""
-    import benchmarks.real
+    import shutil
+
+    import benchmarks
 
     data = write_task_data(tmp_path / "data")
     model = build_tiny_model(tmp_path / "qwen2", "qwen2")
     presets = tmp_path / "presets"
-    presets.mkdir()
+    shutil.copytree(benchmarks.PRESET_DIR, presets)
     (presets / "tiny-own.yaml").write_text(yaml.safe_dump({
         "world": {"kind": "real", "base_model": str(model), "chat_template": True,
                   "target": {"task": "gsm8k", "data_files": data["gsm8k"], "filter": "flexible-extract",
@@ -45,7 +47,7 @@ def sweeps_dir(tmp_path, monkeypatch, micro_world):
                   "n_val_nontarget": 4, "n_eval_nontarget": 8},
         "train": {"batch_size": 4, "micro_batch_size": 2}, "eval": {"batch_size": 16, "examples_logged": 2},
         "grpo": {"prompts_per_step": 2, "group_size": 2}}))
-    monkeypatch.setattr(benchmarks.real, "PRESET_DIR", presets)
+    monkeypatch.setattr(benchmarks, "PRESET_DIR", presets)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     return tmp_path

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.real import preset_files
+from harness.config import world_presets
 from real_fixtures import build_tiny_model, teach, write_punkt_tab, write_task_data
 
 # Short answers the taught base learns to give: some pass an IFEval prompt's checks, some fail them.
@@ -230,7 +230,7 @@ def test_bad_real_world_inputs_are_one_line_errors(real_env):
         _world(presets["qwen2"], **{"world.base_model": "nobody/no-such-model"})[0].base_path()
 
 
-@pytest.mark.parametrize("preset", sorted(preset_files()))
+@pytest.mark.parametrize("preset", sorted(world_presets("real")))
 def test_shipped_presets_validate(preset, monkeypatch, tmp_path):
     """Every shipped preset resolves for every method, and its dry run lists what it needs (here: missing)."""
     from benchmarks.staging import requirements

@@ -118,8 +118,8 @@ def test_vllm_spec_and_command(record_env, tmp_path):
 
 
 def test_failures_are_one_line_errors(record_env, tmp_path, monkeypatch):
-    from benchmarks.toy_presets import WORLD_PRESETS
     from benchmarks.world import ToyWorld, WorldConfig
+    from harness.config import world_presets
     from harness import record_eval as rec_mod
     from harness.errors import HarnessError
 
@@ -135,7 +135,7 @@ def test_failures_are_one_line_errors(record_env, tmp_path, monkeypatch):
         rec_mod.build_spec(world, ckpt, backend="sglang")
     with pytest.raises(HarnessError, match="no config.json"):
         rec_mod.build_spec(world, tmp_path)
-    toy = ToyWorld(WorldConfig(name="micro", **WORLD_PRESETS["micro"]["world"]))
+    toy = ToyWorld(WorldConfig(name="micro", **world_presets("toy")["micro"]["world"]))
     with pytest.raises(HarnessError, match="evaluation of record is for real worlds"):
         rec_mod.record_eval(toy, ckpt)
 

@@ -81,15 +81,15 @@ def test_no_shipped_base_for_another_key(shipped_micro):
 
 def test_the_projects_shipped_bases_match_their_worlds_and_checksums():
     """Each shipped base is still the one its world's current config names (else fresh clones would pretrain)."""
-    from benchmarks.toy_presets import WORLD_PRESETS
     from benchmarks.world import WorldConfig
+    from harness.config import world_presets
 
     folders = sorted(p.parent for p in shipped_bases.SHIPPED_DIR.glob(f"*/{shipped_bases.MANIFEST}"))
     assert folders, "the project ships at least the default toy world's base"
-    keys = {WorldConfig(name=n, **WORLD_PRESETS[n].get("world", {})).base_key(): n for n in WORLD_PRESETS}
+    keys = {WorldConfig(name=n, **world_presets("toy")[n].get("world", {})).base_key(): n for n in world_presets("toy")}
     for folder in folders:
         manifest = json.loads((folder / shipped_bases.MANIFEST).read_text())
         assert folder.name == manifest["base_key"]
         assert manifest["base_key"] in keys, f"{folder} matches no toy world preset's current config"
         assert shipped_bases.verify(folder) is None
-    assert WorldConfig(name="toy", **WORLD_PRESETS["toy"].get("world", {})).base_key() in {f.name for f in folders}
+    assert WorldConfig(name="toy", **world_presets("toy")["toy"].get("world", {})).base_key() in {f.name for f in folders}

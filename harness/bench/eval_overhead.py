@@ -17,10 +17,12 @@ import time
 
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run both evaluations `--repeats` times and print the times and their ratio."""
-    from benchmarks.toy_presets import WORLD_PRESETS
+    from harness.config import world_presets
+
+    presets = world_presets("toy")
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--world", default="micro", choices=sorted(WORLD_PRESETS))
+    ap.add_argument("--world", default="micro", choices=sorted(presets))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings comparable)")
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     from harness.evaluation import Evaluator
     from harness.modeling import load_model
 
-    world = ToyWorld(WorldConfig(name=args.world, **WORLD_PRESETS[args.world].get("world", {})))
+    world = ToyWorld(WorldConfig(name=args.world, **presets[args.world].get("world", {})))
     model, tok = load_model(world.base_path(progress=True))
     start = time.perf_counter()
     ev = Evaluator(world, tok, batch_size=args.batch_size)
