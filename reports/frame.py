@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness import mlflow_api
 from reports.samplers import run_samplers
 
 CHECKPOINT_METRICS = ("target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
@@ -78,8 +79,7 @@ def histories(client, run_ids: list[str], keys: tuple[str, ...] | list[str]) -> 
     server) the per-(run, key) `get_metric_history` calls go through a small thread pool.
     """
     rows: list[tuple[str, str, int, float, int]] = []
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    bulk = getattr(store, "get_metric_history_bulk", None)
+    bulk = mlflow_api.bulk_metric_history(client)
     if bulk is not None:
         for key in keys:
             for i in range(0, len(run_ids), 500):  # stay under SQLite's bound-parameter limit
@@ -115,15 +115,10 @@ def load(experiment: str | None = None, client=None) -> Frames:
         names = ", ".join(e.name for e in client.search_experiments())
         raise HarnessError(f"no MLflow experiment named {experiment!r} in {client.tracking_uri}; "
                            f"experiments: {names or 'none'}")
-    from mlflow.tracking._tracking_service import utils as tracking_utils
     # search_runs reads MLflow's global URI: point it at our store, then restore the global exactly as it
     # was (usually unset, so MLFLOW_TRACKING_URI keeps working for whatever runs next in this process).
-    previous = tracking_utils._tracking_uri
-    mlflow.set_tracking_uri(client.tracking_uri)
-    try:
+    with mlflow_api.global_tracking_uri(client.tracking_uri):
         wide = mlflow.search_runs([exp.experiment_id], max_results=100_000, output_format="pandas")
-    finally:
-        tracking_utils._tracking_uri = previous
     if wide.empty:
         wide = pd.DataFrame(columns=["run_id", "status"])
     tidy = _tidy(wide)

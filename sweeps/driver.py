@@ -28,7 +28,7 @@ from sweeps.parents import describe, ensure_parent, finish_parent
 from sweeps.spec import SweepSpec, arm_method, arm_overrides, arm_seeds, worker_order
 from sweeps.steps_rule import apply_budget, resolve_budget
 from sweeps.study import (Heartbeat, local_lock, make_sampler, open_storage, prepare_study, recover_stale,
-                          search_space, storage_url)
+                          search_space, storage_url, trial_id)
 
 
 def _nested(flat: dict[str, Any]) -> dict:
@@ -130,14 +130,15 @@ def work(spec: SweepSpec, arms: list[str], parents: dict[str, str], threads: int
                 if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                     break
                 trial = study.ask()
-            if "fixed_params" not in study._storage.get_trial_system_attrs(trial._trial_id):
+            tid = trial_id(storage, study, trial)
+            if "fixed_params" not in storage.get_trial_system_attrs(tid):
                 # Another machine popped the last slot between our check and ask(): not a slot, drop it.
                 study.tell(trial, state=TrialState.PRUNED)
                 break
             for k, v in {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time()}.items():
                 trial.set_user_attr(k, v)
             try:
-                with Heartbeat(study, trial._trial_id):
+                with Heartbeat(storage, tid):
                     values = run_trial(spec, arm, study, trial, parents[arm], progress)
                 study.tell(trial, values)
             except HarnessError as e:
