@@ -111,7 +111,7 @@ def hub_datasets(src) -> list[str]:
     """The hub dataset repositories (`org/name`) an lm-eval task, or every task of a group, reads."""
     from benchmarks.lmeval_lookup import _full_index, find_entry
     entries = [find_entry(src.task, src.include_path)]
-    if lmeval_api.kind(entries[0]) in ("group", "tag"):  # one index for the whole tree: a text scan per leaf takes minutes
+    if lmeval_api.kind(entries[0]) in ("group", "tag"):  # one index for the tree: a text scan per leaf takes minutes
         index = dict(_full_index()) | (lmeval_api.index_folders([Path(src.include_path).expanduser()])
                                         if src.include_path else {})
         entries = _leaf_entries(entries[0], index)

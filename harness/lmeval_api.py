@@ -17,7 +17,7 @@ CHECKED = ((0, 4, 13), (0, 4, 14))  # [lowest, highest) lm-eval release these ad
 
 
 def load_yaml(path: str | Path, *, recursive: bool = True) -> dict[str, Any]:
-    """A task YAML as lm-eval reads it (its `include` chain merged unless `recursive=False`), `!function`s unresolved."""
+    """A task YAML as lm-eval reads it (its `include` chain merged unless `recursive=False`), `!function` unresolved."""
     from lm_eval.tasks._yaml_loader import load_yaml as _load
     return _load(path, resolve_func=False, recursive=recursive)
 

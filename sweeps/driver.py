@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from harness import metric_names as N
 from harness.config import deep_merge, resolve_config
 from harness.errors import HarnessError
 from harness.method import SweepParam
@@ -102,16 +103,16 @@ def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Tria
                 done = find_run(spec.name, tags)
         P.run_finished(arm, trial.number, seed, metrics, reused=reused)
         run_ids.append(done)
-        gains.append(metrics["target_gain"])
-        drops.append(metrics["nontarget_drop"])
-        val_gains.append(metrics["val/target_gain"])
-        val_drops.append(metrics["val/nontarget_drop"])
+        gains.append(metrics[N.TARGET_GAIN])
+        drops.append(metrics[N.NONTARGET_DROP])
+        val_gains.append(metrics[N.VAL_TARGET_GAIN])
+        val_drops.append(metrics[N.VAL_NONTARGET_DROP])
     trial.set_user_attr("mlflow_run_ids", run_ids)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
-    trial.set_user_attr("target_gain", mean(gains))
-    trial.set_user_attr("nontarget_drop", mean(drops))
-    trial.set_user_attr("val_target_gain", mean(val_gains))
-    trial.set_user_attr("val_nontarget_drop", mean(val_drops))
+    trial.set_user_attr(N.TARGET_GAIN, mean(gains))
+    trial.set_user_attr(N.NONTARGET_DROP, mean(drops))
+    trial.set_user_attr(N.TRIAL_VAL_TARGET_GAIN, mean(val_gains))
+    trial.set_user_attr(N.TRIAL_VAL_NONTARGET_DROP, mean(val_drops))
     return objective_values(spec, mean(val_gains), mean(val_drops))
 
 

@@ -24,6 +24,7 @@ import optuna
 from filelock import FileLock
 from optuna.trial import TrialState
 
+from harness import metric_names as N
 from harness.errors import HarnessError
 from harness.method import SweepParam, get_method
 from sweeps.spec import SweepSpec, arm_method, arm_trials
@@ -112,9 +113,9 @@ def metric_names(spec: SweepSpec) -> list[str]:
 
     The objective reads the validation split (every selection does), and the names say so.
     """
-    return {"pareto": ["val_target_gain", "val_nontarget_drop"],
-            "gain_at_drop_budget": ["val_target_gain_at_drop_budget"],
-            "drop_at_gain_target": ["val_nontarget_drop_at_gain_target"]}[spec.objective]
+    return {"pareto": [N.TRIAL_VAL_TARGET_GAIN, N.TRIAL_VAL_NONTARGET_DROP],
+            "gain_at_drop_budget": [N.TRIAL_VAL_TARGET_GAIN + "_at_drop_budget"],
+            "drop_at_gain_target": [N.TRIAL_VAL_NONTARGET_DROP + "_at_gain_target"]}[spec.objective]
 
 
 def prepare_study(spec: SweepSpec, method: str, storage) -> optuna.Study:
