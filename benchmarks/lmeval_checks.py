@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 
+from harness import lmeval_api
 from harness.errors import HarnessError
 
 # Optional packages that lm-eval task modules import at load time, and the lm-eval extra that installs them.
@@ -144,12 +145,10 @@ def broken_yaml(path: Path, name: str, e: Exception) -> HarnessError:
 
 def preflight(yaml_path: Path, task: str) -> None:
     """Check the optional imports and nltk data of the task's modules by reading them, not importing them."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     folders, path = [], Path(yaml_path)
     while True:  # the task's folder and those of the YAMLs it includes
         folders.append(path.parent)
-        inc = load_yaml(path, resolve_func=False, recursive=False).get("include")
+        inc = lmeval_api.load_yaml(path, recursive=False).get("include")
         if not isinstance(inc, str):
             break
         path = Path(inc) if Path(inc).is_absolute() else path.parent / inc

@@ -10,6 +10,7 @@ from typing import Any
 
 from benchmarks.lmeval_lookup import find_entry
 from benchmarks.lmeval_tasks import RealTask, TaskSource
+from harness import lmeval_api
 from harness.errors import HarnessError
 
 SUBTASK = "_harness_subtask"  # key a group's docs carry: which of its subtasks the doc belongs to
@@ -77,11 +78,10 @@ class RealGroup:
 
 def leaf_tasks(name: str, include_path: str | None = None) -> list[str]:
     """The tasks an lm-eval group or tag expands to, depth first in its listed order; [name] for a task."""
-    from lm_eval.tasks._index import Kind
     entry = find_entry(name, include_path)
-    if entry.kind is Kind.TAG:
+    if lmeval_api.kind(entry) == "tag":
         return [t for m in sorted(entry.tags) for t in leaf_tasks(m, include_path)]
-    if entry.kind is not Kind.GROUP:
+    if lmeval_api.kind(entry) != "group":
         return [name]
     out = []
     for m in (entry.cfg or {}).get("task", []):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.lmeval_checks import broken_yaml
+from harness import lmeval_api
 from harness.errors import HarnessError, unknown
 from harness.world import cache_root
 
@@ -100,9 +101,6 @@ def remember_yaml(name: str, path: Path) -> None:
 def find_entry(name: str, include_path: str | None = None) -> Any:
     """lm-eval's index entry for `name` (your include_path first); a text scan finds most names in 0.4 s instead
     of indexing for 9 s."""
-    from lm_eval.tasks._index import TaskIndex
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     tasks_dir = Path(importlib.import_module("lm_eval.tasks").__file__).parent
     roots = ([Path(include_path).expanduser()] if include_path else []) + [tasks_dir]
     if include_path and not roots[0].is_dir():
@@ -111,9 +109,8 @@ def find_entry(name: str, include_path: str | None = None) -> Any:
     def defined_in(path: Path) -> Any:
         text = path.read_text(encoding="utf-8", errors="replace")
         if name in text and any(m.group(1) == name for m in _NAME_LINE.finditer(text)):
-            found: dict = {}
             try:
-                TaskIndex.process_cfg(load_yaml(path, resolve_func=False), path, found)
+                found = lmeval_api.index_config(lmeval_api.load_yaml(path), path)
             except Exception as e:  # lm-eval's index skips unparsable files too (tasks/_index.py::build)
                 if path in own:  # but a broken file of yours that defines the task is the answer, not a skip
                     raise broken_yaml(path, name, e) from None
@@ -134,11 +131,11 @@ def find_entry(name: str, include_path: str | None = None) -> Any:
             return entry
     index = dict(_full_index())  # tags and anything the scan misses
     if include_path:  # your own tasks' entries (and tags) win over lm-eval's
-        index.update(TaskIndex.build([Path(include_path).expanduser()]))
+        index.update(lmeval_api.index_folders([Path(include_path).expanduser()]))
     if name not in index:
         for path in (p for p in own if name in p.read_text(encoding="utf-8", errors="replace")):
             try:  # a file of yours that names the task but that lm-eval's index skipped as unparsable
-                load_yaml(path, resolve_func=False)
+                lmeval_api.load_yaml(path)
             except Exception as e:
                 raise broken_yaml(path, name, e) from None
         import difflib

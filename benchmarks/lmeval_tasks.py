@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from benchmarks.lmeval_checks import first_line, preflight, quiet_datasets, root_cause
 from benchmarks.lmeval_lookup import find_entry
+from harness import lmeval_api
 from harness.errors import HarnessError, unknown
 _SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -199,11 +200,9 @@ def load_task(source: TaskSource, workdir: Path) -> RealTask:
     """Load an lm-eval task (or each task of a group) under the name harness_real_<task>, on local files if given."""
     from lm_eval.defaults import DEFAULT_MAX_GEN_TOKS, default_gen_kwargs
     from lm_eval.tasks import TaskManager
-    from lm_eval.tasks._index import Kind
-    from lm_eval.tasks._yaml_loader import load_yaml
 
     entry = find_entry(source.task, source.include_path)
-    if entry.kind in (Kind.GROUP, Kind.TAG):
+    if lmeval_api.kind(entry) in ("group", "tag"):
         if source.data_files is not None:
             raise HarnessError(f"lm-eval group {source.task!r} reads each subtask's own dataset: drop data_files "
                                f"(stage them with `harness fetch`), or list a subtask with its files")
@@ -211,16 +210,16 @@ def load_task(source: TaskSource, workdir: Path) -> RealTask:
         leaves = [load_task(source.model_copy(update={"task": t}), workdir)
                   for t in dict.fromkeys(leaf_tasks(source.task, source.include_path))]
         return RealGroup(source, leaves)  # the same interface as RealTask
-    if entry.kind is not Kind.TASK:
+    if lmeval_api.kind(entry) != "task":
         raise HarnessError(f"lm-eval task {source.task!r} is a Python-class task, not supported yet; pick a YAML task")
-    base = load_yaml(entry.yaml_path, resolve_func=False)
+    base = lmeval_api.load_yaml(entry.yaml_path)
     if base.get("output_type") not in ("generate_until", "multiple_choice"):
         raise HarnessError(f"lm-eval task {source.task!r} has output_type {base.get('output_type')!r}; "
                            f"only generate_until and multiple_choice tasks are supported")
     preflight(entry.yaml_path, source.task)  # before lm-eval imports the task's modules
 
     name = f"harness_real_{source.task}"
-    # lm-eval merges an include shallowly (tasks/_yaml_loader.py::load_yaml, `merged.update(cfg)`),
+    # lm-eval merges an include shallowly (harness.lmeval_api.load_yaml: `merged.update(cfg)`),
     # so every overridden mapping is written whole.
     override: dict[str, Any] = {"include": str(Path(entry.yaml_path).resolve()), "task": name, "num_fewshot": source.num_fewshot}
     if base["output_type"] == "generate_until":

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from benchmarks.lmeval_checks import first_line
+from harness import lmeval_api
 from harness.errors import HarnessError
 from harness.world import Requirement, world_class
 
@@ -89,28 +90,24 @@ def _tokenizer_requirement(cfg, folder: str) -> Requirement:
 
 def hub_datasets(src) -> list[str]:
     """The hub dataset repositories (`org/name`) an lm-eval task, or every task of a group, reads."""
-    from lm_eval.tasks._index import Kind, TaskIndex
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     from benchmarks.lmeval_lookup import _full_index, find_entry
     entries = [find_entry(src.task, src.include_path)]
-    if entries[0].kind in (Kind.GROUP, Kind.TAG):  # one index for the whole tree: a text scan per leaf takes minutes
-        index = dict(_full_index()) | (TaskIndex.build([Path(src.include_path).expanduser()]) if src.include_path
-                                        else {})
+    if lmeval_api.kind(entries[0]) in ("group", "tag"):  # one index for the tree: a text scan per leaf takes minutes
+        index = dict(_full_index()) | (lmeval_api.index_folders([Path(src.include_path).expanduser()])
+                                        if src.include_path else {})
         entries = _leaf_entries(entries[0], index)
     repos = set()
     for e in entries:
-        cfg = load_yaml(e.yaml_path, resolve_func=False) if e.yaml_path else {}
+        cfg = lmeval_api.load_yaml(e.yaml_path) if e.yaml_path else {}
         if cfg.get("dataset_path"):
             repos.add(str(cfg["dataset_path"]))
     return sorted(repos)
 
 
 def _leaf_entries(entry, index: dict) -> list:
-    from lm_eval.tasks._index import Kind
-    if entry.kind is Kind.TAG:
+    if lmeval_api.kind(entry) == "tag":
         return [x for m in sorted(entry.tags) if m in index for x in _leaf_entries(index[m], index)]
-    if entry.kind is not Kind.GROUP:
+    if lmeval_api.kind(entry) != "group":
         return [entry]
     members = [m for m in (entry.cfg or {}).get("task", []) if isinstance(m, str) and m in index]
     return [x for m in members for x in _leaf_entries(index[m], index)]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from harness.cliargs import take_settings
 from harness.cliparsers import (RUN_SETTINGS, SWEEP_SETTINGS, UI_SETTINGS, add_fetch_parser, add_list_parser,
                                 add_run_parser, add_sweep_parser, add_ui_parser, main_parser)
+from harness import metric_names as N
 from harness.errors import HarnessError, TrainingDiverged
 
 if TYPE_CHECKING:
@@ -110,8 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     final = run(cfg, mcfg, progress=not args.quiet)
     if not distributed.is_main():  # under `accelerate launch` rank 0 reports for every rank
         return 0
-    keys = ["target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
-            "nontarget_drop_hi", "pld_drift", "kl_to_base", "cost/wall_s"]
+    keys = [*N.GAIN_DROP_CIS, N.PLD_DRIFT, N.KL_TO_BASE, N.COST_WALL_S]
     print(f"{cfg.method} on {cfg.world.name}/{cfg.world.target_task}: "
           + ", ".join(f"{k}={final[k]:.2f}" for k in keys if k in final))
     return 0
@@ -170,8 +170,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name!r} finished; Pareto sets are on each method's parent run. Next: harness report, "
           "then harness ui")
     for m, front in fronts.items():
-        pts = ", ".join(f"lr={f['params'].get('train.lr', float('nan')):.1e}: gain {f['target_gain']:+.1f} "
-                        f"drop {f['nontarget_drop']:+.1f}" for f in front)
+        pts = ", ".join(f"lr={f['params'].get('train.lr', float('nan')):.1e}: gain {f[N.TARGET_GAIN]:+.1f} "
+                        f"drop {f[N.NONTARGET_DROP]:+.1f}" for f in front)
         print(f"  {m:14s} {pts}")
     return 0
 

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import torch
 
 from harness import distributed, fsdp
+from harness import metric_names as N
 from harness.cost import Cost
 from harness.data import Example, TrainData
 from harness.modeling import DTYPES, load_model
@@ -218,7 +219,7 @@ class Context:
     def log(self, stats: dict[str, float]) -> None:
         """Method statistics logged at the current step (e.g. coverage of a sampling round)."""
         self.extra_stats.update(stats)
-        self._log({f"train/{k}": v for k, v in stats.items()}, self.step)
+        self._log({N.TRAIN + k: v for k, v in stats.items()}, self.step)
 
     @contextmanager
     def recording(self) -> Iterator[list[tuple[dict, int]]]:

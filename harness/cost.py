@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness import metric_names as N
+
 TRAINED = ("train", "teacher")
 KINDS = (*TRAINED, "prefill", "gen", "ref", "old", "hinted")
 
@@ -54,7 +56,7 @@ class Cost:
 
     def metrics(self, n_params: int) -> dict[str, float]:
         """`cost/flops_<kind>` for every kind and their total `cost/flops`."""
-        out = {f"cost/flops_{k}": flops(n_params, v, 0) if k in TRAINED else flops(n_params, 0, v)
+        out = {f"{N.COST_FLOPS}_{k}": flops(n_params, v, 0) if k in TRAINED else flops(n_params, 0, v)
                for k, v in self.tokens.items()}
-        out["cost/flops"] = sum(out.values())
+        out[N.COST_FLOPS] = sum(out.values())
         return out

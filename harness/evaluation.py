@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 from lm_eval.api.model import LM
 
+from harness import lmeval_api
 from harness.errors import HarnessError
 from harness.greedy import STOP, greedy_generate
 from harness.metrics import eval_mode
@@ -76,17 +77,11 @@ def _quiet_lm_eval(level: int = logging.ERROR) -> Iterator[None]:
     logger = logging.getLogger("lm_eval")
     old = logger.level
     logger.setLevel(level)
-    import lm_eval.api.task as task_mod
-    orig = getattr(task_mod, "tqdm", None)
-    if orig is not None:
-        # build_all_requests wraps every task's docs in tqdm with no way to disable it.
-        task_mod.tqdm = lambda *a, **k: orig(*a, **{**k, "disable": True})
     try:
-        yield
+        with lmeval_api.request_bars_off():
+            yield
     finally:
         logger.setLevel(old)
-        if orig is not None:
-            task_mod.tqdm = orig
 
 
 class LiveLM(LM):

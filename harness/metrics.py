@@ -18,6 +18,7 @@ import torch
 
 from harness.data import Example, collate
 from harness import logprobs
+from harness import metric_names as N
 from harness.logprobs import eval_mode, token_greedy, token_kl, token_logprobs  # noqa: F401 (eval_mode is re-exported)
 
 
@@ -87,8 +88,8 @@ def bootstrap_cis(base: dict[str, np.ndarray], policy: dict[str, np.ndarray], ta
 
     gain_lo, gain_hi = interval([target], 1.0)
     drop_lo, drop_hi = interval(nontarget, -1.0) if nontarget else (float("nan"), float("nan"))
-    return {"target_gain_lo": gain_lo, "target_gain_hi": gain_hi,
-            "nontarget_drop_lo": drop_lo, "nontarget_drop_hi": drop_hi}
+    return {N.TARGET_GAIN_LO: gain_lo, N.TARGET_GAIN_HI: gain_hi,
+            N.NONTARGET_DROP_LO: drop_lo, N.NONTARGET_DROP_HI: drop_hi}
 
 
 def pld_rise(history: list[float]) -> float:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from harness import metric_names as N
 from harness.errors import HarnessError
 from harness.evaluation import requested_docs
 
@@ -251,14 +252,14 @@ def record_metrics(res, in_run: dict[str, dict[str, np.ndarray]]) -> dict[str, f
     examples on which it agrees with the in-run evaluation of the same checkpoint (`record/agreement`)."""
     out, same, total = {}, 0, 0
     for sp, scores in res.splits.items():
-        prefix = "record/" if sp == "eval" else f"record/{sp}/"
+        prefix = N.RECORD if sp == "eval" else f"{N.RECORD}{sp}/"
         for t, acc in scores.acc.items():
-            out[f"{prefix}acc/{t}"] = acc
+            out[prefix + N.acc(t)] = acc
             if t in in_run.get(sp, {}):
                 same += int((scores.correct[t] == in_run[sp][t]).sum())
                 total += len(scores.correct[t])
     if total:
-        out["record/agreement"] = same / total
+        out[N.RECORD_AGREEMENT] = same / total
     return out
 
 

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import distributed, metrics
+from harness import metric_names as N
 from harness.baseline import BaseScores, label_set, load_or_compute
 from harness.config import RunConfig
 from harness.context import Context
@@ -53,17 +54,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
-VAL = "val/"  # prefix of every validation-split metric: what selections read (DESIGN.md, "Metrics")
-
-
 def split_metrics(world, base: dict[str, np.ndarray], correct: dict[str, np.ndarray], prefix: str = "",
                   bootstrap_iters: int = 0, seed: int = 0) -> dict[str, float]:
     """acc/<task>, target_gain, nontarget_drop and drop/<task> of one split (and its paired CIs if asked)."""
-    out = {f"{prefix}acc/{t}": 100.0 * float(np.mean(v)) for t, v in correct.items()}
-    out[f"{prefix}target_gain"] = metrics.target_gain(base[world.target], correct[world.target])
+    out = {prefix + N.acc(t): 100.0 * float(np.mean(v)) for t, v in correct.items()}
+    out[prefix + N.TARGET_GAIN] = metrics.target_gain(base[world.target], correct[world.target])
     drop, per_task = metrics.nontarget_drop(base, correct, world.nontarget)
-    out[f"{prefix}nontarget_drop"] = drop
-    out.update({f"{prefix}drop/{t}": d for t, d in per_task.items()})
+    out[prefix + N.NONTARGET_DROP] = drop
+    out.update({prefix + N.drop(t): d for t, d in per_task.items()})
     if bootstrap_iters:
         cis = metrics.bootstrap_cis(base, correct, world.target, world.nontarget, iters=bootstrap_iters, seed=seed)
         out.update({prefix + k: v for k, v in cis.items()})
@@ -77,9 +75,10 @@ def eval_metrics(world, base: BaseScores, correct: dict[str, dict[str, np.ndarra
     `correct` is split -> task -> per-example correctness; `pld_history` holds PLD from θ₀ to this point.
     """
     out = split_metrics(world, base.correct_arrays("eval"), correct["eval"], "", bootstrap_iters, seed)
-    out.update(split_metrics(world, base.correct_arrays("val"), correct["val"], VAL))
+    out.update(split_metrics(world, base.correct_arrays("val"), correct["val"], N.VAL))
     pld = pld_history[-1]
-    out.update({"pld": pld, "pld_drift": pld - base.pld, "pld_rise": metrics.pld_rise(pld_history), "kl_to_base": kl})
+    out.update({N.PLD: pld, N.PLD_DRIFT: pld - base.pld, N.PLD_RISE: metrics.pld_rise(pld_history),
+                N.KL_TO_BASE: kl})
     return out
 
 
@@ -112,10 +111,10 @@ def ensure_base_run(cfg: RunConfig, world, base: BaseScores) -> None:
             return
         with RunTracker(cfg.tracking.experiment, f"base-{world.name}-{world.target}",
                         params=flatten({"world": world.cfg.model_dump()}), tags=tags) as tr:
-            tr.log_metrics({**{f"acc/{t}": a for t, a in base.acc["eval"].items()},
-                            **{f"{VAL}acc/{t}": a for t, a in base.acc["val"].items()}, "pld": base.pld,
-                            "base/label_nll_token": base.label_nll_token, "base/label_nll_seq": base.label_nll_seq,
-                            "base/own_nll_token": base.own_nll_token, "base/own_nll_seq": base.own_nll_seq}, step=0)
+            tr.log_metrics({**{N.acc(t): a for t, a in base.acc["eval"].items()},
+                            **{N.VAL + N.acc(t): a for t, a in base.acc["val"].items()}, N.PLD: base.pld,
+                            N.BASE_LABEL_NLL_TOKEN: base.label_nll_token, N.BASE_LABEL_NLL_SEQ: base.label_nll_seq,
+                            N.BASE_OWN_NLL_TOKEN: base.own_nll_token, N.BASE_OWN_NLL_SEQ: base.own_nll_seq}, step=0)
     _BASE_RUNS.add((_store_identity(), *known[1:]))  # the file may have been created just now
 
 
@@ -238,10 +237,10 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
             return run_cost(policy, trainer, sampler, eval_seconds, t0)
 
         def on_step(step: int, stats: dict) -> None:
-            tr.buffer_metrics({f"train/{k}": v for k, v in stats.items()}, step)
+            tr.buffer_metrics({N.TRAIN + k: v for k, v in stats.items()}, step)
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", gain=f"{last_eval.get('target_gain', 0):+.1f}",
-                            drop=f"{last_eval.get('nontarget_drop', 0):+.1f}")
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", gain=f"{last_eval.get(N.TARGET_GAIN, 0):+.1f}",
+                            drop=f"{last_eval.get(N.NONTARGET_DROP, 0):+.1f}")
 
         def on_eval(step: int) -> None:  # rank 0 only (Trainer.train)
             nonlocal eval_seconds, last_eval
@@ -285,8 +284,8 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
         responses = last_eval.pop("eval_responses", {})
         final_correct = last_eval.pop("eval_correct", {})
         final = {k: v for k, v in last_eval.items()} | cost() | {"steps": float(trainer.step)}
-        final.update({"base/label_nll_token": base.label_nll_token, "base/label_nll_seq": base.label_nll_seq,
-                      "base/own_nll_token": base.own_nll_token, "base/own_nll_seq": base.own_nll_seq})
+        final.update({N.BASE_LABEL_NLL_TOKEN: base.label_nll_token, N.BASE_LABEL_NLL_SEQ: base.label_nll_seq,
+                      N.BASE_OWN_NLL_TOKEN: base.own_nll_token, N.BASE_OWN_NLL_SEQ: base.own_nll_seq})
         tr.log_metrics(final, trainer.step)
         rows = []
         for t, items in world.eval_items.items():

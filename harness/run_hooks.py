@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from harness import metric_names as N
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -17,9 +19,9 @@ def run_cost(policy: torch.nn.Module, trainer: Trainer, sampler: Sampler, eval_s
              t0: float) -> dict[str, float]:
     """The run's cost/ metrics so far: tokens, seconds by phase (wall since `t0`) and FLOPs by kind of pass."""
     n, counted = sum(p.numel() for p in policy.parameters()), trainer.cost
-    return {"cost/train_tokens": counted.trained_tokens, "cost/gen_tokens": counted.tokens["gen"],
-            "cost/train_s": trainer.train_seconds, "cost/gen_s": sampler.gen_seconds,
-            "cost/eval_s": eval_s, "cost/wall_s": time.perf_counter() - t0, **counted.metrics(n)}
+    return {N.COST_TRAIN_TOKENS: counted.trained_tokens, N.COST_GEN_TOKENS: counted.tokens["gen"],
+            N.COST_TRAIN_S: trainer.train_seconds, N.COST_GEN_S: sampler.gen_seconds,
+            N.COST_EVAL_S: eval_s, N.COST_WALL_S: time.perf_counter() - t0, **counted.metrics(n)}
 
 
 def record_checkpoint(ctx: Context, step: int, in_run: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:

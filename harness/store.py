@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from harness import mlflow_api
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -97,14 +98,12 @@ def open_store(uri: str | None = None) -> MlflowClient:
             raise HarnessError(f"no MLflow store at {_where(uri)}; {hint}")
         return MlflowClient(uri)
     import sqlalchemy
-    from mlflow.store.db import utils as db_utils
 
     # MlflowClient would create the tables of an empty database and stamp it; look first, read-only.
     engine = None
     try:
         engine = sqlalchemy.create_engine(uri)
-        complete = db_utils._all_tables_exist(engine)
-        current = db_utils._get_schema_version(engine) if complete else None
+        complete, current = mlflow_api.schema_state(engine)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:  # unreachable server, missing driver
         first = (str(e).strip().splitlines() or [""])[0]
         raise HarnessError(f"cannot read the MLflow store at {_where(uri)}: {type(e).__name__}: {first}") from None
@@ -113,7 +112,7 @@ def open_store(uri: str | None = None) -> MlflowClient:
             engine.dispose()
     if not complete:
         raise HarnessError(f"{_where(uri)} holds no MLflow store; {hint}")
-    if current != db_utils._get_latest_schema_revision():
+    if current != mlflow_api.latest_schema():
         raise HarnessError(f"the MLflow store at {_where(uri)} was written by another MLflow version (schema "
                            f"{current}); back it up, then run `mlflow db upgrade {redact(uri)}`")
     return MlflowClient(uri)

@@ -6,7 +6,8 @@ skipped, every prompt token of every sample (prefill) and every generated token 
 Written against vLLM 0.33 as read from its source (shared/REAL-SCALE-NOTES.md §1): `LLM` built in
 process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so its torch module is reachable, `TokensPrompt` dicts,
 explicit `SamplingParams`, `load_weights` + `reset_prefix_cache` to push weights, optional sleep mode.
-Importing this module does not import vllm; the pure helpers below are tested without it.
+Importing this module does not import vllm; the pure helpers below are tested without it. Sampling a saved
+checkpoint on the same engine (TMS's checkpoints, Self-SFT's frozen base) is harness.vllm_checkpoint.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from harness.cost import Cost
 from harness.errors import HarnessError
 from harness.metrics import weights_version
 from harness.sampler import Completion
+
+if TYPE_CHECKING:
+    from harness.vllm_checkpoint import CheckpointSampler
 
 # Wrappers rename parameters; vLLM's load_weights wants HF checkpoint names (notes §1.4).
 _INNER = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")  # anywhere in the name
@@ -59,18 +63,6 @@ def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
         yield strip_wrapper_prefixes(name), p.detach()
 
 
-def checkpoint_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every tensor in a save_pretrained folder's safetensors files."""
-    from safetensors import safe_open
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise HarnessError(f"no *.safetensors in {str(folder)!r}; save the checkpoint with save_pretrained")
-    for f in files:
-        with safe_open(str(f), framework="pt", device="cpu") as fh:
-            for k in fh.keys():
-                yield k, fh.get_tensor(k)
-
-
 _OPTIMIZER_STEPS = [0]  # optimizer steps taken in this process (any optimizer): bumped by the hook below
 
 
@@ -91,12 +83,6 @@ def weights_key(model: torch.nn.Module) -> tuple | None:
     if versions is None:
         return None
     return _OPTIMIZER_STEPS[0], versions, tuple(p.data_ptr() for p in model.parameters())
-
-
-def checkpoint_key(folder: Path) -> tuple:
-    """A saved folder's identity: its path and its weight files' modification times (a re-save is a new key)."""
-    folder = Path(folder).resolve()
-    return ("checkpoint", str(folder), tuple(f.stat().st_mtime_ns for f in sorted(folder.glob("*.safetensors"))))
 
 
 def request_seed(seed: int, call: int, index: int) -> int:
@@ -209,13 +195,14 @@ class VLLMSampler:
         index in the whole call (its seed's key; default 0, 1, ...)."""
         start = time.perf_counter()
         try:
-            return self._generate(weights_key(self.model), lambda: policy_weights(self.model), prompts, n,
-                                  temperature, top_p, max_new_tokens, logprobs, indices)
+            return self.sample_weights(weights_key(self.model), lambda: policy_weights(self.model), prompts, n,
+                                       temperature, top_p, max_new_tokens, logprobs, indices)
         finally:
             self.gen_seconds += time.perf_counter() - start
 
     def from_checkpoint(self, path: str | Path) -> CheckpointSampler:
         """A Sampler over the model saved in `path` (same architecture), run on this engine instead of a new one."""
+        from harness.vllm_checkpoint import CheckpointSampler
         return CheckpointSampler(self, Path(path))
 
     def close(self) -> None:
@@ -235,10 +222,11 @@ class VLLMSampler:
         self.llm.reset_prefix_cache()
         self.push_seconds += time.perf_counter() - start
 
-    def _generate(self, key: tuple | None, weights: Callable[[], Iterable[tuple[str, torch.Tensor]]],
-                  prompts: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
-                  logprobs: bool, indices: list[int] | None = None) -> list[list[Completion]]:
-        """Make sure the engine holds the weights named by `key` (None: unknown, push), then sample."""
+    def sample_weights(self, key: tuple | None, weights: Callable[[], Iterable[tuple[str, torch.Tensor]]],
+                       prompts: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
+                       logprobs: bool, indices: list[int] | None = None) -> list[list[Completion]]:
+        """Make sure the engine holds the weights named by `key` (None: unknown, push), then sample: the policy's
+        (VLLMSampler.generate) or a saved checkpoint's (harness.vllm_checkpoint)."""
         call, self._calls = self._calls, self._calls + 1
         keys = range(len(prompts)) if indices is None else indices
         params = [self._SamplingParams(**sampling_kwargs(n, temperature, top_p, max_new_tokens,
@@ -280,27 +268,3 @@ class VLLMSampler:
         self.cost.add("prefill", sum(len(prompts[i]) for i, *_ in rows))
         self.cost.add("gen", sum(len(r) for _, r, _, _ in rows))
         return result
-
-
-class CheckpointSampler:
-    """A Sampler over a saved folder, sharing a VLLMSampler's engine; its tokens go to the same cost counter."""
-
-    def __init__(self, parent: VLLMSampler, path: Path):
-        self.parent, self.path, self.gen_seconds = parent, path, 0.0
-
-    @property
-    def cost(self) -> Cost:
-        """The parent's (the run's) counter."""
-        return self.parent.cost
-
-    def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 32, *, logprobs: bool = False,
-                 indices: list[int] | None = None) -> list[list[Completion]]:
-        """`n` completions per prompt from the checkpoint (`indices`: as VLLMSampler.generate's); the policy is
-        pushed back on the parent's next call."""
-        start = time.perf_counter()
-        try:
-            return self.parent._generate(checkpoint_key(self.path), lambda: checkpoint_weights(self.path), prompts,
-                                         n, temperature, top_p, max_new_tokens, logprobs, indices)
-        finally:
-            self.gen_seconds += time.perf_counter() - start

@@ -16,6 +16,7 @@ from typing import Callable
 
 import pandas as pd
 
+from harness import metric_names as N
 from reports import claims as C
 from reports import dial as D
 from reports import figures as F
@@ -95,18 +96,18 @@ def _front_display(front: pd.DataFrame, method: str) -> pd.DataFrame:
     sub = front[front["method"] == method]
     return pd.DataFrame({
         "lr": [F.fmt_lr(v)[3:] for v in sub["lr"]], "seed": sub["seed"].astype(str), "step": sub["step"].astype(str),
-        "target gain [95% CI]": [ci(*r) for r in sub[["target_gain", "target_gain_lo", "target_gain_hi"]].to_numpy()],
+        "target gain [95% CI]": [ci(*r) for r in sub[[N.TARGET_GAIN, N.TARGET_GAIN_LO, N.TARGET_GAIN_HI]].to_numpy()],
         "non-target drop [95% CI]": [ci(*r) for r in
-                                     sub[["nontarget_drop", "nontarget_drop_lo", "nontarget_drop_hi"]].to_numpy()],
-        "PLD drift (nats/tok)": [T._num(v) for v in sub["pld_drift"]],
-        "KL to base (nats)": [T._num(v) for v in sub["kl_to_base"]],
-        "FLOPs": ["–" if pd.isna(v) else f"{v:.2e}" for v in sub["cost/flops"]],
+                                     sub[[N.NONTARGET_DROP, N.NONTARGET_DROP_LO, N.NONTARGET_DROP_HI]].to_numpy()],
+        "PLD drift (nats/tok)": [T._num(v) for v in sub[N.PLD_DRIFT]],
+        "KL to base (nats)": [T._num(v) for v in sub[N.KL_TO_BASE]],
+        "FLOPs": ["–" if pd.isna(v) else f"{v:.2e}" for v in sub[N.COST_FLOPS]],
     })
 
 
 def _eval_at_best(fin: pd.DataFrame, key: str, pick) -> float:
     """`key` on eval at the final checkpoint whose validation `key` is best (`pick` = max or min)."""
-    val = fin[f"val/{key}"].dropna()
+    val = fin[N.VAL + key].dropna()
     if val.empty:  # nothing was chosen on validation, so nothing is shown
         return float("nan")
     return float(fin.loc[val.idxmax() if pick is max else val.idxmin(), key])
@@ -121,8 +122,8 @@ def _overview(fr: Frames, styles: dict) -> pd.DataFrame:
         rows.append({"method": m, "runs": str(len(sub)),
                      "learning rates": f"{lrs.min():.0e} – {lrs.max():.0e}" if len(lrs) else "–",
                      # the run is picked on validation, its eval number shown
-                     "best final gain": _eval_at_best(sub, "target_gain", max),
-                     "lowest final drop": _eval_at_best(sub, "nontarget_drop", min)})
+                     "best final gain": _eval_at_best(sub, N.TARGET_GAIN, max),
+                     "lowest final drop": _eval_at_best(sub, N.NONTARGET_DROP, min)})
     return pd.DataFrame(rows)
 
 

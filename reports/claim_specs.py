@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness import metric_names as N
+
 # "contradicted": significant in the opposite direction; "inconclusive": neither (with the power the test had);
 # "not tested": the result says why (an arm missing, a seed that never reached g, arms identical at the read point)
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "not tested")
@@ -46,11 +48,11 @@ CLAIMS = (
               "per-epoch on-policy SFT", more=(("self_sft", "onpolicy_sft"),), subject="self_sft"),
     ClaimSpec(TMS, "TMS forgets less than SFT and iterative SFT and lies between SFT and GRPO",
               more=(("sft", "tms"), ("iterative_sft", "tms")), not_more=(("grpo", "tms"),), subject="tms"),
-    ClaimSpec(TMS, "the rise of PLD from its running minimum tracks forgetting", predictor="pld_rise"),
+    ClaimSpec(TMS, "the rise of PLD from its running minimum tracks forgetting", predictor=N.PLD_RISE),
     ClaimSpec("TRAPO (arXiv 2512.17636)", "TRAPO keeps general ability better than SFT at similar or better target "
               "gain", more=(("sft", "trapo"),), gain_noninferior=(("sft", "trapo"),), subject="trapo"),
     ClaimSpec("Towards On-Policy SFT (IDFT, arXiv 2602.12222)", "IDFT forgets less than SFT", more=(("sft", "idft"),),
               subject="idft"),
     ClaimSpec("RL's Razor (arXiv 2509.04259)", "KL to the base on the target task predicts forgetting (R² 0.71 "
-              "reported; RbD r ≈ 0.52)", predictor="kl_to_base"),
+              "reported; RbD r ≈ 0.52)", predictor=N.KL_TO_BASE),
 )

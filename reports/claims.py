@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from harness import metric_names as N
 from reports import readpoint as RP
 from reports import stats as S
 from reports.claim_specs import CLAIMS, COMPARABLE_GAIN, R2_PREDICTS, ClaimSpec  # noqa: F401 (re-exported)
@@ -38,9 +39,9 @@ from reports.verdicts import Claim, evaluate_claim, predictor_test  # noqa: F401
 ANCHORS = ("sft", "grpo", "onpolicy_sft")
 FRACTION = 0.5
 MIN_SEEDS = 3           # a comparison on fewer seeds per arm is not tested
-VAL_GAIN, VAL_DROP = "val/target_gain", "val/nontarget_drop"
-READ_AT_CROSSING = ("target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
-                    "nontarget_drop_hi", "kl_to_base", "pld_drift", "pld_rise")
+VAL_GAIN, VAL_DROP = N.VAL_TARGET_GAIN, N.VAL_NONTARGET_DROP
+READ_AT_CROSSING = (N.TARGET_GAIN, N.TARGET_GAIN_LO, N.TARGET_GAIN_HI, N.NONTARGET_DROP, N.NONTARGET_DROP_LO,
+                    N.NONTARGET_DROP_HI, N.KL_TO_BASE, N.PLD_DRIFT, N.PLD_RISE)
 
 
 def matched_level(ckpts: pd.DataFrame, anchors=ANCHORS, fraction: float = FRACTION) -> float:
@@ -88,32 +89,32 @@ def drop_at_gain(ckpts: pd.DataFrame, g: float, by: str = "arm") -> pd.DataFrame
     unless the chosen run reached g on validation *and* on eval. Also the chosen run's final eval gain."""
     ck = ckpts.copy()
     base = ck["step"] == 0
-    for k in ("nontarget_drop_lo", "nontarget_drop_hi", "target_gain_lo", "target_gain_hi"):
+    for k in (N.NONTARGET_DROP_LO, N.NONTARGET_DROP_HI, N.TARGET_GAIN_LO, N.TARGET_GAIN_HI):
         # the base row has no interval: it *is* the base, gain and drop 0
-        src = "nontarget_drop" if k.startswith("nontarget") else "target_gain"
+        src = N.NONTARGET_DROP if k.startswith("nontarget") else N.TARGET_GAIN
         ck[k] = np.where(ck[k].isna() & base, ck[src], ck[k]) if k in ck else np.where(base, ck[src], np.nan)
     cols = ["step", VAL_GAIN, VAL_DROP, *READ_AT_CROSSING]
     gg = g if np.isfinite(g) else np.inf   # no g: nothing crosses
     rows = []
     for (key, seed), sub in ck.groupby([by, "seed"], sort=False, dropna=False):
         arr, ids = _padded(sub, cols)
-        rp = RP.read_point(arr["step"], arr[VAL_GAIN], arr[VAL_DROP], arr["target_gain"], gg,
+        rp = RP.read_point(arr["step"], arr[VAL_GAIN], arr[VAL_DROP], arr[N.TARGET_GAIN], gg,
                            {k: arr[k] for k in (VAL_GAIN, VAL_DROP, *READ_AT_CROSSING)})
         run = int(rp.pop("run"))
         crossed_val = RP.first_crossing(arr[VAL_GAIN], gg)
         row = {by: key, "seed": seed, "runs": len(ids), "runs_crossed": int(np.isfinite(crossed_val).sum()),
                "crossed_val": run >= 0, "crossed": bool(run >= 0 and np.isfinite(rp["step"]))}
         if run >= 0:
-            last = np.flatnonzero(np.isfinite(arr["target_gain"][run]))[-1]
+            last = np.flatnonzero(np.isfinite(arr[N.TARGET_GAIN][run]))[-1]
             row.update({"run_id": ids[run][0], "lr": ids[run][1], **{k: float(v) for k, v in rp.items()},
-                        "final_gain": arr["target_gain"][run, last],
-                        "final_gain_half": (arr["target_gain_hi"][run, last] - arr["target_gain_lo"][run, last]) / 2})
+                        "final_gain": arr[N.TARGET_GAIN][run, last],
+                        "final_gain_half": (arr[N.TARGET_GAIN_HI][run, last] - arr[N.TARGET_GAIN_LO][run, last]) / 2})
         rows.append(row)
     out = pd.DataFrame(rows, columns=None if rows else [by, "seed", "runs", "runs_crossed", "crossed_val", "crossed"])
-    if len(out) and "nontarget_drop_hi" in out:
-        drop_half = (out["nontarget_drop_hi"] - out["nontarget_drop_lo"]) / 2
-        out["prompt_half"] = RP.prompt_half(out["nontarget_drop"], drop_half,
-                                            (out["target_gain_hi"] - out["target_gain_lo"]) / 2, g)
+    if len(out) and N.NONTARGET_DROP_HI in out:
+        drop_half = (out[N.NONTARGET_DROP_HI] - out[N.NONTARGET_DROP_LO]) / 2
+        out["prompt_half"] = RP.prompt_half(out[N.NONTARGET_DROP], drop_half,
+                                            (out[N.TARGET_GAIN_HI] - out[N.TARGET_GAIN_LO]) / 2, g)
     return out
 
 
@@ -158,14 +159,14 @@ def estimate(values, halves=None, seeds: int | None = None, missing: int = 0) ->
                     missing, halves=[float(h) for h in halves])
 
 
-def arm_drop(per_seed: pd.DataFrame, arm: str, by: str = "arm", key: str = "nontarget_drop") -> Estimate:
+def arm_drop(per_seed: pd.DataFrame, arm: str, by: str = "arm", key: str = N.NONTARGET_DROP) -> Estimate:
     """An arm's drop-at-matched-gain estimate (or another `key` read there) from `drop_at_gain`'s rows."""
     sub = per_seed[per_seed[by] == arm]
     hit = sub[sub["crossed"].astype(bool)] if "crossed" in sub else sub.iloc[:0]
     if not len(hit):
         halves, vals = [], []
-    elif key == "nontarget_drop":
-        own = (hit["nontarget_drop_hi"] - hit["nontarget_drop_lo"]) / 2   # a frame without the read-point term
+    elif key == N.NONTARGET_DROP:
+        own = (hit[N.NONTARGET_DROP_HI] - hit[N.NONTARGET_DROP_LO]) / 2   # a frame without the read-point term
         halves, vals = hit["prompt_half"] if "prompt_half" in hit else own, hit[key]
     else:
         halves = hit["final_gain_half"] if key == "final_gain" else pd.Series(0.0, index=hit.index)
@@ -181,8 +182,8 @@ def best_gain(ckpts: pd.DataFrame, arm: str, by: str = "arm") -> Estimate:
     fin = final_checkpoints(trained_checkpoints(ckpts))
     fin = fin[fin[by] == arm].sort_values([VAL_GAIN, "lr"], ascending=[False, True], kind="stable")
     per_seed = fin.groupby("seed", sort=False).head(1)
-    halves = ((per_seed.get("target_gain_hi", np.nan) - per_seed.get("target_gain_lo", np.nan)) / 2).tolist()
-    return estimate(per_seed["target_gain"].tolist(), halves)
+    halves = ((per_seed.get(N.TARGET_GAIN_HI, np.nan) - per_seed.get(N.TARGET_GAIN_LO, np.nan)) / 2).tolist()
+    return estimate(per_seed[N.TARGET_GAIN].tolist(), halves)
 
 
 def peak_gain(ckpts: pd.DataFrame, arm: str, seeds: set) -> str:

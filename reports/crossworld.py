@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import metric_names as N
 from reports import claims as C
 from reports.frame import Frames, final_checkpoints, trained_checkpoints
 from reports.stats import correlation
@@ -27,14 +28,14 @@ def world_row(fr: Frames) -> dict:
     target = runs["target"].dropna().iloc[0] if runs["target"].notna().any() else "?"
     seed = runs["world_seed"].dropna().iloc[0] if "world_seed" in runs and runs["world_seed"].notna().any() else np.nan
     base_acc = np.nan
-    if len(fr.base) and f"acc/{target}" in fr.base:
-        base_acc = float(fr.base[f"acc/{target}"].dropna().iloc[0])
+    if len(fr.base) and N.acc(target) in fr.base:
+        base_acc = float(fr.base[N.acc(target)].dropna().iloc[0])
     g, rows = C.claims(fr)
     per_seed = C.drop_at_gain(fr.ckpts, g)
     row = {"experiment": fr.experiment, "world": runs["world"].dropna().iloc[0] if len(runs) else "?",
            "target": target, "world seed": "–" if pd.isna(seed) else str(int(seed)),
            "base accuracy on target (%)": base_acc,
-           "base NLL of teacher labels (nats/answer)": runs.get("base/label_nll_seq", pd.Series(np.nan)).mean(),
+           "base NLL of teacher labels (nats/answer)": runs.get(N.BASE_LABEL_NLL_SEQ, pd.Series(np.nan)).mean(),
            "g": g}
     for arm in C.ANCHORS:
         if arm not in set(fr.ckpts["arm"]):
@@ -44,7 +45,7 @@ def world_row(fr: Frames) -> dict:
         else:
             row[f"{arm} drop at g"] = C.arm_drop(per_seed, arm).text()
     fin = final_checkpoints(trained_checkpoints(fr.ckpts))
-    row["KL→drop R²"] = f"{correlation(fin['kl_to_base'], fin['nontarget_drop'])['r2']:.2f}"
+    row["KL→drop R²"] = f"{correlation(fin[N.KL_TO_BASE], fin[N.NONTARGET_DROP])['r2']:.2f}"
     for label, spec in CORE.items():
         row[label] = next(c for c in rows if c.statement == spec.statement).verdict
     row["why no g"] = C.never_gained(fr.ckpts) if not np.isfinite(g) else ""

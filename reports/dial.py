@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness import metric_names as N
 from reports import stats as S
 from reports.claim_specs import VERDICTS
 from reports.claims import MIN_SEEDS, arm_drop, best_gain, drop_at_gain
@@ -57,8 +58,8 @@ def dial(fr: Frames, g: float, method: str = "sft", lr: float | None = None) -> 
     rows = []
     for style, sub in runs[runs["method"] == method].groupby("teacher_style"):
         e = arm_drop(per_seed, style, by="teacher_style")
-        rows.append({"teacher_style": style, "label_nll_seq": sub.get("base/label_nll_seq", pd.Series(np.nan)).mean(),
-                     "label_nll_token": sub.get("base/label_nll_token", pd.Series(np.nan)).mean(),
+        rows.append({"teacher_style": style, "label_nll_seq": sub.get(N.BASE_LABEL_NLL_SEQ, pd.Series(np.nan)).mean(),
+                     "label_nll_token": sub.get(N.BASE_LABEL_NLL_TOKEN, pd.Series(np.nan)).mean(),
                      "seeds": e.seeds, "seeds_at_g": len(e.values), "drop_at_g": e.mean, "drop_lo": e.lo,
                      "drop_hi": e.hi, "best_gain": best_gain(ck, style, by="teacher_style").mean,
                      "values": e.values})

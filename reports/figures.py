@@ -14,6 +14,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from harness import metric_names as N  # noqa: E402
 from reports.frame import Frames, best_lr, final_checkpoints, trained_checkpoints, validated_front  # noqa: E402
 
 COLUMN, PAGE = 3.5, 7.0  # inches: one and two columns
@@ -88,16 +89,16 @@ def _gain_drop(ax, ck: pd.DataFrame, styles: dict[str, dict], methods: list[str]
         st, sub = styles[m], ck[ck["method"] == m]
         for _, run in sub.groupby("run_id", sort=False):
             run = run.sort_values("step")
-            ax.plot(run["target_gain"], run["nontarget_drop"], color=st["color"], lw=0.5, alpha=0.3, zorder=1)
+            ax.plot(run[N.TARGET_GAIN], run[N.NONTARGET_DROP], color=st["color"], lw=0.5, alpha=0.3, zorder=1)
         trained = trained_checkpoints(sub)
-        ax.scatter(trained["target_gain"], trained["nontarget_drop"], s=7, color=st["color"], marker=st["marker"],
+        ax.scatter(trained[N.TARGET_GAIN], trained[N.NONTARGET_DROP], s=7, color=st["color"], marker=st["marker"],
                    alpha=0.35, linewidths=0, zorder=2)
         fin = final_checkpoints(sub)
-        ax.errorbar(fin["target_gain"], fin["nontarget_drop"], xerr=_err(fin, "target_gain"),
-                    yerr=_err(fin, "nontarget_drop"), fmt=st["marker"], color=st["color"], ms=4, mec="white",
+        ax.errorbar(fin[N.TARGET_GAIN], fin[N.NONTARGET_DROP], xerr=_err(fin, N.TARGET_GAIN),
+                    yerr=_err(fin, N.NONTARGET_DROP), fmt=st["marker"], color=st["color"], ms=4, mec="white",
                     mew=0.4, elinewidth=0.6, zorder=4)
         front = validated_front(trained)
-        ax.step(front["target_gain"], front["nontarget_drop"], where="pre", color=st["color"], lw=1.1, alpha=0.85,
+        ax.step(front[N.TARGET_GAIN], front[N.NONTARGET_DROP], where="pre", color=st["color"], lw=1.1, alpha=0.85,
                 zorder=3)
         fronts.append(front)
     ax.plot([0], [0], marker="*", color="black", ms=9, ls="none", zorder=5)
@@ -109,19 +110,19 @@ def zoom_window(ck: pd.DataFrame, fronts: pd.DataFrame) -> tuple[float, float, f
     """(x0, x1, y0, y1) of the high-gain corner: the top 15% of the gain range and the drops of the front and
     final points there that are below 30% of the drop range (all of them if none is), so methods that all
     reach the top gain can be told apart."""
-    g, d = ck["target_gain"], ck["nontarget_drop"]
+    g, d = ck[N.TARGET_GAIN], ck[N.NONTARGET_DROP]
     gmax, gspan = float(g.max()), float(max(g.max(), 0) - min(g.min(), 0)) or 1.0
     dspan = float(max(d.max(), 0) - min(d.min(), 0)) or 1.0
     x0 = gmax - 0.15 * gspan
     near = pd.concat([fronts, final_checkpoints(ck)])
-    near = near[near["target_gain"] >= x0]
-    low = near[near["nontarget_drop"] <= 0.3 * dspan]
+    near = near[near[N.TARGET_GAIN] >= x0]
+    low = near[near[N.NONTARGET_DROP] <= 0.3 * dspan]
     near = low if len(low) else near  # every top-gain point forgets a lot: show them all
-    hi = near["nontarget_drop_hi"].fillna(near["nontarget_drop"]) if "nontarget_drop_hi" in near else near[
-        "nontarget_drop"]
+    hi = near[N.NONTARGET_DROP_HI].fillna(near[N.NONTARGET_DROP]) if N.NONTARGET_DROP_HI in near else near[
+        N.NONTARGET_DROP]
     y1 = max(float(hi.max()) if len(near) else 0.3 * dspan, 0.02 * dspan, 0.5) * 1.1
-    y0 = min(float(near["nontarget_drop"].min()) if len(near) else 0.0, 0.0) - 0.06 * y1
-    xhi = near["target_gain_hi"].max() if "target_gain_hi" in near and len(near) else np.nan
+    y0 = min(float(near[N.NONTARGET_DROP].min()) if len(near) else 0.0, 0.0) - 0.06 * y1
+    xhi = near[N.TARGET_GAIN_HI].max() if N.TARGET_GAIN_HI in near and len(near) else np.nan
     x1 = max(gmax, float(xhi) if pd.notna(xhi) else gmax) + 0.02 * gspan
     return x0, x1, y0, y1
 
@@ -165,7 +166,7 @@ def front_vs_lr(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
         st, sub = styles[m], agg[agg["method"] == m].sort_values("lr")
         # spread overlapping methods a little along the log axis so their error bars stay apart
         jitter = 10 ** ((i - (n - 1) / 2) * 0.012)
-        for ax, key in zip(axes, ("target_gain", "nontarget_drop")):
+        for ax, key in zip(axes, (N.TARGET_GAIN, N.NONTARGET_DROP)):
             ax.errorbar(sub["lr"] * jitter, sub[key], yerr=_err(sub, key), color=st["color"], marker=st["marker"],
                         ms=3.5, lw=1.0, elinewidth=0.6)
     gain_and_drop_axes(axes, "learning rate (log scale)")
@@ -184,7 +185,7 @@ def pld_drift_curves(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     for m in ordered(styles, ck):
         st = styles[m]
         sub = at_lr(ck[ck["method"] == m], best[m])
-        curve = sub.groupby("step")["pld_drift"].mean()
+        curve = sub.groupby("step")[N.PLD_DRIFT].mean()
         (h,) = ax.plot(curve.index, curve.to_numpy(), color=st["color"], marker=st["marker"], ms=3, lw=1.1,
                        label=f"{st['label']} ({fmt_lr(best[m])})")
         handles.append(h)
@@ -200,8 +201,8 @@ def pld_drift_curves(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     return fig
 
 
-PREDICTORS = (("pld_rise", "PLD rise from its running min (nats/token)"), ("pld_drift", "PLD drift (nats/token)"),
-              ("kl_to_base", "KL to base (nats/response)"), ("data_phi_mean", "training data mean φ (nats/token)"))
+PREDICTORS = ((N.PLD_RISE, "PLD rise from its running min (nats/token)"), (N.PLD_DRIFT, "PLD drift (nats/token)"),
+              (N.KL_TO_BASE, "KL to base (nats/response)"), ("data_phi_mean", "training data mean φ (nats/token)"))
 
 
 def predictor_stats(fr: Frames) -> dict[str, dict[str, float]]:
@@ -209,7 +210,7 @@ def predictor_stats(fr: Frames) -> dict[str, dict[str, float]]:
     checkpoint: pooled r, R² and line; p-values from the methods' means (runs of one method are not independent)."""
     from reports.stats import clustered_correlation
     fin = final_checkpoints(fr.ckpts).merge(fr.runs[["run_id", "data_phi_mean"]], on="run_id", how="left")
-    return {k: clustered_correlation(fin[k], fin["nontarget_drop"], fin["method"]) for k, _ in PREDICTORS}
+    return {k: clustered_correlation(fin[k], fin[N.NONTARGET_DROP], fin["method"]) for k, _ in PREDICTORS}
 
 
 def predictors(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
@@ -221,7 +222,7 @@ def predictors(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     for ax, (key, label) in zip(axes, PREDICTORS):
         for m in methods:
             sub = fin[fin["method"] == m]
-            ax.scatter(sub[key], sub["nontarget_drop"], s=14, color=styles[m]["color"], marker=styles[m]["marker"],
+            ax.scatter(sub[key], sub[N.NONTARGET_DROP], s=14, color=styles[m]["color"], marker=styles[m]["marker"],
                        alpha=0.85, linewidths=0)
         fit = stats[key]
         if np.isfinite(fit["slope"]):
@@ -233,7 +234,7 @@ def predictors(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
         ax.legend(loc="upper left", handlelength=1.5, borderaxespad=0.2)
         ax.set_xlabel(label)
     axes[0].set_ylabel(DROP)
-    top = np.nanmax(fin["nontarget_drop"]) if fin["nontarget_drop"].notna().any() else 1.0
+    top = np.nanmax(fin[N.NONTARGET_DROP]) if fin[N.NONTARGET_DROP].notna().any() else 1.0
     axes[0].set_ylim(top=max(top, 1.0) * 1.25)  # room for the fit legend above the points
     fig.tight_layout(w_pad=1.0)
     legend_below(fig, styles, methods, ncol=min(8, max(1, len(methods))), lines=False)

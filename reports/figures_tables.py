@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from harness import metric_names as N
 from reports.figures import COLUMN, PAGE, at_lr, gain_and_drop_axes, legend_below, ordered, plt
 from reports.frame import Frames, best_lr, final_checkpoints, trained_checkpoints, validated_front
 from reports.pareto import gain_grid
@@ -11,7 +12,7 @@ from reports.pareto import gain_grid
 
 def task_columns(runs: pd.DataFrame) -> list[str]:
     """The `drop/<task>` columns present, sorted by task name."""
-    return sorted(c for c in runs.columns if c.startswith("drop/") and runs[c].notna().any())
+    return sorted(c for c in runs.columns if c.startswith(N.DROP) and runs[c].notna().any())
 
 
 def per_task_drop(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
@@ -43,8 +44,8 @@ def per_task_drop(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
 
 def compute_front(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     """Gain and drop against training compute (FLOPs): every run faint, the best-lr run bold."""
-    ck = trained_checkpoints(fr.ckpts).dropna(subset=["cost/flops"])
-    ck = ck[ck["cost/flops"] > 0]
+    ck = trained_checkpoints(fr.ckpts).dropna(subset=[N.COST_FLOPS])
+    ck = ck[ck[N.COST_FLOPS] > 0]
     best = best_lr(final_checkpoints(fr.ckpts))
     fig, axes = plt.subplots(1, 2, figsize=(PAGE, 2.5), sharex=True)
     methods = ordered(styles, ck)
@@ -54,8 +55,8 @@ def compute_front(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
         for rid, run in sub.groupby("run_id", sort=False):
             run = run.sort_values("step")
             bold = rid in chosen
-            for ax, key in zip(axes, ("target_gain", "nontarget_drop")):
-                ax.plot(run["cost/flops"], run[key], color=st["color"], marker=st["marker"],
+            for ax, key in zip(axes, (N.TARGET_GAIN, N.NONTARGET_DROP)):
+                ax.plot(run[N.COST_FLOPS], run[key], color=st["color"], marker=st["marker"],
                         lw=1.2 if bold else 0.5, ms=3 if bold else 1.8, alpha=1.0 if bold else 0.3,
                         zorder=3 if bold else 1)
     gain_and_drop_axes(axes, "training + generation compute (FLOPs, log scale)")
@@ -94,7 +95,7 @@ def matched_gain_table(fr: Frames, styles: dict[str, dict]) -> pd.DataFrame:
     per method the mean validation gain at that read point (`<method> val gain`)."""
     ck = fr.ckpts
     trained = trained_checkpoints(ck)
-    top = trained.groupby(["method", "seed"])["val/target_gain"].max().max() if len(trained) else np.nan
+    top = trained.groupby(["method", "seed"])[N.VAL_TARGET_GAIN].max().max() if len(trained) else np.nan
     grid = gain_grid(float(top), max_ticks=8)
     table = pd.DataFrame({"gain_at_least": grid})
     methods = ordered(styles, trained)
@@ -132,8 +133,8 @@ def matched_gain(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     return fig
 
 
-FRONT_COLUMNS = ["method", "lr", "seed", "step", "target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop",
-                 "nontarget_drop_lo", "nontarget_drop_hi", "pld_drift", "kl_to_base", "cost/flops", "run_id"]
+FRONT_COLUMNS = ["method", "lr", "seed", "step", N.TARGET_GAIN, N.TARGET_GAIN_LO, N.TARGET_GAIN_HI, N.NONTARGET_DROP,
+                 N.NONTARGET_DROP_LO, N.NONTARGET_DROP_HI, N.PLD_DRIFT, N.KL_TO_BASE, N.COST_FLOPS, "run_id"]
 
 
 def front_table(fr: Frames, styles: dict[str, dict]) -> pd.DataFrame:
@@ -146,8 +147,8 @@ def front_table(fr: Frames, styles: dict[str, dict]) -> pd.DataFrame:
     for m in ordered(styles, ck):
         sub = ck[ck["method"] == m]
         front = validated_front(sub)
-        front = front.sort_values(["cost/flops", "step"], kind="stable", na_position="last")
-        parts.append(front.drop_duplicates(["target_gain", "nontarget_drop"]).sort_values("target_gain",
+        front = front.sort_values([N.COST_FLOPS, "step"], kind="stable", na_position="last")
+        parts.append(front.drop_duplicates([N.TARGET_GAIN, N.NONTARGET_DROP]).sort_values(N.TARGET_GAIN,
                                                                                          kind="stable"))
     if not parts:
         return pd.DataFrame(columns=FRONT_COLUMNS)
@@ -203,7 +204,7 @@ def dial_figure(fr: Frames, styles: dict[str, dict]) -> plt.Figure:
     if rate is not None:  # the styles trained one stated rate: both panels read them there
         ck = ck[np.isclose(ck["lr"], rate)]
     trained = trained_checkpoints(ck)
-    grid = gain_grid(float(trained["val/target_gain"].max()) if len(trained) else np.nan, max_ticks=8)
+    grid = gain_grid(float(trained[N.VAL_TARGET_GAIN].max()) if len(trained) else np.nan, max_ticks=8)
     greys = plt.get_cmap("viridis")
     order = table["teacher_style"].tolist() if len(table) else []
     for i, style in enumerate(order):

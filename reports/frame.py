@@ -19,12 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness import metric_names as N
+from harness import mlflow_api
 from reports.samplers import run_samplers
 
-CHECKPOINT_METRICS = ("target_gain", "target_gain_lo", "target_gain_hi", "nontarget_drop", "nontarget_drop_lo",
-                      "nontarget_drop_hi", "val/target_gain", "val/nontarget_drop", "pld_drift", "pld_rise",
-                      "kl_to_base", "cost/flops")
-PHI = "train/data_phi"
+CHECKPOINT_METRICS = (N.TARGET_GAIN, N.TARGET_GAIN_LO, N.TARGET_GAIN_HI, N.NONTARGET_DROP, N.NONTARGET_DROP_LO,
+                      N.NONTARGET_DROP_HI, N.VAL_TARGET_GAIN, N.VAL_NONTARGET_DROP, N.PLD_DRIFT, N.PLD_RISE,
+                      N.KL_TO_BASE, N.COST_FLOPS)
+PHI = N.DATA_PHI
 ID_COLUMNS = ("run_id", "method", "arm", "lr", "seed", "target", "teacher_style", "sweep", "world", "trial",
               "parent_id")
 _TAGS = {"method": "tags.method", "seed": "tags.seed", "target": "tags.target", "teacher_style": "tags.teacher_style",
@@ -78,8 +80,7 @@ def histories(client, run_ids: list[str], keys: tuple[str, ...] | list[str]) -> 
     server) the per-(run, key) `get_metric_history` calls go through a small thread pool.
     """
     rows: list[tuple[str, str, int, float, int]] = []
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    bulk = getattr(store, "get_metric_history_bulk", None)
+    bulk = mlflow_api.bulk_metric_history(client)
     if bulk is not None:
         for key in keys:
             for i in range(0, len(run_ids), 500):  # stay under SQLite's bound-parameter limit
@@ -115,15 +116,10 @@ def load(experiment: str | None = None, client=None) -> Frames:
         names = ", ".join(e.name for e in client.search_experiments())
         raise HarnessError(f"no MLflow experiment named {experiment!r} in {client.tracking_uri}; "
                            f"experiments: {names or 'none'}")
-    from mlflow.tracking._tracking_service import utils as tracking_utils
     # search_runs reads MLflow's global URI: point it at our store, then restore the global exactly as it
     # was (usually unset, so MLFLOW_TRACKING_URI keeps working for whatever runs next in this process).
-    previous = tracking_utils._tracking_uri
-    mlflow.set_tracking_uri(client.tracking_uri)
-    try:
+    with mlflow_api.global_tracking_uri(client.tracking_uri):
         wide = mlflow.search_runs([exp.experiment_id], max_results=100_000, output_format="pandas")
-    finally:
-        tracking_utils._tracking_uri = previous
     if wide.empty:
         wide = pd.DataFrame(columns=["run_id", "status"])
     tidy = _tidy(wide)
@@ -141,7 +137,7 @@ def load(experiment: str | None = None, client=None) -> Frames:
     evals = long[long["key"] != PHI].pivot_table(index=["run_id", "step"], columns="key", values="value",
                                                  aggfunc="last").reset_index()
     evals.columns.name = None
-    evals = evals[evals["target_gain"].notna()]  # training-only steps have no evaluation
+    evals = evals[evals[N.TARGET_GAIN].notna()]  # training-only steps have no evaluation
     for k in CHECKPOINT_METRICS:
         if k not in evals.columns:
             evals[k] = np.nan
@@ -163,7 +159,7 @@ def trained_checkpoints(ckpts: pd.DataFrame) -> pd.DataFrame:
     return ckpts[ckpts["step"] > 0]
 
 
-def aggregate_seeds(final: pd.DataFrame, metrics: tuple[str, ...] = ("target_gain", "nontarget_drop")) -> pd.DataFrame:
+def aggregate_seeds(final: pd.DataFrame, metrics: tuple[str, ...] = (N.TARGET_GAIN, N.NONTARGET_DROP)) -> pd.DataFrame:
     """Mean over seeds per (method, lr) with the 95% interval of `reports.stats.seed_interval` (the one rule)."""
     from reports.stats import seed_interval
 
@@ -184,9 +180,9 @@ def best_lr(final: pd.DataFrame) -> dict[str, float]:
     Ties go to the lower drop, then the lower learning rate. Used wherever one run per method is shown; the
     figures then show that run's eval numbers, so the choice and the numbers shown come from disjoint splits.
     """
-    agg = aggregate_seeds(final, ("val/target_gain", "val/nontarget_drop"))
-    agg["net"] = agg["val/target_gain"] - agg["val/nontarget_drop"]
-    agg = agg.sort_values(["method", "net", "val/nontarget_drop", "lr"], ascending=[True, False, True, True])
+    agg = aggregate_seeds(final, (N.VAL_TARGET_GAIN, N.VAL_NONTARGET_DROP))
+    agg["net"] = agg[N.VAL_TARGET_GAIN] - agg[N.VAL_NONTARGET_DROP]
+    agg = agg.sort_values(["method", "net", N.VAL_NONTARGET_DROP, "lr"], ascending=[True, False, True, True])
     return agg.groupby("method", sort=False)["lr"].first().to_dict()
 
 
@@ -198,5 +194,5 @@ def validated_front(ck: pd.DataFrame) -> pd.DataFrame:
     """
     from reports.pareto import pareto_mask
 
-    rows = ck.iloc[np.flatnonzero(pareto_mask(ck["val/target_gain"], ck["val/nontarget_drop"]))]
-    return rows.sort_values("target_gain", kind="stable")
+    rows = ck.iloc[np.flatnonzero(pareto_mask(ck[N.VAL_TARGET_GAIN], ck[N.VAL_NONTARGET_DROP]))]
+    return rows.sort_values(N.TARGET_GAIN, kind="stable")

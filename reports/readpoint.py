@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness import metric_names as N
+
 
 def first_crossing(gain: np.ndarray, g) -> np.ndarray:
     """Fractional checkpoint index where `gain` [..., T] first reaches g (broadcast over leading axes); NaN if never."""
@@ -97,7 +99,7 @@ def prompt_half(drop, drop_half, gain_half, g):
     return np.hypot(drop_half, slope * gain_half)
 
 
-SAME_METRICS = ("target_gain", "nontarget_drop", "val/target_gain", "val/nontarget_drop", "kl_to_base", "pld_drift")
+SAME_METRICS = (N.TARGET_GAIN, N.NONTARGET_DROP, N.VAL_TARGET_GAIN, N.VAL_NONTARGET_DROP, N.KL_TO_BASE, N.PLD_DRIFT)
 
 
 def identical(ck, per_seed, a: str, b: str, by: str = "arm") -> bool:

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from harness import metric_names as N
 from reports import stats as S
 from reports.claim_specs import COMPARABLE_GAIN, R2_PREDICTS, ClaimSpec
 
 if TYPE_CHECKING:
     from reports.claims import Estimate
 
-VAL_GAIN = "val/target_gain"
+VAL_GAIN = N.VAL_TARGET_GAIN
 
 
 @dataclass
@@ -38,12 +39,12 @@ def predictor_test(fin: pd.DataFrame, key: str) -> tuple[str, str]:
     """(result sentence, verdict) of "`key` predicts the final drop": pooled fit, p-value at the method level."""
     if key not in fin:
         return f"{key}: not logged", "not tested"
-    fit = S.clustered_correlation(fin[key], fin["nontarget_drop"], fin["method"])
+    fit = S.clustered_correlation(fin[key], fin[N.NONTARGET_DROP], fin["method"])
     if not np.isfinite(fit["r"]):
         return f"{key}: fewer than 3 runs with a value", "not tested"
     within = []
     for m, sub in fin.groupby("method", sort=True):
-        r = S.correlation(sub[key], sub["nontarget_drop"])["r"]
+        r = S.correlation(sub[key], sub[N.NONTARGET_DROP])["r"]
         if np.isfinite(r):
             within.append(f"{m} {r:+.2f}")
     res = (f"final {key} vs drop over {fit['n']:.0f} runs: r = {fit['r']:+.2f}, R² = {fit['r2']:.2f}; runs of one "
@@ -66,7 +67,7 @@ def _gains_at_read(spec: ClaimSpec, per_seed: pd.DataFrame | None) -> str:
     for a in spec.arms:
         hit = per_seed[(per_seed["arm"] == a) & per_seed["crossed"].astype(bool)]
         if len(hit):
-            out.append(f"{a}: eval {hit['target_gain'].mean():.1f}, validation {hit[VAL_GAIN].mean():.1f}, "
+            out.append(f"{a}: eval {hit[N.TARGET_GAIN].mean():.1f}, validation {hit[VAL_GAIN].mean():.1f}, "
                        f"step {hit['step'].mean():.1f}")
     return "; ".join(out)
 

@@ -16,6 +16,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from harness import metric_names as N
 from harness.ui import WORKFLOW_TYPE
 from sweeps.spec import SweepSpec, arm_method, arm_seeds, arm_trials, load_spec
 
@@ -187,7 +188,7 @@ def parent_note(spec: SweepSpec, arm: str, cfg: Any, space: dict, experiment_id:
         for f in front:
             params = ", ".join(f"`{k}`={v:.3g}" if isinstance(v, float) else f"`{k}`={v}"
                                for k, v in f["params"].items())
-            gain, drop = f.get("target_gain"), f.get("nontarget_drop")
+            gain, drop = f.get(N.TARGET_GAIN), f.get(N.NONTARGET_DROP)
             lines.append(f"| {f['trial']} | {params} | {gain:+.1f} | {drop:+.1f} |" if gain is not None and
                          drop is not None else f"| {f['trial']} | {params} | - | - |")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from harness import metric_names as N
 from harness.config import deep_merge, resolve_config
 from harness.errors import HarnessError
 from harness.method import SweepParam
@@ -28,7 +29,7 @@ from sweeps.parents import describe, ensure_parent, finish_parent
 from sweeps.spec import SweepSpec, arm_method, arm_overrides, arm_seeds, worker_order
 from sweeps.steps_rule import apply_budget, resolve_budget
 from sweeps.study import (Heartbeat, local_lock, make_sampler, open_storage, prepare_study, recover_stale,
-                          search_space, storage_url)
+                          search_space, storage_url, trial_id)
 
 
 def _nested(flat: dict[str, Any]) -> dict:
@@ -102,16 +103,16 @@ def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Tria
                 done = find_run(spec.name, tags)
         P.run_finished(arm, trial.number, seed, metrics, reused=reused)
         run_ids.append(done)
-        gains.append(metrics["target_gain"])
-        drops.append(metrics["nontarget_drop"])
-        val_gains.append(metrics["val/target_gain"])
-        val_drops.append(metrics["val/nontarget_drop"])
+        gains.append(metrics[N.TARGET_GAIN])
+        drops.append(metrics[N.NONTARGET_DROP])
+        val_gains.append(metrics[N.VAL_TARGET_GAIN])
+        val_drops.append(metrics[N.VAL_NONTARGET_DROP])
     trial.set_user_attr("mlflow_run_ids", run_ids)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
-    trial.set_user_attr("target_gain", mean(gains))
-    trial.set_user_attr("nontarget_drop", mean(drops))
-    trial.set_user_attr("val_target_gain", mean(val_gains))
-    trial.set_user_attr("val_nontarget_drop", mean(val_drops))
+    trial.set_user_attr(N.TARGET_GAIN, mean(gains))
+    trial.set_user_attr(N.NONTARGET_DROP, mean(drops))
+    trial.set_user_attr(N.TRIAL_VAL_TARGET_GAIN, mean(val_gains))
+    trial.set_user_attr(N.TRIAL_VAL_NONTARGET_DROP, mean(val_drops))
     return objective_values(spec, mean(val_gains), mean(val_drops))
 
 
@@ -130,14 +131,15 @@ def work(spec: SweepSpec, arms: list[str], parents: dict[str, str], threads: int
                 if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                     break
                 trial = study.ask()
-            if "fixed_params" not in study._storage.get_trial_system_attrs(trial._trial_id):
+            tid = trial_id(storage, study, trial)
+            if "fixed_params" not in storage.get_trial_system_attrs(tid):
                 # Another machine popped the last slot between our check and ask(): not a slot, drop it.
                 study.tell(trial, state=TrialState.PRUNED)
                 break
             for k, v in {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time()}.items():
                 trial.set_user_attr(k, v)
             try:
-                with Heartbeat(study, trial._trial_id):
+                with Heartbeat(storage, tid):
                     values = run_trial(spec, arm, study, trial, parents[arm], progress)
                 study.tell(trial, values)
             except HarnessError as e:

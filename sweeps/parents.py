@@ -8,6 +8,7 @@ import socket
 import optuna
 from optuna.trial import TrialState
 
+from harness import metric_names as N
 from harness.config import resolve_config
 from sweeps.describe import log_progress
 from sweeps.spec import SweepSpec, arm_method, arm_overrides
@@ -61,9 +62,9 @@ def finish_parent(spec: SweepSpec, study: optuna.Study, parent_id: str) -> list[
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = study.best_trials if done else []
     # The set is chosen on validation (the objective); its eval values are what a report may quote.
-    front = [{"trial": t.number, "params": t.params, "val_target_gain": t.user_attrs.get("val_target_gain"),
-              "val_nontarget_drop": t.user_attrs.get("val_nontarget_drop"),
-              "target_gain": t.user_attrs.get("target_gain"), "nontarget_drop": t.user_attrs.get("nontarget_drop"),
+    front = [{"trial": t.number, "params": t.params,
+              **{k: t.user_attrs.get(k) for k in (N.TRIAL_VAL_TARGET_GAIN, N.TRIAL_VAL_NONTARGET_DROP, N.TARGET_GAIN,
+                                                  N.NONTARGET_DROP)},
               "runs": t.user_attrs.get("mlflow_run_ids")} for t in best]
     client.log_dict(parent_id, front, "pareto.json")
     client.set_tag(parent_id, "pareto_trials", ",".join(str(f["trial"]) for f in front))

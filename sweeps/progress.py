@@ -18,6 +18,7 @@ from typing import Any, Callable, TextIO
 import optuna
 from optuna.trial import TrialState
 
+from harness import metric_names as N
 from sweeps.spec import SweepSpec, arm_seeds, arm_trials
 
 SUMMARY_EVERY_S = 60.0
@@ -54,7 +55,7 @@ def run_finished(arm: str, trial: int, seed: int, metrics: dict[str, float], reu
     """A (trial, seed) run finished with `metrics` (its final target_gain and nontarget_drop are shown)."""
     st = _started.pop((arm, trial), {"t0": time.time(), "lr": None})
     _emit({"event": "reused" if reused else "done", "arm": arm, "trial": trial, "seed": seed, "lr": st["lr"],
-           "gain": metrics.get("target_gain"), "drop": metrics.get("nontarget_drop"),
+           "gain": metrics.get(N.TARGET_GAIN), "drop": metrics.get(N.NONTARGET_DROP),
            "seconds": time.time() - st["t0"], "pid": os.getpid()})
 
 
@@ -139,7 +140,7 @@ class SweepProgress:
             for t in trials:
                 if t.state != TrialState.COMPLETE:
                     continue
-                g, d = t.user_attrs.get("target_gain"), t.user_attrs.get("nontarget_drop")
+                g, d = t.user_attrs.get(N.TARGET_GAIN), t.user_attrs.get(N.NONTARGET_DROP)
                 if g is None and t.values and len(t.values) == 2:
                     g, d = t.values
                 if g is not None and d is not None:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness import metric_names as N
 from harness.config import deep_merge
 
 
@@ -103,7 +104,7 @@ def resolve_budget(spec, exp_id: str, log: Callable[[str], None] = print) -> dic
                                  "tracking": {"experiment": f"{spec.name}-steps-rule",
                                               "run_name": f"{rule.anchor}-{budget}steps-seed{seed}"}})
         cfg, mcfg = resolve_config(world=spec.world, method=rule.anchor, overrides=over)
-        return float(run(cfg, mcfg, progress=False)["val/target_gain"])
+        return float(run(cfg, mcfg, progress=False)[N.VAL_TARGET_GAIN])
 
     decision = _calibrated(spec, lr, lambda: choose_budget(rule, final_gain, log), log) | {"key": key, "anchor_lr": lr}
     runs = client.search_runs([exp_id], "tags.kind = 'run'", max_results=50000)

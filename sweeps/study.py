@@ -24,6 +24,7 @@ import optuna
 from filelock import FileLock
 from optuna.trial import TrialState
 
+from harness import metric_names as N
 from harness.errors import HarnessError
 from harness.method import SweepParam, get_method
 from sweeps.spec import SweepSpec, arm_method, arm_trials
@@ -112,9 +113,9 @@ def metric_names(spec: SweepSpec) -> list[str]:
 
     The objective reads the validation split (every selection does), and the names say so.
     """
-    return {"pareto": ["val_target_gain", "val_nontarget_drop"],
-            "gain_at_drop_budget": ["val_target_gain_at_drop_budget"],
-            "drop_at_gain_target": ["val_nontarget_drop_at_gain_target"]}[spec.objective]
+    return {"pareto": [N.TRIAL_VAL_TARGET_GAIN, N.TRIAL_VAL_NONTARGET_DROP],
+            "gain_at_drop_budget": [N.TRIAL_VAL_TARGET_GAIN + "_at_drop_budget"],
+            "drop_at_gain_target": [N.TRIAL_VAL_NONTARGET_DROP + "_at_gain_target"]}[spec.objective]
 
 
 def prepare_study(spec: SweepSpec, method: str, storage) -> optuna.Study:
@@ -170,17 +171,23 @@ def recover_stale(study: optuna.Study) -> list[int]:
     return out
 
 
+def trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, trial: optuna.Trial) -> int:
+    """The storage's id of a study's trial, through the storage's public API (not `trial._trial_id`)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                           trial.number)
+
+
 class Heartbeat:
     """Writes a trial's `heartbeat` user attribute every HEARTBEAT_S seconds while it runs."""
 
-    def __init__(self, study: optuna.Study, trial_id: int):
-        self.study, self.trial_id, self.stop = study, trial_id, threading.Event()
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int):
+        self.storage, self.trial_id, self.stop = storage, trial_id, threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
         while not self.stop.wait(HEARTBEAT_S):
             try:
-                self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+                self.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
             except Exception:  # the trial may have been finished meanwhile; never kill the run for it
                 return
 

@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from harness import metric_names as N
 from harness.config import deep_merge
 from harness.cost import flops
 from harness.errors import HarnessError
@@ -70,7 +71,7 @@ def train_methods(cfg_dict: dict, steps: int) -> list[Row]:
         try:
             cfg, mcfg = resolve_config(method=m, overrides=cfg_dict)
             final = run(cfg, mcfg, progress=False)
-            finite = all(math.isfinite(final[k]) for k in ("target_gain", "nontarget_drop", "kl_to_base"))
+            finite = all(math.isfinite(final[k]) for k in (N.TARGET_GAIN, N.NONTARGET_DROP, N.KL_TO_BASE))
             ok = final["steps"] == steps and finite
             figure = f"{final['steps']:.0f} steps in {time.perf_counter() - start:.1f} s"
         except Exception as e:  # noqa: BLE001 (one method's failure is a row; the others still run)

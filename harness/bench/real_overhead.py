@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import metric_names as N
+
 STEPS = 4
 
 
@@ -85,13 +87,14 @@ def _in_worker(source: Path, preset: Path, cache: Path, store: Path, python: str
 
 def _costs(db: Path, python: str) -> dict[str, float]:
     """The newest finished run's cost/train_s, cost/gen_s and cost/eval_s, read in a separate process."""
+    keys = (N.COST_TRAIN_S, N.COST_GEN_S, N.COST_EVAL_S)
     code = ("import json,sqlite3,sys;c=sqlite3.connect(sys.argv[1]);"
             "r=c.execute(\"select run_uuid from runs where status='FINISHED' order by end_time desc limit 1\").fetchone()[0];"
             "print(json.dumps({k:v for k,v in c.execute('select key,value from latest_metrics where run_uuid=?',(r,))"
-            " if k in ('cost/train_s','cost/gen_s','cost/eval_s')}))")
+            f" if k in {keys!r}}}))")
     got = json.loads(subprocess.run([python, "-c", code, str(db)], capture_output=True, text=True,
                                     check=True).stdout)
-    return {"train": got.get("cost/train_s", 0.0) + got.get("cost/gen_s", 0.0), "eval": got.get("cost/eval_s", 0.0)}
+    return {"train": got.get(N.COST_TRAIN_S, 0.0) + got.get(N.COST_GEN_S, 0.0), "eval": got.get(N.COST_EVAL_S, 0.0)}
 
 
 def _row(label: str, runs: list[dict[str, float]]) -> str:

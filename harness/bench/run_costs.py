@@ -28,11 +28,12 @@ import tempfile
 import time
 from typing import Iterator
 
+from harness import metric_names as N
 from harness.config import resolve_config
 from harness.run import run
 from harness.method import method_names
 
-TIMING = ("cost/train_s", "cost/gen_s", "cost/eval_s", "cost/wall_s")
+TIMING = N.COST_SECONDS
 
 
 @contextlib.contextmanager
@@ -92,7 +93,7 @@ def _one(world: str, name: str, overrides: list[str]) -> tuple[dict, float, floa
 
 
 def _split(final: dict, wall: float) -> tuple[float, ...]:
-    train, gen, ev = final["cost/train_s"], final["cost/gen_s"], final["cost/eval_s"]
+    train, gen, ev = final[N.COST_TRAIN_S], final[N.COST_GEN_S], final[N.COST_EVAL_S]
     return train, gen, ev, wall - train - gen - ev, wall
 
 
@@ -165,7 +166,7 @@ def main() -> None:
         rows = []
         for name in names:
             final, wall, _ = _one(args.world, name, args.overrides)
-            rows.append((name, *_split(final, wall), final["target_gain"], final["nontarget_drop"]))
+            rows.append((name, *_split(final, wall), final[N.TARGET_GAIN], final[N.NONTARGET_DROP]))
             print(f"  {name}: {wall:.1f} s", flush=True)
     print(f"\nworld={args.world} overrides={' '.join(args.overrides) or '(none)'}")
     print(f"{'method':<14}{'train s':>9}{'gen s':>8}{'eval s':>8}{'other s':>9}{'wall s':>8}{'gain':>8}{'drop':>7}")

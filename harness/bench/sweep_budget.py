@@ -16,7 +16,9 @@ import sys
 import tempfile
 import time
 
-COST = ("cost/train_s", "cost/gen_s", "cost/eval_s", "cost/wall_s")
+from harness import metric_names as N
+
+COST = N.COST_SECONDS
 
 
 def main() -> None:
