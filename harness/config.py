@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, ValidationError,
+                      ValidationInfo, ValidatorFunctionWrapHandler, field_validator)
 
 from benchmarks.real import RealWorldConfig, preset_files
 from benchmarks.toy_presets import WORLD_PRESETS
 from benchmarks.world import WorldConfig
 from harness.errors import HarnessError, unknown
+from harness.method import MethodConfig, get_method
 
 
 def _world_kind(value: Any) -> str:
@@ -139,7 +141,8 @@ class TrackingConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    """One run: (world, method, hyper-parameters, seed)."""
+    """One run: (world, method, hyper-parameters, seed); everything `harness.run.run` needs, the method's own
+    settings included, so its JSON (`model_dump_json`) is the whole run (an isolated run's job file)."""
 
     method: str = "sft"
     """Registry key of the method (`harness list`)."""
@@ -148,8 +151,20 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    method_args: dict[str, Any] = Field(default_factory=dict)
-    """The method's own hyper-parameters (given as `<method>.<field>=value`), validated by its Config."""
+    # The field keeps its name: MLflow params `method_args.<field>` are what reports and old runs read.
+    method_args: SerializeAsAny[MethodConfig] = Field(default_factory=dict, validate_default=True)
+    """The method's own hyper-parameters (given as `<method>.<field>=value`): an instance of the method's Config."""
+
+    @field_validator("method_args", mode="wrap")
+    @classmethod
+    def _method_settings(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        """Validate the settings against the Config of the method named in `method` (a lazy registry lookup)."""
+        if "method" not in info.data:  # `method` itself failed validation: that error is the one reported
+            return value
+        config = get_method(info.data["method"]).Config
+        if type(value) is config:
+            return value
+        return config.model_validate(value.model_dump() if isinstance(value, BaseModel) else value)
 
     @property
     def rollout_batch_size(self) -> int:
@@ -242,9 +257,13 @@ def _key_path(loc: tuple) -> tuple:
     return tuple(p for i, p in enumerate(loc) if not (i == 1 and loc[0] == "world" and str(p) in WORLD_KINDS))
 
 
-def _format_validation(e: ValidationError, prefix: str, model: type[BaseModel]) -> HarnessError:
-    err = e.errors()[0]
-    raw = tuple(err["loc"])
+def _format_validation(e: ValidationError, method: str) -> HarnessError:
+    """One HarnessError for a RunConfig's first error; the method's settings are named `<method>.<field>`."""
+    # The run's own keys first, as when the method's settings were validated after the run config.
+    err = sorted(e.errors(), key=lambda er: tuple(er["loc"][:1]) == ("method_args",))[0]
+    raw, prefix, model = tuple(err["loc"]), "", RunConfig
+    if raw[:1] == ("method_args",):
+        raw, prefix, model = raw[1:], f"{method}.", get_method(method).Config
     loc = _key_path(raw)
     key = prefix + ".".join(map(str, loc))
     if err["type"] == "extra_forbidden":
@@ -256,9 +275,9 @@ def _format_validation(e: ValidationError, prefix: str, model: type[BaseModel]) 
 
 
 def resolve_config(world: str | None = None, method: str | None = None, preset: str | Path | None = None,
-                   overrides: list[str] | dict | None = None) -> tuple[RunConfig, Any]:
-    """Build and validate a RunConfig and the method's typed config from all layers of settings."""
-    from harness.method import METHODS, get_method
+                   overrides: list[str] | dict | None = None) -> RunConfig:
+    """Build and validate a RunConfig, the method's settings included, from all layers of settings."""
+    from harness.method import METHODS
 
     layers: list[dict] = []
     if preset is not None:
@@ -277,7 +296,7 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
     elif world is not None or _world_kind(merged.get("world", {})) != "real":  # a preset file may define a real world
         raise unknown("world", world_name, presets, "See `harness list`.")
     method_name = merged.get("method", "sft")
-    cls = get_method(method_name)
+    get_method(method_name)  # an unknown method is reported before any other key
     # `<method>.<field>` sections: the selected method's is validated; other methods' are ignored so one
     # preset can carry settings for every method of a sweep.
     method_args = merged.pop(method_name, {}) or {}
@@ -287,20 +306,15 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
     try:
         cfg = RunConfig.model_validate(merged)
     except ValidationError as e:
-        raise _format_validation(e, "", RunConfig) from None
-    try:
-        mcfg = cls.Config.model_validate(method_args)
-    except ValidationError as e:
-        raise _format_validation(e, f"{method_name}.", cls.Config) from None
-    cfg.method_args = mcfg.model_dump()
-    hot = cfg.method_args.get("temperature")
+        raise _format_validation(e, method_name) from None
+    hot = getattr(cfg.method_args, "temperature", None)
     if cfg.train.sampler == "vllm" and isinstance(hot, (int, float)) and hot > VLLM_MAX_TEMPERATURE:
         raise HarnessError(f"{method_name}.temperature={hot:g} is above what vLLM samples at "
                            f"({VLLM_MAX_TEMPERATURE:g}: SamplingParams raises); lower it or use train.sampler=hf")
     if cfg.world.kind == "toy":  # validates task and target names before anything is computed (a real world
         from harness.world import build_world  # loads its tasks and data: `harness run --dry-run` checks it)
         build_world(cfg.world)
-    return cfg, mcfg
+    return cfg
 
 
 def world_presets() -> dict[str, dict]:
