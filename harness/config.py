@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, ValidationError,
-                      ValidationInfo, ValidatorFunctionWrapHandler, field_validator)
+                      ValidationInfo, field_validator)
 
 from benchmarks.real import RealWorldConfig, preset_files
 from benchmarks.toy_presets import WORLD_PRESETS
@@ -155,9 +155,9 @@ class RunConfig(_Strict):
     method_args: SerializeAsAny[MethodConfig] = Field(default_factory=dict, validate_default=True)
     """The method's own hyper-parameters (given as `<method>.<field>=value`): an instance of the method's Config."""
 
-    @field_validator("method_args", mode="wrap")
+    @field_validator("method_args", mode="plain")
     @classmethod
-    def _method_settings(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    def _method_settings(cls, value: Any, info: ValidationInfo) -> Any:
         """Validate the settings against the Config of the method named in `method` (a lazy registry lookup)."""
         if "method" not in info.data:  # `method` itself failed validation: that error is the one reported
             return value
