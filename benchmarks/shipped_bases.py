@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from harness.config import resolve_config
     from harness.world import build_world
-    cfg, _ = resolve_config(world=args.world, method="sft")
+    cfg = resolve_config(world=args.world, method="sft")
     if cfg.world.kind != "toy":
         print(f"only toy worlds are pretrained by the harness; `{args.world}` is a {cfg.world.kind} world",
               file=sys.stderr)

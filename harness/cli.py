@@ -25,6 +25,8 @@ def config_help(model: type[BaseModel], prefix: str = "", world: type[BaseModel]
     from pydantic import BaseModel
     rows = []
     for name, f in model.model_fields.items():
+        if name == "method_args":  # the method's own keys are listed after the run's, as `<method>.<field>`
+            continue
         ann = world if name == "world" and world is not None else f.annotation
         args = typing.get_args(ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
@@ -32,7 +34,7 @@ def config_help(model: type[BaseModel], prefix: str = "", world: type[BaseModel]
         elif typing.get_origin(ann) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
             rows.append((f"{prefix}{name}", "[]", (f.description or "").strip()))  # one entry per list item:
             rows += config_help(args[0], f"{prefix}{name}[].")
-        elif name != "method_args":
+        else:
             default = f.default_factory() if f.default_factory is not None else f.default
             rows.append((f"{prefix}{name}", "(required)" if f.is_required() else repr(default),
                          (f.description or "").strip()))
@@ -45,7 +47,7 @@ def help_config(args: argparse.Namespace, over: dict) -> int:
     from harness.method import get_method
 
     try:
-        world = type(resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)[0].world)
+        world = type(resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over).world)
     except HarnessError:  # settings that do not resolve still get the help, for the default (toy) world
         from harness.world import DEFAULT_KIND, world_class
         world = world_class(DEFAULT_KIND).Config
@@ -102,13 +104,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     over = _run_overrides(args)
     if args.help_config:
         return help_config(args, over)
-    cfg, mcfg = resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)
+    cfg = resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)
     if args.dry_run:
         from benchmarks.staging import dry_run
         return dry_run(cfg)
     from harness import distributed
     from harness.run import run
-    final = run(cfg, mcfg, progress=not args.quiet)
+    final = run(cfg, progress=not args.quiet)
     if not distributed.is_main():  # under `accelerate launch` rank 0 reports for every rank
         return 0
     keys = [*N.GAIN_DROP_CIS, N.PLD_DRIFT, N.KL_TO_BASE, N.COST_WALL_S]
@@ -124,7 +126,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
     if args.world is None and args.preset is None:
         raise HarnessError("`harness fetch` needs --world NAME (see `harness list`) or --preset FILE with a real world")
-    cfg, _ = resolve_config(world=args.world, preset=args.preset, overrides=list(args.overrides))
+    cfg = resolve_config(world=args.world, preset=args.preset, overrides=list(args.overrides))
     missing = [r for r in fetch(cfg.world, rebuild_base=args.rebuild_base) if r.present is False]
     if missing:  # what no download can fix: a local file or folder the preset names
         first = missing[0]

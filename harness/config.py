@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
 from harness.errors import HarnessError, unknown
+from harness.method import MethodConfig, get_method
 from harness.world import DEFAULT_KIND, preset_files, validate_world, world_class, world_kind
 
 VLLM_MAX_TEMPERATURE = 2.0  # vLLM 0.33's SamplingParams raises above it (shared/REAL-SCALE-NOTES.md §8)
@@ -128,7 +129,8 @@ class TrackingConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    """One run: (world, method, hyper-parameters, seed)."""
+    """One run: (world, method, hyper-parameters, seed); everything `harness.run.run` needs, the method's own
+    settings included, so its JSON (`model_dump_json`) is the whole run (an isolated run's job file)."""
 
     method: str = "sft"
     """Registry key of the method (`harness list`)."""
@@ -138,8 +140,20 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    method_args: dict[str, Any] = Field(default_factory=dict)
-    """The method's own hyper-parameters (given as `<method>.<field>=value`), validated by its Config."""
+    # The field keeps its name: MLflow params `method_args.<field>` are what reports and old runs read.
+    method_args: SerializeAsAny[MethodConfig] = Field(default_factory=dict, validate_default=True)
+    """The method's own hyper-parameters (given as `<method>.<field>=value`): an instance of the method's Config."""
+
+    @field_validator("method_args", mode="plain")
+    @classmethod
+    def _method_settings(cls, value: Any, info: ValidationInfo) -> Any:
+        """Validate the settings against the Config of the method named in `method` (a lazy registry lookup)."""
+        if "method" not in info.data:  # `method` itself failed validation: that error is the one reported
+            return value
+        config = get_method(info.data["method"]).Config
+        if type(value) is config:
+            return value
+        return config.model_validate(value.model_dump() if isinstance(value, BaseModel) else value)
 
     @field_validator("world", mode="before")
     @classmethod
@@ -231,9 +245,13 @@ def _fields_at(model: type[BaseModel], loc: tuple, data: dict) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_validation(e: ValidationError, prefix: str, model: type[BaseModel], data: dict) -> HarnessError:
-    err = e.errors()[0]
-    loc = tuple(err["loc"])
+def _format_validation(e: ValidationError, method: str, data: dict) -> HarnessError:
+    """One HarnessError for a RunConfig's first error; the method's settings are named `<method>.<field>`."""
+    # The run's own keys first, as when the method's settings were validated after the run config.
+    err = sorted(e.errors(), key=lambda er: tuple(er["loc"][:1]) == ("method_args",))[0]
+    loc, prefix, model = tuple(err["loc"]), "", RunConfig
+    if loc[:1] == ("method_args",):
+        loc, prefix, model = loc[1:], f"{method}.", get_method(method).Config
     key = prefix + ".".join(map(str, loc))
     if err["type"] == "extra_forbidden":
         parent = prefix + "".join(f"{p}." for p in loc[:-1])
@@ -242,9 +260,9 @@ def _format_validation(e: ValidationError, prefix: str, model: type[BaseModel], 
 
 
 def resolve_config(world: str | None = None, method: str | None = None, preset: str | Path | None = None,
-                   overrides: list[str] | dict | None = None) -> tuple[RunConfig, Any]:
-    """Build and validate a RunConfig and the method's typed config from all layers of settings."""
-    from harness.method import METHODS, get_method
+                   overrides: list[str] | dict | None = None) -> RunConfig:
+    """Build and validate a RunConfig, the method's settings included, from all layers of settings."""
+    from harness.method import METHODS
 
     layers: list[dict] = []
     if preset is not None:
@@ -263,7 +281,7 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
     elif world is not None or world_kind(merged.get("world", {})) == DEFAULT_KIND:  # a preset file may define a world
         raise unknown("world", world_name, presets, "See `harness list`.")
     method_name = merged.get("method", "sft")
-    cls = get_method(method_name)
+    get_method(method_name)  # an unknown method is reported before any other key
     # `<method>.<field>` sections: the selected method's is validated; other methods' are ignored so one
     # preset can carry settings for every method of a sweep.
     method_args = merged.pop(method_name, {}) or {}
@@ -273,18 +291,13 @@ def resolve_config(world: str | None = None, method: str | None = None, preset: 
     try:
         cfg = RunConfig.model_validate(merged)
     except ValidationError as e:
-        raise _format_validation(e, "", RunConfig, merged) from None
-    try:
-        mcfg = cls.Config.model_validate(method_args)
-    except ValidationError as e:
-        raise _format_validation(e, f"{method_name}.", cls.Config, {}) from None
-    cfg.method_args = mcfg.model_dump()
-    hot = cfg.method_args.get("temperature")
+        raise _format_validation(e, method_name, merged) from None
+    hot = getattr(cfg.method_args, "temperature", None)
     if cfg.train.sampler == "vllm" and isinstance(hot, (int, float)) and hot > VLLM_MAX_TEMPERATURE:
         raise HarnessError(f"{method_name}.temperature={hot:g} is above what vLLM samples at "
                            f"({VLLM_MAX_TEMPERATURE:g}: SamplingParams raises); lower it or use train.sampler=hf")
     world_class(cfg.world.kind).check_config(cfg.world)
-    return cfg, mcfg
+    return cfg
 
 
 def world_presets(kind: str | None = None) -> dict[str, dict]:

@@ -22,9 +22,9 @@ from harness.sampler import HFSampler, Sampler, rank_sharded
 class Context:
     """Everything a method may use; it never touches the optimizer, MLflow or Optuna directly."""
 
-    def __init__(self, *, run_cfg, method_cfg, world, policy, tokenizer, base_path: str, trainer,
+    def __init__(self, *, run_cfg, world, policy, tokenizer, base_path: str, trainer,
                  sampler: Sampler, log: Callable[[dict, int], None]):
-        self.run_cfg, self.cfg, self.world = run_cfg, method_cfg, world
+        self.run_cfg, self.cfg, self.world = run_cfg, run_cfg.method_args, world
         self.policy, self.tokenizer, self.base_path = policy, tokenizer, base_path
         self.trainer, self.sampler, self._log = trainer, sampler, log
         self._scratch = Path(tempfile.mkdtemp(prefix="harness-ckpt-"))

@@ -31,7 +31,7 @@ from harness.world import build_world
 from harness.sampler import build_sampler
 from harness.store import ensure_experiment, find_run, store_lock, tracking_uri
 from harness.tracking import RunTracker, flatten
-from harness.method import MethodConfig, get_method
+from harness.method import get_method
 
 PACKAGES = ("torch", "transformers", "lm-eval", "mlflow", "optuna")
 
@@ -185,7 +185,7 @@ def prepare_policy(cfg: RunConfig):
     return world, base_path, policy, tok, None, None
 
 
-def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None, extra_tags: dict | None = None,
+def run(cfg: RunConfig, *, parent_run_id: str | None = None, extra_tags: dict | None = None,
         progress: bool = True) -> dict[str, float]:
     """Train one (world, method, hyper-parameters, seed) and return its final metrics ({"steps"} off rank 0)."""
     check_device(cfg.train.device)  # before anything is computed or logged
@@ -222,9 +222,9 @@ def run(cfg: RunConfig, mcfg: MethodConfig, *, parent_run_id: str | None = None,
         tr.log_dict(resolved, "config.json")
         trainer = Trainer(policy, tok.pad_token_id, cfg.train)
         sampler = build_sampler(cfg, policy, tok)
-        ctx = Context(run_cfg=cfg, method_cfg=mcfg, world=world, policy=policy, tokenizer=tok, base_path=base_path,
+        ctx = Context(run_cfg=cfg, world=world, policy=policy, tokenizer=tok, base_path=base_path,
                       trainer=trainer, sampler=sampler, log=tr.buffer_metrics)
-        method = method_cls(mcfg)
+        method = method_cls(cfg.method_args)
         eval_seconds = 0.0
         t0 = time.perf_counter()
         bar = tqdm(total=cfg.train.max_steps, desc=name, disable=not progress, leave=False)

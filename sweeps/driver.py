@@ -93,13 +93,13 @@ def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Tria
             over = deep_merge(arm_overrides(spec, arm), _nested(params))
             over = deep_merge(over, {"train": {"seed": seed}, "tracking": {"experiment": spec.name,
                                                                           "run_name": f"{arm}-t{trial.number}-s{seed}"}})
-            cfg, mcfg = resolve_config(world=spec.world, method=arm_method(spec, arm), overrides=over)
+            cfg = resolve_config(world=spec.world, method=arm_method(spec, arm), overrides=over)
             run_tags = {**tags, "trial": str(trial.number)}
             if spec.isolated:
-                done = run_isolated(spec, cfg, mcfg, parent_id, run_tags)
+                done = run_isolated(spec, cfg, parent_id, run_tags)
                 metrics = init_store().get_run(done).data.metrics
             else:
-                metrics = run(cfg, mcfg, parent_run_id=parent_id, progress=progress, extra_tags=run_tags)
+                metrics = run(cfg, parent_run_id=parent_id, progress=progress, extra_tags=run_tags)
                 done = find_run(spec.name, tags)
         P.run_finished(arm, trial.number, seed, metrics, reused=reused)
         run_ids.append(done)
@@ -180,7 +180,7 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
     worlds, arms = {}, {}
     for m in methods:  # every error in the spec surfaces before anything trains
         search_space(spec, m)
-        cfg, _ = resolve_config(world=spec.world, method=arm_method(spec, m), overrides=arm_overrides(spec, m))
+        cfg = resolve_config(world=spec.world, method=arm_method(spec, m), overrides=arm_overrides(spec, m))
         worlds.setdefault(cfg.world.data_key(), cfg)
         arms.setdefault(cfg.world.data_key(), []).append(arm_method(spec, m))
     # A method a world cannot train (a real target that cannot reward it) is refused before anything is written.

@@ -12,11 +12,12 @@ import socket
 import sys
 from pathlib import Path
 
+from harness.config import RunConfig
 from harness.errors import HarnessError
 from sweeps.spec import SweepSpec
 
 
-def run_isolated(spec: SweepSpec, cfg, mcfg, parent_id: str, tags: dict[str, str]) -> str:
+def run_isolated(spec: SweepSpec, cfg: RunConfig, parent_id: str, tags: dict[str, str]) -> str:
     """One run in a child process (`accelerate launch` with processes_per_run > 1); its MLflow run id.
 
     The child logs to MLflow itself; a non-zero exit or a timeout raises, which fails this trial only.
@@ -28,7 +29,7 @@ def run_isolated(spec: SweepSpec, cfg, mcfg, parent_id: str, tags: dict[str, str
     from harness.store import find_run, init_store, mark_stale_runs
 
     with tempfile.TemporaryDirectory(prefix="harness-run-") as tmp:
-        job = write_job(Path(tmp) / "run.json", cfg, mcfg, parent_id, tags)
+        job = write_job(Path(tmp) / "run.json", cfg, parent_id, tags)
         env = dict(os.environ)
         if spec.processes_per_run > 1:
             # A port of its own: concurrent workers would otherwise all rendezvous on accelerate's 29500.

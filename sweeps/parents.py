@@ -43,7 +43,7 @@ def describe(spec: SweepSpec, arms: list[str], experiment_id: str, parents: dict
     from sweeps.describe import experiment_note, parent_note, reproduce_command
 
     client = init_store()
-    cfgs = {a: resolve_config(world=spec.world, method=arm_method(spec, a), overrides=arm_overrides(spec, a))[0]
+    cfgs = {a: resolve_config(world=spec.world, method=arm_method(spec, a), overrides=arm_overrides(spec, a))
             for a in arms}
     # An experiment made before the harness tagged its kind still opens on MLflow's model-training view.
     client.set_experiment_tag(experiment_id, KIND_TAG, KIND_TRAINING)

@@ -103,8 +103,8 @@ def resolve_budget(spec, exp_id: str, log: Callable[[str], None] = print) -> dic
         over = deep_merge(over, {"train": {"seed": seed, **({"lr": lr} if lr else {})},
                                  "tracking": {"experiment": f"{spec.name}-steps-rule",
                                               "run_name": f"{rule.anchor}-{budget}steps-seed{seed}"}})
-        cfg, mcfg = resolve_config(world=spec.world, method=rule.anchor, overrides=over)
-        return float(run(cfg, mcfg, progress=False)[N.VAL_TARGET_GAIN])
+        cfg = resolve_config(world=spec.world, method=rule.anchor, overrides=over)
+        return float(run(cfg, progress=False)[N.VAL_TARGET_GAIN])
 
     decision = _calibrated(spec, lr, lambda: choose_budget(rule, final_gain, log), log) | {"key": key, "anchor_lr": lr}
     runs = client.search_runs([exp_id], "tags.kind = 'run'", max_results=50000)
@@ -131,7 +131,7 @@ def _calibrated(spec, lr: float | None, calibrate: Callable[[], dict[str, Any]],
     from harness.phase_cache import phase_key
     from harness.world import build_world
 
-    cfg, _ = resolve_config(world=spec.world, method=spec.steps_rule.anchor, overrides=spec.overrides)
+    cfg = resolve_config(world=spec.world, method=spec.steps_rule.anchor, overrides=spec.overrides)
     key = phase_key({"rule": spec.steps_rule.model_dump(), "world": spec.world, "overrides": spec.overrides,
                      "anchor_lr": lr})
     path = build_world(cfg.world).cache_dir / "steps-rule" / f"{key}.json"

@@ -51,7 +51,7 @@ def join_as_rank(rank: int, world: int, port: int, mlflow_uri: str, base_path: s
     from harness.modeling import load_model
     from harness.world import build_world
     assert distributed.init_from_env("cpu") and distributed.rank() == rank
-    cfg, _ = resolve_config(world="micro", method="sft")
+    cfg = resolve_config(world="micro", method="sft")
     world_ = build_world(cfg.world)
     assert world_.base_path(progress=False) == base_path
     return (world_, *load_model(base_path))

@@ -14,15 +14,15 @@ from harness.method import get_method
 def build(micro_world, method: str, overrides: list[str] | tuple = ()):
     """(ctx, method, trainer) for `method` on a fresh copy of the micro base; nothing is logged."""
     world, model, tok = micro_world
-    cfg, mcfg = resolve_config(world="micro", method=method, overrides=list(overrides))
+    cfg = resolve_config(world="micro", method=method, overrides=list(overrides))
     policy = copy.deepcopy(model)
     trainer = Trainer(policy, tok.pad_token_id, cfg.train)
     logged: list = []
-    ctx = Context(run_cfg=cfg, method_cfg=mcfg, world=build_world(cfg.world), policy=policy, tokenizer=tok,
+    ctx = Context(run_cfg=cfg, world=build_world(cfg.world), policy=policy, tokenizer=tok,
                   base_path=world.base_path(progress=False), trainer=trainer, sampler=build_sampler(cfg, policy, tok),
                   log=lambda stats, step: logged.append((step, stats)))
     ctx.logged = logged
-    return ctx, get_method(method)(mcfg), trainer
+    return ctx, get_method(method)(cfg.method_args), trainer
 
 
 def train(ctx, method, trainer, steps: int) -> list[dict]:

@@ -326,7 +326,7 @@ def test_dry_run_counts_a_staged_hub_dataset_as_present(env, monkeypatch):
 
     from benchmarks.staging import requirements
     from harness.config import resolve_config
-    cfg, _ = resolve_config(preset=env / "hub_dataset.yaml")
+    cfg = resolve_config(preset=env / "hub_dataset.yaml")
     rows = {r.what: r for r in requirements(cfg.world)}
     assert rows["arc_easy data"].present is False and "allenai/ai2_arc" in rows["arc_easy data"].where
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", env / "cache" / "datasets")

@@ -28,7 +28,7 @@ def _log(uri: str, barrier) -> None:
         return found
     run_mod.find_run = slow_lookup
     ensure_base_run = run_mod.ensure_base_run
-    cfg, _ = resolve_config("micro", "sft", overrides=["tracking.experiment=race"])
+    cfg = resolve_config("micro", "sft", overrides=["tracking.experiment=race"])
     world = SimpleNamespace(cfg=cfg.world, name=cfg.world.name, target="sort", data_key=cfg.world.data_key)
     barrier.wait()  # both processes look for the base run at the same moment
     ensure_base_run(cfg, world, _base())

@@ -22,7 +22,7 @@ def _spec(argv: list[str]):
 def _run_cfg(argv: list[str]):
     args = parse_args(["run", *argv])
     over = _run_overrides(args)   # first: it moves world=, method=, ... onto args
-    return resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)[0]
+    return resolve_config(world=args.world, method=args.method, preset=args.preset, overrides=over)
 
 
 def test_sweep_flags_and_key_value_are_one_setting():

@@ -10,14 +10,14 @@ from harness.errors import HarnessError
 
 
 def test_precedence_defaults_world_preset_file_cli(tmp_path: Path):
-    cfg, _ = resolve_config(world="micro")
+    cfg = resolve_config(world="micro")
     assert cfg.train.max_steps == 8                      # micro world preset beats the default 150
     f = tmp_path / "p.yaml"
     f.write_text("train:\n  max_steps: 5\n  lr: 0.001\nsft:\n  kl_beta: 0.5\n")
-    cfg, m = resolve_config(world="micro", preset=f)
-    assert (cfg.train.max_steps, cfg.train.lr, m.kl_beta) == (5, 0.001, 0.5)
-    cfg, m = resolve_config(world="micro", preset=f, overrides=["train.max_steps=7", "sft.kl_beta=0"])
-    assert (cfg.train.max_steps, cfg.train.lr, m.kl_beta) == (7, 0.001, 0.0)
+    cfg = resolve_config(world="micro", preset=f)
+    assert (cfg.train.max_steps, cfg.train.lr, cfg.method_args.kl_beta) == (5, 0.001, 0.5)
+    cfg = resolve_config(world="micro", preset=f, overrides=["train.max_steps=7", "sft.kl_beta=0"])
+    assert (cfg.train.max_steps, cfg.train.lr, cfg.method_args.kl_beta) == (7, 0.001, 0.0)
 
 
 def test_values_parse_as_yaml_scalars():
@@ -58,15 +58,16 @@ def test_missing_or_malformed_preset_file(tmp_path: Path):
 
 
 def test_other_methods_sections_are_ignored_for_shared_presets():
-    cfg, m = resolve_config(world="micro", method="sft", overrides={"grpo": {"beta": 0.1}})
+    cfg = resolve_config(world="micro", method="sft", overrides={"grpo": {"beta": 0.1}})
     assert cfg.method == "sft"
 
 
 def test_every_method_default_config_validates():
-    from harness.method import method_names
+    from harness.method import get_method, method_names
     for name in method_names():
-        cfg, m = resolve_config(world="micro", method=name)
-        assert cfg.method_args == m.model_dump()
+        cfg = resolve_config(world="micro", method=name)
+        assert type(cfg.method_args) is get_method(name).Config
+        assert cfg.model_dump()["method_args"] == cfg.method_args.model_dump()
 
 
 def test_a_device_torch_cannot_use_is_one_line_before_anything_runs():

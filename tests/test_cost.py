@@ -147,10 +147,10 @@ def test_hinted_decoding_extra_stream(micro_world, fixed_answers, monkeypatch):
 
 def test_a_run_logs_every_kind_and_their_total(micro_world, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    cfg, m = resolve_config(world="micro", method="grpo", overrides=[
+    cfg = resolve_config(world="micro", method="grpo", overrides=[
         "train.max_steps=1", "eval.bootstrap_iters=0", "grpo.prompts_per_step=2", "grpo.group_size=2",
         "grpo.num_iterations=1", "grpo.beta=0.05"])
-    final = harness.run.run(cfg, m, progress=False)
+    final = harness.run.run(cfg, progress=False)
     parts = [final[f"cost/flops_{k}"] for k in KINDS]
     assert final["cost/flops"] == pytest.approx(sum(parts))
     assert final["cost/flops_prefill"] > 0 and final["cost/flops_gen"] > 0 and final["cost/flops_ref"] > 0

@@ -65,7 +65,7 @@ def _world(desc_env, chat: bool, system_prompt: str | None = None):
     preset, _, root = desc_env
     path = root / f"preset-{chat}-{system_prompt is not None}.yaml"
     path.write_text(yaml.safe_dump(preset(chat, system_prompt)))
-    cfg, _ = resolve_config(preset=path, overrides=[])
+    cfg = resolve_config(preset=path, overrides=[])
     return build_world(cfg.world)
 
 

@@ -101,10 +101,10 @@ def _rank_main(rank: int, port: int, out: str, base_path: str, mlflow_uri: str) 
     run_mod.RunTracker = counting("tracker", run_mod.RunTracker)
     run_mod.load_or_compute = counting("base_scores", run_mod.load_or_compute)
     run_mod.ensure_base_run = counting("base_run", run_mod.ensure_base_run)
-    cfg, mcfg = resolve_config(world="micro", method="sft", overrides=[
+    cfg = resolve_config(world="micro", method="sft", overrides=[
         "train.max_steps=2", "train.eval_every=2", "train.batch_size=8", "train.micro_batch_size=4",
         "eval.bootstrap_iters=0", "tracking.experiment=ddp", "tracking.run_name=ddp-run"])
-    final = run_mod.run(cfg, mcfg, progress=False)
+    final = run_mod.run(cfg, progress=False)
     (Path(out) / f"calls{rank}.json").write_text(json.dumps({**calls, "final": sorted(final)}))
     torch.distributed.destroy_process_group()
 

@@ -109,9 +109,9 @@ def _rank_main(rank: int, port: int, out: str, base_path: str, mlflow_uri: str) 
         return evaluate(*a, **k)
     evaluation.Evaluator.evaluate = counted
     record_eval.record_eval, record_eval.record_metrics = _stub_record(Path(out), f"rank{rank}")
-    cfg, mcfg = resolve_config(world="micro", method="sft", overrides=RUN + [
+    cfg = resolve_config(world="micro", method="sft", overrides=RUN + [
         "tracking.experiment=fsdp", "tracking.run_name=fsdp-run"])
-    final = run_mod.run(cfg, mcfg, progress=False)
+    final = run_mod.run(cfg, progress=False)
     (Path(out) / f"final{rank}.json").write_text(json.dumps({**calls, "final": final}))
     torch.distributed.destroy_process_group()
 
@@ -121,14 +121,14 @@ def _one_process_run(out: Path) -> dict:
     from harness import record_eval
     from harness.config import resolve_config
     from harness.run import run
-    cfg, mcfg = resolve_config(world="micro", method="sft", overrides=RUN + ["tracking.experiment=one"])
+    cfg = resolve_config(world="micro", method="sft", overrides=RUN + ["tracking.experiment=one"])
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out}/one.db")
         mp.delenv("WORLD_SIZE", raising=False)
         stub, metrics = _stub_record(out, "one")
         mp.setattr(record_eval, "record_eval", stub)
         mp.setattr(record_eval, "record_metrics", metrics)
-        return run(cfg, mcfg, progress=False)
+        return run(cfg, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def _ifeval_target(root, model, data: dict) -> dict:
 def _world(preset, **over):
     from harness.config import resolve_config
     from harness.world import build_world
-    cfg, _ = resolve_config(preset=preset, overrides=[f"{k}={v}" for k, v in over.items()])
+    cfg = resolve_config(preset=preset, overrides=[f"{k}={v}" for k, v in over.items()])
     return build_world(cfg.world), cfg
 
 
@@ -180,8 +180,8 @@ def test_every_method_trains_on_the_real_preset(real_env, method):
 
     presets, _ = real_env
     overrides = {"tms": ["tms.checkpoints=2", "tms.teacher_steps=2"], "iterative_sft": ["iterative_sft.rounds=2"]}
-    cfg, mcfg = resolve_config(preset=presets["ifeval"], method=method, overrides=overrides.get(method, []))
-    final = run(cfg, mcfg, progress=False)
+    cfg = resolve_config(preset=presets["ifeval"], method=method, overrides=overrides.get(method, []))
+    final = run(cfg, progress=False)
     assert final["steps"] == 2
     for k in ("target_gain", "nontarget_drop", "pld_drift", "kl_to_base", "val/target_gain"):
         assert math.isfinite(final[k]), k
@@ -193,8 +193,8 @@ def test_llama_world_runs_grpo(real_env):
     from harness.run import run
 
     presets, _ = real_env
-    cfg, mcfg = resolve_config(preset=presets["llama"], method="grpo")
-    final = run(cfg, mcfg, progress=False)
+    cfg = resolve_config(preset=presets["llama"], method="grpo")
+    final = run(cfg, progress=False)
     # The tiny Llama rarely answers correctly within its 10 new tokens, so a group may score all 0 (advantage 0,
     # no update) depending on the draws: that the policy moves is tested on the micro world (test_pg.py).
     assert final["steps"] == cfg.train.max_steps
@@ -239,7 +239,7 @@ def test_shipped_presets_validate(preset, monkeypatch, tmp_path):
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache: the model is reported missing
     for m in method_names():
-        cfg, _ = resolve_config(world=preset, method=m)
+        cfg = resolve_config(world=preset, method=m)
         assert cfg.world.kind == "real" and cfg.world.source
     reqs = requirements(cfg.world)
     if cfg.world.base_model.startswith("gguf:"):  # a package ships it: converted on first use, never downloaded
@@ -302,9 +302,9 @@ def test_evaluation_of_record_scores_the_final_checkpoint_in_a_subprocess(real_e
     from harness.run import run
 
     presets, _ = real_env
-    cfg, mcfg = resolve_config(preset=presets["qwen2"], method="sft",
+    cfg = resolve_config(preset=presets["qwen2"], method="sft",
                                overrides=["eval.record_backend=hf", "tracking.experiment=record-test"])
-    run(cfg, mcfg, progress=False)
+    run(cfg, progress=False)
     client = MlflowClient()
     exp = client.get_experiment_by_name("record-test")
     (r,) = client.search_runs([exp.experiment_id], "tags.kind = 'run'")

@@ -46,7 +46,7 @@ def record_env(tmp_path_factory):
         model_dir = build_tiny_model(root / "qwen2", "qwen2")
         preset = root / "preset.yaml"
         preset.write_text(yaml.safe_dump(_preset(str(model_dir), data)))
-        cfg, _ = resolve_config(preset=preset, overrides=[])
+        cfg = resolve_config(preset=preset, overrides=[])
         world = build_world(cfg.world)
         prompts, answers = [], []
         for sp in ("val", "eval"):

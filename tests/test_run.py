@@ -31,9 +31,9 @@ def runs(experiment: str = "harness"):
 
 
 def test_micro_sft_run_logs_every_metric_and_finishes(store, micro_world):
-    cfg, m = resolve_config(world="micro", method="sft", overrides=["train.max_steps=4", "train.eval_every=2",
+    cfg = resolve_config(world="micro", method="sft", overrides=["train.max_steps=4", "train.eval_every=2",
                                                                     "train.lr=3e-3"])
-    final = run(cfg, m, progress=False)
+    final = run(cfg, progress=False)
     df = runs()
     r = df[df["tags.kind"] == "run"].iloc[0]
     assert r.status == "FINISHED"
@@ -60,9 +60,9 @@ def test_a_run_that_raises_ends_failed_with_the_reason(store, monkeypatch):
     def boom(self, ctx, batch):
         raise RuntimeError("loss exploded on purpose")
     monkeypatch.setattr(SFT, "loss", boom)
-    cfg, m = resolve_config(world="micro", method="sft", overrides=["train.max_steps=2"])
+    cfg = resolve_config(world="micro", method="sft", overrides=["train.max_steps=2"])
     with pytest.raises(RuntimeError):
-        run(cfg, m, progress=False)
+        run(cfg, progress=False)
     r = runs().query("`tags.kind` == 'run'").iloc[0]
     assert r.status == "FAILED"
     assert "loss exploded on purpose" in r["tags.failure_reason"]
@@ -72,9 +72,9 @@ def test_a_nan_loss_stops_the_run_as_failed_naming_the_step(store, monkeypatch):
     def nan_loss(self, ctx, batch):
         return LossOutput(-batch.logp * (float("nan") if ctx.step >= 1 else 1.0))
     monkeypatch.setattr(SFT, "loss", nan_loss)
-    cfg, m = resolve_config(world="micro", method="sft", overrides=["train.max_steps=3"])
+    cfg = resolve_config(world="micro", method="sft", overrides=["train.max_steps=3"])
     with pytest.raises(TrainingDiverged):
-        run(cfg, m, progress=False)
+        run(cfg, progress=False)
     r = runs().query("`tags.kind` == 'run'").iloc[0]
     assert r.status == "FAILED"
     assert "non-finite loss at step 2" in r["tags.failure_reason"]
@@ -117,9 +117,9 @@ def test_model_loading_from_a_saved_folder_and_its_errors(tmp_path):
 
 
 def test_same_seed_same_config_gives_identical_metrics(store):
-    cfg, m = resolve_config(world="micro", method="sft", overrides=["train.max_steps=3", "train.eval_every=3"])
-    a = run(cfg, m, progress=False)
-    b = run(cfg, m, progress=False)
+    cfg = resolve_config(world="micro", method="sft", overrides=["train.max_steps=3", "train.eval_every=3"])
+    a = run(cfg, progress=False)
+    b = run(cfg, progress=False)
     timing = {k for k in a if k.startswith("cost/") and k.endswith(("_s", "wall_s"))}
     assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
 
@@ -129,7 +129,7 @@ def test_a_run_whose_method_has_no_data_ends_at_the_base_with_its_metrics(store,
     sweep's trial reads them instead of failing on a missing `target_gain`."""
     from methods.sft import SFT
     monkeypatch.setattr(SFT, "data", lambda self, ctx, phase: None)
-    cfg, m = resolve_config(world="micro", method="sft", overrides=["train.max_steps=4", "train.eval_every=2"])
-    final = run(cfg, m, progress=False)
+    cfg = resolve_config(world="micro", method="sft", overrides=["train.max_steps=4", "train.eval_every=2"])
+    final = run(cfg, progress=False)
     assert final["steps"] == 0
     assert final["target_gain"] == 0 and final["nontarget_drop"] == 0 and final["val/target_gain"] == 0

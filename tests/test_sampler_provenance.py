@@ -16,8 +16,8 @@ from reports.samplers import check_samplers
 def test_a_run_is_tagged_with_its_sampler(tmp_path, monkeypatch, micro_world):
     from harness.run import run
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    cfg, m = resolve_config(world="micro", method="sft", overrides=["train.max_steps=1", "train.eval_every=1"])
-    run(cfg, m, progress=False)
+    cfg = resolve_config(world="micro", method="sft", overrides=["train.max_steps=1", "train.eval_every=1"])
+    run(cfg, progress=False)
     df = mlflow.search_runs(experiment_names=["harness"])
     assert df[df["tags.kind"] == "run"].iloc[0]["tags.sampler"] == "hf"
 

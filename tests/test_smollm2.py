@@ -92,7 +92,7 @@ def test_preset_resolves_for_every_method_and_fetch_stages_it_offline(env, monke
     from harness.method import method_names
 
     for m in method_names():
-        cfg, _ = resolve_config(world=PRESET, method=m)
+        cfg = resolve_config(world=PRESET, method=m)
         assert cfg.world.base_model == GGUF and cfg.train.precision == "bf16"
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
@@ -105,7 +105,7 @@ def test_preset_resolves_for_every_method_and_fetch_stages_it_offline(env, monke
 def _world(**extra):
     from harness.config import resolve_config
     from harness.world import build_world
-    cfg, _ = resolve_config(world=PRESET, overrides=TINY + [f"{k}={v}" for k, v in extra.items()])
+    cfg = resolve_config(world=PRESET, overrides=TINY + [f"{k}={v}" for k, v in extra.items()])
     return cfg, build_world(cfg.world)
 
 

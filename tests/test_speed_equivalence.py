@@ -202,12 +202,12 @@ def test_prepare_world_reuses_the_evaluator_only_for_the_same_data(micro_world, 
     from harness.config import resolve_config
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setattr(run_mod, "_EVALUATORS", {})
-    cfg, _ = resolve_config(world="micro", method="sft")
+    cfg = resolve_config(world="micro", method="sft")
     first, second = run_mod.prepare_world(cfg, progress=False), run_mod.prepare_world(cfg, progress=False)
     ev1, ev2 = first[4], second[4]
     assert ev1 is not ev2 and ev1.task_dict is ev2.task_dict and ev2.tokenizer is second[3]
     assert first[5] == second[5]  # the same base scores
-    cfg2, _ = resolve_config(world="micro", method="sft", overrides=[f"world.n_eval={cfg.world.n_eval - 2}"])
+    cfg2 = resolve_config(world="micro", method="sft", overrides=[f"world.n_eval={cfg.world.n_eval - 2}"])
     ev3 = run_mod.prepare_world(cfg2, progress=False)[4]
     assert ev3.task_dict is not ev1.task_dict and len(ev3.items["eval"][cfg2.world.target]) == cfg2.world.n_eval
 
@@ -241,11 +241,11 @@ def test_a_run_with_warm_caches_logs_what_a_cold_one_does(micro_world, tmp_path,
                 mp.setattr(greedy, "_StopOnStrings", _FullDecodeStop)
                 mp.setattr(greedy, "producible_stops", lambda tok, stops, vocab_size=0: [s for s in stops if s])
                 mp.setattr(greedy, "plain_argmax_greedy", lambda model: False)  # generate at full batch width
-            cfg, m = resolve_config(world="micro", method=method, overrides=over)
+            cfg = resolve_config(world="micro", method=method, overrides=over)
             if not cold:
                 run_mod.prepare_world(cfg, progress=False)  # warm: the evaluator and base run are cached
             cfg.tracking.run_name = f"{method}-{'cold' if cold else 'warm'}"
-            run_mod.run(cfg, m, progress=False)
+            run_mod.run(cfg, progress=False)
         df = mlflow.search_runs(experiment_names=[cfg.tracking.experiment])
         rid = df[df["tags.mlflow.runName"] == cfg.tracking.run_name].iloc[0].run_id
         logged.append(_logged(rid))

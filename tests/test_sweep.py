@@ -269,7 +269,7 @@ def test_every_shipped_sweep_spec_resolves_for_every_arm(path):
     spec = load_spec(path)
     for arm in resolve_methods(spec):
         search_space(spec, arm)
-        cfg, _ = resolve_config(world=spec.world, method=arm_method(spec, arm), overrides=arm_overrides(spec, arm))
+        cfg = resolve_config(world=spec.world, method=arm_method(spec, arm), overrides=arm_overrides(spec, arm))
         assert cfg.method == arm_method(spec, arm)
     if path.stem.startswith("robust-") and not path.stem.endswith("-tuned"):
         # robustness worlds change only the target or the world seed: the default recipe everywhere else

@@ -48,7 +48,7 @@ def test_every_shipped_preset_names_a_kind_of_the_table():
 
 @pytest.mark.parametrize("world", ["micro", "smollm2-135m-arith"])
 def test_a_run_config_round_trips_through_json(world):
-    cfg, _ = resolve_config(world=world, method="grpo")
+    cfg = resolve_config(world=world, method="grpo")
     back = RunConfig.model_validate_json(cfg.model_dump_json())
     assert back == cfg and type(back.world) is type(cfg.world)
 
@@ -69,7 +69,7 @@ def echo_kind(tmp_path, monkeypatch):
 
 
 def test_a_third_kind_is_validated_built_and_round_tripped(echo_kind):
-    cfg, _ = resolve_config(world="micro", overrides=["world.kind=echo", "world.greeting=hello"])
+    cfg = resolve_config(world="micro", overrides=["world.kind=echo", "world.greeting=hello"])
     assert type(cfg.world).__name__ == "EchoConfig" and cfg.world.greeting == "hello"
     assert RunConfig.model_validate_json(cfg.model_dump_json()) == cfg
     world = build_world(cfg.world)
@@ -89,5 +89,5 @@ def test_a_preset_of_a_third_kind_is_listed_and_resolved(echo_kind, tmp_path, mo
     monkeypatch.setattr(benchmarks, "PRESET_DIR", presets)
     assert main(["list"]) == 0
     assert "`echo-micro` (world seed 0): target `sort`" in capsys.readouterr().out
-    cfg, _ = resolve_config(world="echo-micro")
+    cfg = resolve_config(world="echo-micro")
     assert cfg.world.kind == "echo" and cfg.world.greeting == "hello" and cfg.train.max_steps == 8

@@ -43,14 +43,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg, mcfg = resolve_config(world=args.world, method="sft", overrides=["train.batch_size=32",
+    cfg = resolve_config(world=args.world, method="sft", overrides=["train.batch_size=32",
                                                                           "train.micro_batch_size=32"])
     world, _, policy, tok, _, _ = prepare_world(cfg, progress=True)
-    method = get_method("sft")(mcfg)
+    method = get_method("sft")(cfg.method_args)
     from harness.context import Context
     from harness.sampler import HFSampler
     trainer = Trainer(copy.deepcopy(policy), tok.pad_token_id, cfg.train)
-    ctx = Context(run_cfg=cfg, method_cfg=mcfg, world=world, policy=trainer.model, tokenizer=tok,
+    ctx = Context(run_cfg=cfg, world=world, policy=trainer.model, tokenizer=tok,
                   base_path="", trainer=trainer, sampler=HFSampler(trainer.model, tok), log=lambda *a: None)
     examples = method.data(ctx, 0).examples
     steps = [examples[i * 32:(i + 1) * 32] for i in range(args.steps) if (i + 1) * 32 <= len(examples)]

@@ -69,8 +69,8 @@ def train_methods(cfg_dict: dict, steps: int) -> list[Row]:
     for m in method_names():
         start = time.perf_counter()
         try:
-            cfg, mcfg = resolve_config(method=m, overrides=cfg_dict)
-            final = run(cfg, mcfg, progress=False)
+            cfg = resolve_config(method=m, overrides=cfg_dict)
+            final = run(cfg, progress=False)
             finite = all(math.isfinite(final[k]) for k in (N.TARGET_GAIN, N.NONTARGET_DROP, N.KL_TO_BASE))
             ok = final["steps"] == steps and finite
             figure = f"{final['steps']:.0f} steps in {time.perf_counter() - start:.1f} s"

@@ -119,7 +119,7 @@ def record_rows(path: str, device: str, world_cfg: dict, backends: list[str]) ->
     rows = Measured()
     model, _, trainer, sft, examples = _trainer(path, device)
     trainer.update(examples, sft.loss, None)  # AdamW state exists: what a run holds at an evaluation point
-    cfg, _ = resolve_config(overrides={"world": world_cfg})
+    cfg = resolve_config(overrides={"world": world_cfg})
     world = build_world(cfg.world)
     held = torch.cuda.memory_allocated() / GiB if device == "cuda" else None
     with tempfile.TemporaryDirectory(prefix="record-") as tmp:

@@ -85,10 +85,10 @@ def shortcuts_off() -> Iterator[None]:
 
 def _one(world: str, name: str, overrides: list[str]) -> tuple[dict, float, float]:
     """A run's final metrics, wall seconds and CPU seconds of this process (steadier on a shared machine)."""
-    cfg, mcfg = resolve_config(world=world, method=name, preset=None, overrides=overrides)
+    cfg = resolve_config(world=world, method=name, preset=None, overrides=overrides)
     cfg.tracking.experiment = "run-costs"
     t, c = time.perf_counter(), time.process_time()
-    final = run(cfg, mcfg, progress=False)
+    final = run(cfg, progress=False)
     return final, time.perf_counter() - t, time.process_time() - c
 
 

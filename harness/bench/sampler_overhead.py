@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg, _ = resolve_config(world=args.world, method="grpo")
+    cfg = resolve_config(world=args.world, method="grpo")
     world, _, model, tok, _, _ = prepare_world(cfg, progress=True)
     model.eval()
     items = world.train_items[: args.prompts]
