@@ -34,13 +34,13 @@ import torch
 from harness import distributed, fsdp
 from harness.data import fingerprint
 from harness.errors import TrainingDiverged
-from harness.fsdp import full  # noqa: F401  (the engine reads a sharded gradient norm through it)
 
 if TYPE_CHECKING:
     from harness.config import TrainConfig
     from harness.cost import Cost
 
 PHI_THRESHOLDS = (1, 3, 5)
+full = fsdp.full  # the whole of a possibly sharded tensor: how the engine reads the clipped gradient norm
 
 
 class Parallel:
