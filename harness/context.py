@@ -11,11 +11,12 @@ from typing import Callable, Iterator
 
 import torch
 
-from harness import distributed, fsdp
 from harness import metric_names as N
 from harness.cost import Cost
 from harness.data import Example, TrainData
+from harness.fsdp import plain_class
 from harness.modeling import DTYPES, load_model
+from harness.parallel import Parallel
 from harness.sampler import HFSampler, Sampler, rank_sharded
 
 
@@ -23,7 +24,8 @@ class Context:
     """Everything a method may use; it never touches the optimizer, MLflow or Optuna directly."""
 
     def __init__(self, *, run_cfg, world, policy, tokenizer, base_path: str, trainer,
-                 sampler: Sampler, log: Callable[[dict, int], None]):
+                 sampler: Sampler, log: Callable[[dict, int], None], parallel: Parallel | None = None):
+        """`parallel`: the run's ranks (default: the trainer's)."""
         self.run_cfg, self.cfg, self.world = run_cfg, run_cfg.method_args, world
         self.policy, self.tokenizer, self.base_path = policy, tokenizer, base_path
         self.trainer, self.sampler, self._log = trainer, sampler, log
@@ -31,7 +33,8 @@ class Context:
         self._scratch_dirs = [self._scratch]
         self.extra_stats: dict[str, float] = {}
         sampler.cost = trainer.cost  # one counter per run, so no pass can go uncounted
-        self._twin: fsdp.Twin | None = None  # rank 0's unsharded copies under train.parallel=fsdp
+        self.parallel = parallel if parallel is not None else trainer.parallel
+        self.parallel.copies_from(self._load_cpu)  # rank 0's unsharded copies under train.parallel=fsdp
 
     @property
     def cost(self) -> Cost:
@@ -64,49 +67,32 @@ class Context:
         model, _ = load_model(self.base_path, dtype=self.run_cfg.train.frozen_dtype, device=self.run_cfg.train.device,
                               **self.world.load_kwargs())
         model.eval().requires_grad_(False)
-        return fsdp.shard(model, frozen=True) if self.sharded else model
+        return self.parallel.frozen(model)
 
     @property
     def sharded(self) -> bool:
         """Whether the policy is sharded over the ranks (train.parallel=fsdp under several processes)."""
-        return fsdp.is_sharded(self.policy)
+        return self.parallel.sharded
 
     @property
     def eval_policy(self) -> torch.nn.Module:
         """The policy as rank 0 evaluates it alone: itself, or sharded, its copy gathered at this evaluation point."""
-        return self._evaluation().policy if self.sharded else self.policy
+        return self.parallel.eval_policy(self.policy)
 
     @property
     def eval_base(self) -> torch.nn.Module:
         """The frozen base as rank 0 evaluates against it alone: `base`, or sharded, an unsharded copy from disk."""
-        return self._evaluation().base if self.sharded else self.base
+        return self.parallel.eval_base(lambda: self.base)
 
-    def _evaluation(self) -> fsdp.Twin:
-        """Rank 0's unsharded copies of the policy and the base (created empty; loaded on first use)."""
-        if self._twin is None:
-            def load(dtype: str) -> torch.nn.Module:
-                return load_model(self.base_path, dtype=dtype, device="cpu", **self.world.load_kwargs())[0]
-            self._twin = fsdp.Twin(load, *fsdp.eval_dtypes(self.run_cfg.train))
-        return self._twin
-
-    def gather_for_evaluation(self) -> None:
-        """Sharded: every rank joins the gather of the policy, which rank 0 loads into `eval_policy` on its device."""
-        state = fsdp.full_state(self.policy)
-        if distributed.is_main():
-            twin = self._evaluation()
-            twin.refresh(state, self.step)
-            twin.place(self.run_cfg.train.device)
-
-    def end_evaluation(self) -> None:
-        """Rank 0, sharded: the unsharded copies go back to the CPU, so its device holds only its shards."""
-        self._evaluation().place("cpu")
+    def _load_cpu(self, dtype: str) -> torch.nn.Module:
+        """A fresh unsharded copy of the base on the CPU, in `dtype`."""
+        return load_model(self.base_path, dtype=dtype, device="cpu", **self.world.load_kwargs())[0]
 
     def my_share(self, examples: list[Example]) -> list[Example]:
         """The examples of a one-step batch this process trains (all of them in one process; `examples[rank::N]`
         with N ranks): per-example scoring for the loss (reference, π_old log-probs) need only cover these.
         Sharded, a shorter share is padded with the step's last example, so every rank runs as many passes."""
-        mine = distributed.shard(examples)
-        return fsdp.lockstep_share(examples, mine) if self.sharded else mine
+        return self.parallel.padded_share(examples)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text, without special tokens."""
@@ -119,17 +105,12 @@ class Context:
     def reset_to_base(self, horizon: int | None = None) -> None:
         """Load the base weights into the policy and restart the optimizer and schedule (over `horizon` steps)."""
         if self.run_cfg.train.frozen_dtype == "float32":
-            fsdp.settle(self.base)
+            self.parallel.settle(self.base)
             state = self.base.state_dict()  # sharded like the policy's under fsdp: a copy shard to shard
         else:  # the frozen copy was rounded to a lower precision: the policy restarts from the exact weights
             state = load_model(self.base_path, device=self.run_cfg.train.device,
                                **self.world.load_kwargs())[0].state_dict()
-        if self.sharded:
-            fsdp.copy_state(self.policy, state)
-        else:
-            with torch.no_grad():
-                for name, p in self.policy.state_dict().items():
-                    p.copy_(state[name])
+        self.parallel.copy_state(self.policy, state)
         self.trainer.reset_optimizer(horizon)
 
     def scratch_dir(self, root: str | None = None) -> Path:
@@ -147,27 +128,15 @@ class Context:
         code (`distributed.solo`: a record evaluation), which writes the copy gathered at this evaluation point.
         """
         path = (folder or self._scratch) / name
-        collective = self.sharded and not distributed.in_solo()
-        model: torch.nn.Module | None = self.policy
-        if collective:
-            state = fsdp.full_state(self.policy)
-            if distributed.is_main():
-                self._evaluation().refresh(state, self.step)
-        if self.sharded:
-            model = self._evaluation().policy if distributed.is_main() else None
-            if model is not None and self._evaluation().step != self.step:
-                raise RuntimeError(f"the gathered policy is from step {self._evaluation().step}, not {self.step}")
-        if model is not None:
+
+        def write(model: torch.nn.Module) -> None:
             state = None if dtype is None else {k: v.to(dtype) for k, v in model.state_dict().items()}
             model.save_pretrained(path, state_dict=state)
-        if collective:
-            path = distributed.broadcast_object(path)  # one machine (or a shared disk): every rank reads rank 0's
-            distributed.barrier()
-        return path
+        return self.parallel.save(self.policy, self.step, path, write)
 
     def load_checkpoint(self, path: Path) -> torch.nn.Module:
         """A frozen model (in `train.frozen_dtype`) from a checkpoint saved by `save_checkpoint`."""
-        model = fsdp.plain_class(self.policy).from_pretrained(path, dtype=DTYPES[self.run_cfg.train.frozen_dtype])
+        model = plain_class(self.policy).from_pretrained(path, dtype=DTYPES[self.run_cfg.train.frozen_dtype])
         model = model.to(self.run_cfg.train.device)
         return model.eval().requires_grad_(False)
 
@@ -176,19 +145,16 @@ class Context:
         transformers, `load()` gives the frozen model to sample from. Under several ranks each samples its share of
         every call (in step with the others where the model is sharded, as `base` is under FSDP)."""
         if hasattr(self.sampler, "from_checkpoint"):
-            return rank_sharded(self.sampler.from_checkpoint(path))
+            return rank_sharded(self.sampler.from_checkpoint(path), self.parallel)
         model = load()
         return rank_sharded(HFSampler(model, self.tokenizer, self.sampler.batch_size, self.cost,
                                       seed=self.run_cfg.train.seed, stream=Path(path).name),  # its own draws
-                            lockstep=fsdp.is_sharded(model))
+                            self.parallel, lockstep=self.parallel.lockstep(model))
 
     def delete_checkpoint(self, path: Path) -> None:
         """Free a checkpoint's disk space as soon as it is no longer needed (sharded: rank 0's, once all are done)."""
-        if self.sharded and not distributed.in_solo():
-            distributed.barrier()
-            if not distributed.is_main():
-                return
-        shutil.rmtree(path, ignore_errors=True)
+        if self.parallel.removes_files():
+            shutil.rmtree(path, ignore_errors=True)
 
     def draw_batches(self, data: TrainData, steps: int) -> list[list[Example]]:
         """The batches of `steps` updates cycling through `data`, drawn now with the run's rng (train.batch_size)."""

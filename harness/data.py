@@ -5,8 +5,10 @@ the prediction of token j+1 from tokens <= j, so they have length T-1.
 """
 from __future__ import annotations
 
+import hashlib
+import pickle
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -29,6 +31,16 @@ class Example:
     fields: dict[str, float] = field(default_factory=dict)
     token_fields: dict[str, list[float]] = field(default_factory=dict)
     train_mask: list[float] | None = None
+
+
+def fingerprint(examples: Iterable[Example]) -> str:
+    """A digest of examples' tokens, masks and fields, equal across processes (python's str hash is not).
+
+    Per-token fields (reference and π_old log-probs) are left out: each rank scores only its own share of a step
+    (`Context.my_share`), so they legitimately differ across ranks.
+    """
+    rows = [(e.prompt_ids, e.response_ids, e.train_mask, sorted(e.fields.items())) for e in examples]
+    return hashlib.blake2b(pickle.dumps(rows, protocol=4), digest_size=16).hexdigest()
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Data-parallel training over N processes; with one process every helper here is a no-op.
+"""Collectives for training over N processes; with one process every helper here is a no-op.
 
 Launch (one process per GPU; the launcher only sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT):
 
@@ -7,35 +7,16 @@ Launch (one process per GPU; the launcher only sets RANK, WORLD_SIZE, LOCAL_RANK
         --mixed_precision no --dynamo_backend no -m harness.cli run ... train.device=cpu   # 2 CPU processes (gloo)
 
 (`accelerate launch --cpu --num_processes 2` starts ONE process: REAL-SCALE-NOTES.md §2.) `harness.run.run` calls
-`init_from_env`, which joins the process group the launcher describes (nccl for a cuda policy, gloo otherwise);
+`init_from_env` (through `Parallel.join`), which joins the process group the launcher describes (nccl for a cuda policy, gloo otherwise);
 accelerate itself is never imported.
 
-What N ranks do (first version, `harness.engine.Trainer`):
-- Every rank runs the same code with the same seeds, so every rank calls `method.data()` identically: rollouts and
-  own samples are generated REDUNDANTLY on every rank from identical weights (no generation speed-up yet).
-  `check_same` turns any disagreement (e.g. a nondeterministic kernel) into an error on every rank, not a hang.
-- Each optimizer step's examples are split strided, `examples[rank::world]`; the per-token (or per-sequence)
-  denominator is the whole step's, which every rank can count because every rank holds the whole step.
-- Each rank backpropagates sum(its tokens' losses) / global denominator, micro-batch by micro-batch, with no
-  communication; after its last micro-batch one bucketed all-reduce SUMS the gradients (`all_reduce_grads`).
-  That is DDP with `no_sync` on all but the last micro-batch, summing instead of averaging, so no rescaling by the
-  world size is needed. No DDP wrapper: the engine's forward calls the model's decoder and head separately
-  (harness.logprobs), which bypasses a wrapper's forward, and methods use `ctx.policy` directly for generation,
-  scoring and checkpoints.
-- Clipping, AdamW and the schedule then run on identical gradients on every rank, so weights stay identical.
-- Evaluation, base scoring and MLflow logging run on rank 0 only; the others wait at a `barrier`, after which
-  rank 0's global RNG states are copied to everyone (`broadcast_rng_state`). Code inside `solo()` is such
-  rank-0-only code: it must not start a collective.
-
-That is `train.parallel=ddp` (the default). `train.parallel=fsdp` shards the weights, gradients and AdamW state
-instead (harness/fsdp.py: FSDP2, for a model that does not fit one GPU); the split of each step, the global
-denominator and the rank-0 evaluation are the same, and `all_reduce_grads` is not used.
+What N ranks do, and which mode asks for what, is decided in one place: harness/parallel.py (`Parallel`, built once
+per run). This module is its toolbox: joining the group and the collectives, each a no-op in one process. Code
+inside `solo()` is rank-0-only (evaluation): it must not start a collective.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
 import random
 from contextlib import contextmanager
 from datetime import timedelta
@@ -152,16 +133,6 @@ def check_same(value: Any, what: str) -> None:
     if any(v != seen[0] for v in seen):
         raise RuntimeError(f"ranks disagree on {what} ({seen}): every rank must compute the same training data; "
                            f"method.data() must be deterministic given the seed and weights")
-
-
-def fingerprint(examples: Iterable) -> str:
-    """A digest of examples' tokens, masks and fields, equal across processes (python's str hash is not).
-
-    Per-token fields (reference and π_old log-probs) are left out: each rank scores only its own share of a step
-    (`Context.my_share`), so they legitimately differ across ranks.
-    """
-    rows = [(e.prompt_ids, e.response_ids, e.train_mask, sorted(e.fields.items())) for e in examples]
-    return hashlib.blake2b(pickle.dumps(rows, protocol=4), digest_size=16).hexdigest()
 
 
 def shard(items: list) -> list:

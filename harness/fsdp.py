@@ -22,7 +22,7 @@ Every rank must run the same forward and backward passes (each gathers layers co
 decoded from identical weights, prompts and per-row draws on every rank, so harness.greedy's loop stops at the same
 step everywhere (transformers' generate also gets `synced_gpus`); the engine pads a rank's micro-batches to the
 longest share's count with zero-weighted filler passes, and `Context.my_share` pads a rank's scoring share the same
-way (`micro_batches`, `lockstep_share`). Ranks that decoded differently (a nondeterministic kernel) would wait
+way (harness.parallel decides all of this: `Step.micro_batches`, `Parallel.padded_share`). Ranks that decoded differently (a nondeterministic kernel) would wait
 for each other's gathers until HARNESS_DIST_TIMEOUT_S, where DDP's `check_same` raises at once.
 
 Evaluation runs on rank 0 alone, which a sharded model cannot do: at each evaluation point every rank joins
@@ -40,7 +40,6 @@ with NCCL have not run.
 from __future__ import annotations
 
 import functools
-import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -50,11 +49,6 @@ from harness.errors import HarnessError
 
 if TYPE_CHECKING:
     from harness.config import TrainConfig
-
-
-def enabled(cfg: TrainConfig) -> bool:
-    """Whether `cfg` (a TrainConfig) shards the policy: `parallel=fsdp` under more than one process."""
-    return cfg.parallel == "fsdp" and distributed.world_size() > 1
 
 
 def check(cfg: TrainConfig) -> None:
@@ -151,20 +145,6 @@ def copy_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
             if isinstance(p, DTensor) and not isinstance(src, DTensor):
                 src = distribute_tensor(src.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
             p.copy_(src)
-
-
-def micro_batches(n_examples: int, micro_batch_size: int) -> int:
-    """Micro-batches of the longest share of an `n_examples` step: what every rank runs under FSDP."""
-    return math.ceil(math.ceil(n_examples / distributed.world_size()) / micro_batch_size)
-
-
-def lockstep_share(examples: list, mine: list) -> list:
-    """`mine` padded with the step's last example to the longest share's length, so every rank scores alike.
-
-    The last example always belongs to a longest share, so a rank never pads with an example of its own; the
-    fields a method writes on the filler are never trained on this rank (and are its true values anyway).
-    """
-    return mine + examples[-1:] * (math.ceil(len(examples) / distributed.world_size()) - len(mine))
 
 
 _BYTES = {"float32": 4, "bfloat16": 2}

@@ -16,8 +16,6 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from harness import distributed
-
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +46,7 @@ def reuse(ctx, name: str, parts: dict[str, Any], compute: Callable[[], T], enabl
 
     `parts` must name everything the phase reads that a run could change (seed, data, settings, base weights).
     """
-    if not enabled or distributed.world_size() > 1:
+    if not enabled or ctx.parallel.several:
         return compute(), False
     path = ctx.world.cache_dir / "phases" / f"{name}-{phase_key(parts)}.pkl"
     if path.exists():

@@ -26,6 +26,7 @@ from harness.context import Context
 from harness.engine import Trainer
 from harness.evaluation import Evaluator
 from harness.modeling import check_device, load_model
+from harness.parallel import Parallel
 from harness.run_hooks import record_checkpoint, run_cost
 from harness.world import build_world
 from harness.sampler import build_sampler
@@ -189,8 +190,8 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, extra_tags: dict | 
         progress: bool = True) -> dict[str, float]:
     """Train one (world, method, hyper-parameters, seed) and return its final metrics ({"steps"} off rank 0)."""
     check_device(cfg.train.device)  # before anything is computed or logged
-    distributed.init_from_env(cfg.train.device)
-    main = distributed.is_main()
+    parallel = Parallel.join(cfg.train)  # the run's ranks, asked by the trainer, the context and the sampler
+    main = parallel.main
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     random.seed(cfg.train.seed)
@@ -212,16 +213,16 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, extra_tags: dict | 
         tags = {"method": cfg.method, **world.tags(), "seed": str(cfg.train.seed), "sampler": cfg.train.sampler,
                 "base_checkpoint": base.checkpoint, "kind": "run", "git_commit": _git_commit(),
                 "python": platform.python_version(), **_versions(), **(extra_tags or {})}
-        if distributed.world_size() > 1:
-            tags["world_size"] = str(distributed.world_size())
+        if parallel.several:
+            tags["world_size"] = str(parallel.world)
         tracker = RunTracker(cfg.tracking.experiment, name, params=flatten(resolved), tags=tags,
                              parent_run_id=parent_run_id)
     else:
         tracker = _NoTracker()
     with tracker as tr:
         tr.log_dict(resolved, "config.json")
-        trainer = Trainer(policy, tok.pad_token_id, cfg.train)
-        sampler = build_sampler(cfg, policy, tok)
+        trainer = Trainer(policy, tok.pad_token_id, cfg.train, parallel)
+        sampler = build_sampler(cfg, policy, tok, parallel)
         ctx = Context(run_cfg=cfg, world=world, policy=policy, tokenizer=tok, base_path=base_path,
                       trainer=trainer, sampler=sampler, log=tr.buffer_metrics)
         method = method_cls(cfg.method_args)

@@ -16,6 +16,7 @@ import torch
 
 from harness.cost import Cost
 from harness.greedy import argmax_pick, decode_dropping_finished, plain_argmax_greedy
+from harness.parallel import Parallel
 
 
 @dataclass
@@ -176,11 +177,11 @@ class RankShardedSampler:
     uncounted, and the inner sampler decodes in step with the other ranks (HFSampler.lockstep).
     """
 
-    def __init__(self, inner: Sampler, lockstep: bool = False):
+    def __init__(self, inner: Sampler, lockstep: bool = False, parallel: Parallel | None = None):
         self.inner, self.lockstep = inner, lockstep
+        self.parallel = parallel if parallel is not None else Parallel.of()
         if lockstep:
-            from harness import distributed
-            inner.lockstep = lambda done_here: distributed.all_reduce_sum([0.0 if done_here else 1.0])[0] == 0.0
+            inner.lockstep = self.parallel.all_done
 
     def __getattr__(self, name: str):  # batch_size, model, ... are the inner sampler's
         return getattr(self.inner, name)
@@ -207,9 +208,8 @@ class RankShardedSampler:
     def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 32, **kwargs) -> list[list[Completion]]:
         """`n` completions per prompt, in prompt order, on every rank (`kwargs`: the inner sampler's options)."""
-        from harness import distributed
-        size, N = len(prompts), distributed.world_size()
-        mine = list(range(distributed.rank(), size, N))
+        size, N = len(prompts), self.parallel.world
+        mine = self.parallel.share(list(range(size)))
         filler = [mine[-1] if mine else 0] * (-(-size // N) - len(mine)) if self.lockstep and size else []
         before = dict(self.inner.cost.tokens)
         done = self.inner.generate([prompts[i] for i in mine + filler], n, temperature, top_p, max_new_tokens,
@@ -219,38 +219,38 @@ class RankShardedSampler:
             self.inner.cost.add("gen", -sum(len(c.response_ids) for c in completions))
         spent = {k: v - before.get(k, 0) for k, v in self.inner.cost.tokens.items()}
         out: list[list[Completion]] = [[] for _ in prompts]
-        for r, (idx, completions, used) in enumerate(distributed.all_gather_object((mine, done[:len(mine)], spent))):
+        for r, (idx, completions, used) in enumerate(self.parallel.gather((mine, done[:len(mine)], spent))):
             for i, c in zip(idx, completions):
                 out[i] = c
-            if r != distributed.rank():
+            if r != self.parallel.rank:
                 for kind, tokens in used.items():
                     self.inner.cost.add(kind, tokens)
         return out
 
 
-def rank_sharded(sampler: Sampler, lockstep: bool = False) -> Sampler:
+def rank_sharded(sampler: Sampler, parallel: Parallel, lockstep: bool = False) -> Sampler:
     """`sampler`, sampling only its share on each rank when there are several (RankShardedSampler); `lockstep`
     for a sharded model (FSDP), where a sampler that cannot decode in step (`generate`) samples every prompt on
     every rank instead."""
-    from harness import distributed
-    if distributed.world_size() == 1 or isinstance(sampler, RankShardedSampler):
+    if not parallel.several or isinstance(sampler, RankShardedSampler):
         return sampler
     if lockstep and not (isinstance(sampler, HFSampler) and sampler.can_lockstep()):
         return sampler
-    return RankShardedSampler(sampler, lockstep)
+    return RankShardedSampler(sampler, lockstep, parallel)
 
 
-def build_sampler(cfg, policy: torch.nn.Module, tokenizer) -> Sampler:
+def build_sampler(cfg, policy: torch.nn.Module, tokenizer, parallel: Parallel | None = None) -> Sampler:
     """The run's sampler over the policy: `train.sampler` picks transformers (`hf`) or an in-process vLLM engine;
-    under several ranks each samples its share of every call (RankShardedSampler; in lockstep under FSDP)."""
-    from harness import distributed
+    under several ranks (`parallel`, default: this process's group) each samples its share of every call
+    (RankShardedSampler; in lockstep under FSDP)."""
+    parallel = parallel if parallel is not None else Parallel.of(cfg.train)
     if cfg.train.sampler == "vllm":
         from harness.vllm_sampler import VLLMSampler
         # Under several ranks each joins the launcher's process group with an engine of its own (TRL's colocate).
-        extra = {"distributed_executor_backend": "external_launcher"} if distributed.world_size() > 1 else {}
+        extra = {"distributed_executor_backend": "external_launcher"} if parallel.several else {}
         sampler = VLLMSampler(policy, tokenizer, gpu_memory_utilization=cfg.train.vllm_gpu_memory_utilization,
                               enable_sleep_mode=cfg.train.vllm_sleep, seed=cfg.train.seed, dtype="bfloat16",
                               batch_size=cfg.rollout_batch_size, **extra)
     else:
         sampler = HFSampler(policy, tokenizer, cfg.rollout_batch_size, seed=cfg.train.seed)
-    return rank_sharded(sampler, lockstep=cfg.train.parallel == "fsdp")  # the engine shards the policy later
+    return rank_sharded(sampler, parallel, lockstep=parallel.lockstep(None))  # the engine shards the policy later

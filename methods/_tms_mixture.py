@@ -8,8 +8,7 @@ import math
 import numpy as np
 
 from harness.baseline import checkpoint_hash
-from harness.data import Example
-from harness.distributed import fingerprint
+from harness.data import Example, fingerprint
 
 
 def checkpoint_steps(teacher_steps: int, checkpoints: int) -> list[int]:
