@@ -108,10 +108,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from benchmarks.staging import dry_run
         return dry_run(cfg)
-    from harness import distributed
+    from harness.parallel import Parallel
     from harness.run import run
     final = run(cfg, progress=not args.quiet)
-    if not distributed.is_main():  # under `accelerate launch` rank 0 reports for every rank
+    if not Parallel.of().main:  # under `accelerate launch` rank 0 reports for every rank
         return 0
     keys = [*N.GAIN_DROP_CIS, N.PLD_DRIFT, N.KL_TO_BASE, N.COST_WALL_S]
     print(f"{cfg.method} on {cfg.world.name}/{cfg.world.target_task}: "

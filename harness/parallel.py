@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import torch
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from harness.cost import Cost
 
 PHI_THRESHOLDS = (1, 3, 5)
+T = TypeVar("T")
 full = fsdp.full  # the whole of a possibly sharded tensor: how the engine reads the clipped gradient norm
 
 
@@ -63,6 +65,23 @@ class Parallel:
         """Join the group a launcher describes (harness.distributed.init_from_env), then `of(cfg)`."""
         distributed.init_from_env(cfg.device)
         return cls.of(cfg)
+
+    def rank0_first(self, on_main: Callable[[], T], elsewhere: Callable[[], T]) -> T:
+        """`on_main()` on rank 0; once it is done, `elsewhere()` on the others (rank 0 builds and scores the base,
+        the others load it from the cache); then every rank takes rank 0's RNG states, so whatever rank 0 drew,
+        every rank samples alike from here."""
+        out = on_main() if self.main else None
+        distributed.barrier()
+        if not self.main:
+            out = elsewhere()
+        distributed.broadcast_rng_state()
+        return out
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """Rank 0's work after the others have returned (the evaluation of record): no collective may start."""
+        with distributed.solo():
+            yield
 
     # --- which rows this rank handles ------------------------------------------------------------------------
     def share(self, items: list) -> list:

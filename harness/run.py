@@ -1,7 +1,7 @@
 """One run: load the world and base, train with a method through the engine, evaluate along the way, log to MLflow.
 
 Under `accelerate launch`/torchrun (WORLD_SIZE > 1) every process runs `run`: the engine splits each step over the
-ranks (harness.distributed); base scoring, evaluation and MLflow logging happen on rank 0 only.
+ranks (harness.parallel); base scoring, evaluation and MLflow logging happen on rank 0 only.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness import distributed, metrics
+from harness import metrics
 from harness import metric_names as N
 from harness.baseline import BaseScores, label_set, load_or_compute
 from harness.config import RunConfig
@@ -198,13 +198,9 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, extra_tags: dict | 
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     method_cls = get_method(cfg.method)
-    if main:
-        world, base_path, policy, tok, evaluator, base = prepare_world(cfg, progress)
-    distributed.barrier()  # rank 0 has built the base and scored it; the others load it from the cache
-    if not main:
-        world, base_path, policy, tok, evaluator, base = prepare_policy(cfg)
-        progress = False
-    distributed.broadcast_rng_state()  # whatever rank 0's scoring drew, every rank samples alike from here
+    world, base_path, policy, tok, evaluator, base = parallel.rank0_first(lambda: prepare_world(cfg, progress),
+                                                                          lambda: prepare_policy(cfg))
+    progress = progress and main
 
     name = cfg.tracking.run_name or f"{cfg.method}-{world.name}-{world.target}-s{cfg.train.seed}"
     resolved = cfg.model_dump(mode="json")
@@ -280,7 +276,7 @@ def run(cfg: RunConfig, *, parent_run_id: str | None = None, extra_tags: dict | 
         if not main:
             return {"steps": float(trainer.step)}
         if cfg.eval.record_backend != "none" and trainer.step not in cfg.eval.record_steps:
-            with distributed.solo():  # rank 0 alone (the others have returned): no collective may start
+            with parallel.alone():
                 record(trainer.step, last_correct)
         responses = last_eval.pop("eval_responses", {})
         final_correct = last_eval.pop("eval_correct", {})
