@@ -211,6 +211,7 @@ class Context:
             self._log(metrics, step)
 
     def close(self) -> None:
-        """Remove scratch checkpoints."""
+        """Remove scratch checkpoints and drop rank 0's evaluation copies."""
+        self.parallel.drop_copies()
         for d in self._scratch_dirs:
             shutil.rmtree(d, ignore_errors=True)

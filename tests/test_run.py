@@ -133,3 +133,20 @@ def test_a_run_whose_method_has_no_data_ends_at_the_base_with_its_metrics(store,
     final = run(cfg, progress=False)
     assert final["steps"] == 0
     assert final["target_gain"] == 0 and final["nontarget_drop"] == 0 and final["val/target_gain"] == 0
+
+
+def test_a_finished_run_leaves_no_model_alive(store):
+    """A sweep worker runs many runs in one process: each run's policy, base and copies must die with it (a run's
+    context once stayed reachable through rank 0's evaluation copies, holding a SmolLM2-sized model per run)."""
+    import gc
+
+    from transformers import PreTrainedModel
+
+    def alive() -> set[int]:
+        gc.collect()
+        return {id(o) for o in gc.get_objects() if isinstance(o, PreTrainedModel)}
+
+    before = alive()  # whatever other tests' fixtures hold
+    run(resolve_config(world="micro", method="sft", overrides=["train.max_steps=2", "train.eval_every=2"]),
+        progress=False)
+    assert alive() - before == set()
