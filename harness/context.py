@@ -211,7 +211,6 @@ class Context:
             self._log(metrics, step)
 
     def close(self) -> None:
-        """Remove scratch checkpoints and drop rank 0's evaluation copies."""
-        self.parallel.drop_copies()
+        """Remove scratch checkpoints."""
         for d in self._scratch_dirs:
             shutil.rmtree(d, ignore_errors=True)

@@ -148,10 +148,6 @@ class Parallel:
         if self.cfg is not None and self.sharded:  # the copies hold the loader (a Context method): only when used
             self._copies = fsdp.Twin(load, *fsdp.eval_dtypes(self.cfg))
 
-    def drop_copies(self) -> None:
-        """Forget rank 0's copies (and the loader they hold) when the run ends, so its models can be freed."""
-        self._copies = None
-
     def eval_policy(self, policy: torch.nn.Module) -> torch.nn.Module:
         """The policy as rank 0 evaluates it alone: itself, or sharded, its copy gathered at this evaluation point."""
         return self._copies.policy if self.sharded else policy
