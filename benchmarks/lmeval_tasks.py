@@ -6,6 +6,7 @@ runs the task's own filters and `process_results`, so the training reward is lm-
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -196,6 +197,19 @@ def chat_template(tokenizer: Any) -> ChatTemplate:
     return render
 
 
+def stage_yaml(path: Path, text: str) -> None:
+    """Write a staged task YAML only when its text changed, and atomically: a sweep's workers share the cache, and
+    one that reads a file another is rewriting finds no task in it (lm-eval: "not a registered task")."""
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # not *.yaml: lm-eval's folder scan skips it
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def load_task(source: TaskSource, workdir: Path) -> RealTask:
     """Load an lm-eval task (or each task of a group) under the name harness_real_<task>, on local files if given."""
     from lm_eval.defaults import DEFAULT_MAX_GEN_TOKS, default_gen_kwargs
@@ -231,7 +245,7 @@ def load_task(source: TaskSource, workdir: Path) -> RealTask:
     if source.data_files is not None:
         override.update(_data_overrides(source, base, workdir))
     (folder := Path(workdir) / "lmeval_tasks" / name).mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
+    stage_yaml(folder / f"{name}.yaml", yaml.safe_dump(override, sort_keys=False))
     try:
         with quiet_datasets():
             task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]

@@ -240,3 +240,33 @@ def test_groups_and_tags_expand_to_their_tasks_in_order():
     assert len(mmlu) == 57 and len(set(mmlu)) == 57 and "mmlu_abstract_algebra" in mmlu
     assert leaf_tasks("ai2_arc") == ["arc_challenge", "arc_easy"]
     assert leaf_tasks("gsm8k") == ["gsm8k"]
+
+
+def test_a_staged_task_yaml_is_never_seen_half_written(tmp_path):
+    """Two sweep workers stage the same task into one cache: a reader must see the old or the new text, never a
+    truncated file (which lm-eval reads as no task: "not a registered task"), and unchanged text is not rewritten."""
+    import threading
+
+    from benchmarks.lmeval_tasks import stage_yaml
+
+    path = tmp_path / "harness_real_x.yaml"
+    texts = ["task: harness_real_x\n" + "a: 1\n" * 2000, "task: harness_real_x\n" + "b: 2\n" * 2000]
+    stage_yaml(path, texts[0])
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.add(path.read_text())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(300):
+        stage_yaml(path, texts[i % 2])
+    done.set()
+    reader.join()
+    assert seen <= set(texts)
+    before = path.stat().st_mtime_ns
+    stage_yaml(path, path.read_text())
+    assert path.stat().st_mtime_ns == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left behind
