@@ -119,6 +119,7 @@ def env(tmp_path_factory):
         "missing_data": _deep(base, "world.retention.0.data_files.test", str(root / "nope.jsonl")),
         "no_model": _deep(base, "world.base_model", str(root / "no-such-model")),
         "small_data": _deep(base, "world.n_eval", 500),
+        "unknown_kind": _deep(base, "world.kind", "rael"),
     }
     for name, preset in variants.items():
         (root / f"{name}.yaml").write_text(yaml.safe_dump(preset))
@@ -228,6 +229,9 @@ ROWS = [
     ("real-missing-data", ["run", "--preset", "@missing_data", "--dry-run"], "nope.jsonl"),
     ("real-no-model", ["run", "--preset", "@no_model"], "does not exist"),
     ("real-small-data", ["run", "--preset", "@small_data"], "asks for"),
+    ("real-unknown-world-kind", ["run", "--preset", "@unknown_kind"], "Did you mean 'real'"),
+    ("real-unknown-world-kind-sweep", ["sweep", "--preset", "@unknown_kind", "--methods", "sft", "trials=1"],
+     "Did you mean 'real'"),
     ("real-unknown-task", ["run", "--preset", "@good", "world.target.task=gsm8kk"], "Did you mean"),
     ("real-unknown-metric", ["run", "--preset", "@good", "world.target.metric=acc"], "lm-eval metric"),
     ("real-no-nltk", ["run", "--preset", "@good", "--dry-run", "NLTK_DATA"], "punkt_tab"),
