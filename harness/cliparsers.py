@@ -74,7 +74,7 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
           harness run --method sft world.target=rev world.teacher_style=mild train.lr=3e-4
           harness run --method sft --help-config       every setting, its default and meaning""")))
     add_settings(s, RUN_SETTINGS, {
-        "world": "world preset: toy (default) or micro", "method": "method registry key (default: sft; see `harness "
+        "world": "world preset: toy (default), micro, or a shipped real world such as smollm2-135m-arith (`harness list` names them all)", "method": "method registry key (default: sft; see `harness "
         "list`)", "preset": "YAML file of settings (sections world/train/eval/tracking/<method>)",
         "experiment": "MLflow experiment (= tracking.experiment; default: harness)",
         "seed": "fine-tuning seed (= train.seed)", "quiet": "no progress bars"}, {"preset": "FILE"})
