@@ -82,7 +82,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _run_overrides(args: argparse.Namespace) -> dict:
     """The run's key=value settings as a nested dict, with --experiment and --seed folded in."""
-    from harness.config import deep_merge, parse_overrides
+    from harness.settings_input import deep_merge, parse_overrides
     rest = take_settings(args, RUN_SETTINGS, args.overrides)
     over = parse_overrides(rest)
     for dest, (section, key) in {"experiment": ("tracking", "experiment"), "seed": ("train", "seed")}.items():
@@ -137,7 +137,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def _sweep_inputs(args: argparse.Namespace) -> tuple[str | None, list[str], dict]:
     """(spec file, spec key=value tokens, explicit spec fields) from a sweep's flags and key=value settings."""
-    from harness.config import RunConfig, deep_merge, load_yaml_mapping, parse_overrides
+    from harness.config import RunConfig
+    from harness.settings_input import deep_merge, load_yaml_mapping, parse_overrides
     from harness.method import method_names
 
     rest = take_settings(args, SWEEP_SETTINGS, args.overrides)

@@ -19,7 +19,8 @@ import optuna
 from optuna.trial import TrialState
 
 from harness import metric_names as N
-from harness.config import deep_merge, resolve_config
+from harness.config import resolve_config
+from harness.settings_input import deep_merge
 from harness.errors import HarnessError
 from harness.method import SweepParam
 from sweeps import progress as P

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from harness.config import deep_merge, load_yaml_mapping, parse_overrides
+from harness.settings_input import deep_merge, load_yaml_mapping, parse_overrides
 from harness.errors import HarnessError, unknown
 from sweeps.steps_rule import StepsRule
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness import metric_names as N
-from harness.config import deep_merge
+from harness.settings_input import deep_merge
 
 
 class StepsRule(BaseModel):

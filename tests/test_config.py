@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import parse_overrides, resolve_config
+from harness.config import resolve_config
+from harness.settings_input import parse_overrides
 from harness.errors import HarnessError
 
 

@@ -135,7 +135,7 @@ def ci_sweep(env):
     method that learns from its own verified samples has some within 12 tokens); the preset's arithmetic needs
     ~100-token answers, too long to sample in CI.
     """
-    from harness.config import deep_merge, parse_overrides
+    from harness.settings_input import deep_merge, parse_overrides
     from harness.method import method_names
     from sweeps.driver import run_sweep
     from sweeps.spec import load_spec

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from harness import metric_names as N
-from harness.config import deep_merge
+from harness.settings_input import deep_merge
 from harness.cost import flops
 from harness.errors import HarnessError
 from harness.bench import gpu_paths
@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from pydantic import ValidationError
 
-    from harness.config import TrainConfig, parse_overrides
+    from harness.config import TrainConfig
+    from harness.settings_input import parse_overrides
     try:
         settings = parse_overrides(args.train)
         if set(settings) - {"train"}:
