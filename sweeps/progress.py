@@ -166,7 +166,9 @@ class SweepProgress:
         for a in self.arms:
             per_run = (sum(self.seconds[a]) / len(self.seconds[a]) if self.seconds[a]
                        else sum(every) / len(every) if every else math.nan)
-            todo = (get(a, TrialState.WAITING) + get(a, TrialState.RUNNING)) * self.seeds[a]
+            # every trial slot not finished yet, asked or not: a worker asks an arm's trials only when it gets to
+            # them, so counting waiting and running trials left whole arms out of the estimate
+            todo = max(0, c[a]["slots"] - get(a, TrialState.COMPLETE) - get(a, TrialState.FAIL)) * self.seeds[a]
             todo -= sum(k for (b, _), k in self.partial.items() if b == a)
             left += max(0, todo) * per_run if todo > 0 else 0.0
         return {"done": done, "slots": slots, "running": running, "failed": failed, "waiting": waiting,

@@ -160,3 +160,20 @@ def test_a_terminal_gets_one_live_display(sweep_dir):
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     assert len(re.findall(r"done\s+sft\s+trial \d", plain)) == 2      # each finished run once, above the display
     assert "2/2 trials done (2/2 runs)" in plain
+
+
+def test_the_eta_counts_arms_whose_trials_are_not_asked_yet():
+    """2 arms x 1 trial x 2 seeds, 2 workers; sft's first run took 100 s and grpo has not started (its trial is
+    not asked yet): left = (sft's other seed 100 s + grpo's 2 runs at the mean 100 s) / 2 workers = 150 s."""
+    spec = load_spec(None, ["name=e", "world=micro", "trials=1", "seeds=[0, 1]", "variants={}"],
+                     methods=["sft", "grpo"])
+    storage = optuna.storages.InMemoryStorage()
+    for a in ("sft", "grpo"):
+        optuna.create_study(study_name=f"e-{a}", storage=storage, directions=["maximize", "minimize"])
+    sft = optuna.load_study(study_name="e-sft", storage=storage)
+    trial = sft.ask()
+    disp = P.SweepProgress(spec, ["sft", "grpo"], storage, workers=2, live=False, stream=io.StringIO())
+    disp.handle({"event": "start", "arm": "sft", "trial": trial.number, "seed": 0, "lr": 1e-4})
+    disp.handle({"event": "done", "arm": "sft", "trial": trial.number, "seed": 0, "lr": 1e-4, "gain": 1.0,
+                 "drop": 0.0, "seconds": 100.0})
+    assert disp._totals(fresh=True)["left_s"] == pytest.approx(150.0)
