@@ -166,8 +166,7 @@ class SweepProgress:
         for a in self.arms:
             per_run = (sum(self.seconds[a]) / len(self.seconds[a]) if self.seconds[a]
                        else sum(every) / len(every) if every else math.nan)
-            # every trial slot not finished yet, asked or not: a worker asks an arm's trials only when it gets to
-            # them, so counting waiting and running trials left whole arms out of the estimate
+            # every unfinished slot, asked or not: workers ask an arm's trials only when they reach the arm
             todo = max(0, c[a]["slots"] - get(a, TrialState.COMPLETE) - get(a, TrialState.FAIL)) * self.seeds[a]
             todo -= sum(k for (b, _), k in self.partial.items() if b == a)
             left += max(0, todo) * per_run if todo > 0 else 0.0
