@@ -7,7 +7,9 @@ files), then for each source tree runs `harness run --preset <it> --method sft` 
 - cold: an empty harness cache and a fresh MLflow store (lm-eval tasks built, base scored, schema created);
 - warm: the same cache and store again (`--repeats` times; the median is shown);
 - store: the warm cache and a fresh MLflow store (a new project folder: the schema is created again);
-- again: a run after another in the same process, as in a sweep worker (imports and loaded tasks reused).
+- again: a run after another in the same process, as in a sweep worker (imports and loaded tasks reused);
+- imports: a fresh process that only imports the third-party modules a warm run loaded, in the same order and
+  does nothing else: the floor a fresh process pays before the harness does anything (its "outside" is its wall).
 Each run's wall time is the process's; training, sampling and evaluation seconds are the run's own `cost/`
 metrics read back from MLflow, so "outside" = wall - train - gen - eval is imports, world building, model
 loading, tracking and shutdown. Pass the old checkout as another `--source` to measure before and after in one go.
@@ -85,6 +87,35 @@ def _in_worker(source: Path, preset: Path, cache: Path, store: Path, python: str
     return [{"wall": w, **cost} for w in walls[0]]
 
 
+OWN_PACKAGES = ("harness", "methods", "benchmarks", "sweeps", "reports", "__main__")
+
+
+def _third_party_modules(source: Path, preset: Path, cache: Path, store: Path, python: str) -> list[str]:
+    """The modules outside this project that one warm `harness run` loads, in the order it loads them."""
+    env = {**os.environ, "PYTHONPATH": str(source), "HARNESS_CACHE": str(cache),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    code = ("import json,sys;before=set(sys.modules);from harness.cli import main\n"
+            "assert main(['run','--preset',sys.argv[1],'--method','sft','--quiet'])==0\n"
+            "print('MODULES',json.dumps([m for m in sys.modules if m not in before]))")
+    out = subprocess.run([python, "-c", code, str(preset)], cwd=store, env=env, capture_output=True, text=True)
+    found = [json.loads(line[8:]) for line in out.stdout.splitlines() if line.startswith("MODULES ")]
+    if out.returncode != 0 or not found:
+        raise SystemExit(f"listing a run's modules failed in {source}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return [m for m in found[0] if m.split(".")[0] not in OWN_PACKAGES]
+
+
+def _imports_only(modules: list[str], python: str) -> dict[str, float]:
+    """Wall seconds of a fresh process that imports `modules` (those that import on their own) and exits."""
+    code = ("import importlib,json,sys\n"
+            "for m in json.loads(sys.stdin.read()):\n"
+            "    try: importlib.import_module(m)\n"
+            "    except Exception: pass\n")  # a name a package registered itself (an alias) may not import alone
+    t0 = time.perf_counter()
+    subprocess.run([python, "-c", code], input=json.dumps(modules), capture_output=True, text=True, check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return {"wall": time.perf_counter() - t0, "train": 0.0, "eval": 0.0}
+
+
 def _costs(db: Path, python: str) -> dict[str, float]:
     """The newest finished run's cost/train_s, cost/gen_s and cost/eval_s, read in a separate process."""
     keys = (N.COST_TRAIN_S, N.COST_GEN_S, N.COST_EVAL_S)
@@ -100,7 +131,7 @@ def _costs(db: Path, python: str) -> dict[str, float]:
 def _row(label: str, runs: list[dict[str, float]]) -> str:
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     outside = med["wall"] - med["train"] - med["eval"]
-    return f"  {label:5s} wall {med['wall']:6.1f} s   train+gen {med['train']:5.1f} s   eval {med['eval']:5.1f} s   " \
+    return f"  {label:7s} wall {med['wall']:6.1f} s   train+gen {med['train']:5.1f} s   eval {med['eval']:5.1f} s   " \
            f"outside {outside:5.1f} s"
 
 
@@ -119,15 +150,18 @@ def main(argv: list[str] | None = None) -> None:
     preset = _world(work)
     print(f"tiny real world: {preset}; sft, {STEPS} steps, one evaluation; 1 torch thread")
     dirs = {src: (work / f"cache-{i}-{src.name}", work / f"store-{i}-{src.name}") for i, src in enumerate(sources)}
-    rows: dict[Path, dict[str, list]] = {src: {"cold": [], "store": [], "warm": [], "again": []} for src in sources}
+    rows: dict[Path, dict[str, list]] = {src: {"cold": [], "store": [], "warm": [], "again": [], "imports": []}
+                                         for src in sources}
     for src, (cache, store) in dirs.items():
         for d in (cache, store):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
         rows[src]["cold"].append(_one(src, preset, cache, store, sys.executable))
-    for _ in range(args.repeats):  # sources alternate, so a drifting machine load hits each alike
+    modules = {src: _third_party_modules(src, preset, cache, store, sys.executable) for src, (cache, store) in dirs.items()}
+    for _ in range(args.repeats):  # sources and rows alternate, so a drifting machine load hits each alike
         for src, (cache, store) in dirs.items():
             rows[src]["warm"].append(_one(src, preset, cache, store, sys.executable))
+            rows[src]["imports"].append(_imports_only(modules[src], sys.executable))
     for src, (cache, store) in dirs.items():
         shutil.rmtree(store)
         store.mkdir()
@@ -137,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{src}:")
         for label, runs in rows[src].items():
             print(_row(label, runs))
+        print(f"  (imports: the {len(modules[src])} third-party modules a warm run loads, imported alone)")
 
 if __name__ == "__main__":
     main()
