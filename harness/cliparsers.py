@@ -74,8 +74,10 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
           harness run --method sft world.target=rev world.teacher_style=mild train.lr=3e-4
           harness run --method sft --help-config       every setting, its default and meaning""")))
     add_settings(s, RUN_SETTINGS, {
-        "world": "world preset: toy (default), micro, or a shipped real world such as smollm2-135m-arith (`harness list` names them all)", "method": "method registry key (default: sft; see `harness "
-        "list`)", "preset": "YAML file of settings (sections world/train/eval/tracking/<method>)",
+        "world": "world preset: toy (default), micro, or a shipped real world such as smollm2-135m-arith "
+                 "(`harness list` names them all)",
+        "method": "method registry key (default: sft; see `harness list`)",
+        "preset": "YAML file of settings (sections world/train/eval/tracking/<method>)",
         "experiment": "MLflow experiment (= tracking.experiment; default: harness)",
         "seed": "fine-tuning seed (= train.seed)", "quiet": "no progress bars"}, {"preset": "FILE"})
     s.add_argument("--help-config", action="store_true", help="list every setting with its default and exit")
