@@ -97,7 +97,7 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
         examples:
           harness report                                 newest experiment with runs -> reports/out/<experiment>/
           harness report --experiment default --out /tmp/report   (= experiment=default out=/tmp/report)
-          harness report --experiment default,robust-target-rev,robust-base-seed1   the core effect across worlds
+          harness report --experiment default,robust-target-add,robust-base-seed1   the core effect across worlds
           MLFLOW_TRACKING_URI=sqlite:////data/mlflow.db harness report --no-log"""),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings(s, REPORT_SETTINGS, {
