@@ -198,7 +198,7 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
         if not live:
             print(f"preparing world {cfg.world.name!r} (target {cfg.world.target_task}): its base model (the shipped "
                   "copy, or pretrained here, on first use) and its scores, then cached", file=stream, flush=True)
-        prepare_world(cfg, progress=live)
+        prepare_world(cfg, progress=progress)  # in a log: pretraining's bar every 30 s, a GGUF conversion's line
         if not live:
             print(f"world {cfg.world.name!r} ready ({time.time() - t0:.0f} s)", file=stream, flush=True)
     spec = apply_budget(spec, resolve_budget(spec, exp_id, log=lambda line: print(line, file=stream, flush=True)))
