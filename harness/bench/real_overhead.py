@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from harness import metric_names as N
 
@@ -56,35 +57,45 @@ def _world(root: Path) -> Path:
     return preset
 
 
+def _env(source: Path, cache: Path, store: Path) -> dict[str, str]:
+    """The child process's environment: this source tree, its own cache and MLflow store, one thread."""
+    return {**os.environ, "PYTHONPATH": str(source), "HARNESS_CACHE": str(cache),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+
+
 def _one(source: Path, preset: Path, cache: Path, store: Path, python: str) -> dict[str, float]:
     """One `harness run` in a fresh process: wall seconds and the run's train/gen/eval seconds."""
-    env = {**os.environ, "PYTHONPATH": str(source), "HARNESS_CACHE": str(cache),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     out = subprocess.run([python, "-m", "harness.cli", "run", "--preset", str(preset), "--method", "sft", "--quiet"],
-                         cwd=store, env=env, capture_output=True, text=True)
+                         cwd=store, env=_env(source, cache, store), capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"harness run failed in {source}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return {"wall": wall, **_costs(store / "mlflow.db", python)}
 
 
+def _child_json(code: str, tag: str, what: str, source: Path, preset: Path, cache: Path, store: Path,
+                python: str) -> Any:
+    """Run `code` (given the preset as argv[1]) in a fresh process and parse the JSON it prints after `tag `."""
+    out = subprocess.run([python, "-c", code, str(preset)], cwd=store, env=_env(source, cache, store),
+                         capture_output=True, text=True)
+    found = [json.loads(line[len(tag) + 1:]) for line in out.stdout.splitlines() if line.startswith(tag + " ")]
+    if out.returncode != 0 or not found:
+        raise SystemExit(f"{what} failed in {source}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return found[0]
+
+
 def _in_worker(source: Path, preset: Path, cache: Path, store: Path, python: str, n: int) -> list[dict[str, float]]:
     """`n` runs one after another in ONE process, as a sweep worker runs them: wall and cost of each but the
     first (which pays the imports)."""
-    env = {**os.environ, "PYTHONPATH": str(source), "HARNESS_CACHE": str(cache),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
     code = ("import json,sys,time;from harness.cli import main;out=[]\n"
             f"for _ in range({n + 1}):\n"
             "    t=time.perf_counter();assert main(['run','--preset',sys.argv[1],'--method','sft','--quiet'])==0;"
             "out.append(time.perf_counter()-t)\n"
             "print('WALLS',json.dumps(out[1:]))")
-    out = subprocess.run([python, "-c", code, str(preset)], cwd=store, env=env, capture_output=True, text=True)
-    walls = [json.loads(line[6:]) for line in out.stdout.splitlines() if line.startswith("WALLS ")]
-    if out.returncode != 0 or not walls:
-        raise SystemExit(f"in-process runs failed in {source}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    walls = _child_json(code, "WALLS", "in-process runs", source, preset, cache, store, python)
     cost = _costs(store / "mlflow.db", python)  # the last run's; every run is the same
-    return [{"wall": w, **cost} for w in walls[0]]
+    return [{"wall": w, **cost} for w in walls]
 
 
 OWN_PACKAGES = ("harness", "methods", "benchmarks", "sweeps", "reports", "__main__")
@@ -92,16 +103,11 @@ OWN_PACKAGES = ("harness", "methods", "benchmarks", "sweeps", "reports", "__main
 
 def _third_party_modules(source: Path, preset: Path, cache: Path, store: Path, python: str) -> list[str]:
     """The modules outside this project that one warm `harness run` loads, in the order it loads them."""
-    env = {**os.environ, "PYTHONPATH": str(source), "HARNESS_CACHE": str(cache),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
     code = ("import json,sys;before=set(sys.modules);from harness.cli import main\n"
             "assert main(['run','--preset',sys.argv[1],'--method','sft','--quiet'])==0\n"
             "print('MODULES',json.dumps([m for m in sys.modules if m not in before]))")
-    out = subprocess.run([python, "-c", code, str(preset)], cwd=store, env=env, capture_output=True, text=True)
-    found = [json.loads(line[8:]) for line in out.stdout.splitlines() if line.startswith("MODULES ")]
-    if out.returncode != 0 or not found:
-        raise SystemExit(f"listing a run's modules failed in {source}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return [m for m in found[0] if m.split(".")[0] not in OWN_PACKAGES]
+    found = _child_json(code, "MODULES", "listing a run's modules", source, preset, cache, store, python)
+    return [m for m in found if m.split(".")[0] not in OWN_PACKAGES]
 
 
 def _imports_only(modules: list[str], python: str) -> dict[str, float]:
