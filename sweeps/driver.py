@@ -24,6 +24,7 @@ from harness.settings_input import deep_merge
 from harness.errors import HarnessError
 from harness.method import SweepParam
 from sweeps import progress as P
+from sweeps import progress_events as E
 from sweeps.describe import log_progress
 from sweeps.isolation import run_isolated, worker_devices
 from sweeps.parents import describe, ensure_parent, finish_parent
@@ -85,7 +86,7 @@ def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Tria
     for seed in arm_seeds(spec, arm):
         tags = {"kind": "run", "sweep": spec.name, "study": study.study_name, "params_key": pkey,
                 "seed": str(seed), "arm": arm}
-        P.run_started(arm, trial.number, seed, params)
+        E.run_started(arm, trial.number, seed, params)
         done = find_run(spec.name, tags)
         reused = done is not None
         if done is not None:
@@ -102,7 +103,7 @@ def run_trial(spec: SweepSpec, arm: str, study: optuna.Study, trial: optuna.Tria
             else:
                 metrics = run(cfg, parent_run_id=parent_id, progress=progress, extra_tags=run_tags)
                 done = find_run(spec.name, tags)
-        P.run_finished(arm, trial.number, seed, metrics, reused=reused)
+        E.run_finished(arm, trial.number, seed, metrics, reused=reused)
         run_ids.append(done)
         gains.append(metrics[N.TARGET_GAIN])
         drops.append(metrics[N.NONTARGET_DROP])
@@ -145,13 +146,13 @@ def work(spec: SweepSpec, arms: list[str], parents: dict[str, str], threads: int
                 study.tell(trial, values)
             except HarnessError as e:
                 study.tell(trial, state=TrialState.FAIL)
-                P.trial_failed(arm, trial.number, str(e))
+                E.trial_failed(arm, trial.number, str(e))
                 raise
             except Exception as e:  # the run is FAILED in MLflow with its reason; the sweep goes on
                 reason = f"{type(e).__name__}: {e}"[:500]
                 trial.set_user_attr("failure_reason", reason)
                 study.tell(trial, state=TrialState.FAIL)
-                P.trial_failed(arm, trial.number, reason)
+                E.trial_failed(arm, trial.number, reason)
             log_progress(study, parents[arm])
 
 
@@ -159,7 +160,7 @@ def _spawned_worker(spec_json: str, methods: list[str], parents: dict[str, str],
                     devices: str | None = None) -> None:
     if devices is not None:  # before anything initialises CUDA in this fresh process
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
-    P.set_sink(events.put)
+    E.set_sink(events.put)
     work(SweepSpec.model_validate_json(spec_json), methods, parents, threads=threads, progress=False)
 
 
@@ -216,11 +217,11 @@ def run_sweep(spec: SweepSpec, workers: int = 1, progress: bool = True, spec_pat
             devices = worker_devices(spec, 0, 1)
             if devices is not None:
                 os.environ["CUDA_VISIBLE_DEVICES"] = devices
-            P.set_sink(display.handle)
+            E.set_sink(display.handle)
             try:
                 work(spec, methods, parents)
             finally:
-                P.set_sink(None)
+                E.set_sink(None)
         else:
             threads = max(1, (os.cpu_count() or 2) // workers)
             ctx = mp.get_context("spawn")

@@ -1,8 +1,8 @@
 """What a sweep shows while it runs: in a terminal one live display (rich) redrawn in place; in a log
 (a file, CI, `nohup`) one line per finished or failed run and a one-line summary with the ETA now and then.
 
-Workers report through hooks (`run_started`, `run_finished`, `trial_failed`) into a sink: the display
-itself when the sweep runs in this process, a multiprocessing queue drained by the display otherwise.
+Workers report through the hooks of sweeps/progress_events.py into a sink: the display (`handle`) when the
+sweep runs in this process, a multiprocessing queue drained by the display otherwise.
 Trial counts come from the Optuna storage, so trials run by other processes or machines count too.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import optuna
 from optuna.trial import TrialState
@@ -23,50 +23,6 @@ from sweeps.spec import SweepSpec, arm_seeds, arm_trials
 
 SUMMARY_EVERY_S = 60.0
 POLL_EVERY_S = 3.0  # the storage is re-read at most this often (a journal file is replayed on each read)
-
-# ------------------------------------------------------------------ worker side: hooks called by the driver
-
-_sink: Callable[[dict], None] | None = None
-_started: dict[tuple[str, int], dict] = {}  # (arm, trial) -> the seed being run and when it started
-
-
-def set_sink(sink: Callable[[dict], None] | None) -> None:
-    """Where this process's progress events go (None: nowhere)."""
-    global _sink
-    _sink = sink
-
-
-def _emit(event: dict) -> None:
-    if _sink is not None:
-        try:
-            _sink(event)
-        except Exception:  # a display problem must never fail a trial
-            pass
-
-
-def run_started(arm: str, trial: int, seed: int, params: dict[str, Any]) -> None:
-    """A (trial, seed) run of `arm` starts (or is looked up, if an earlier process finished it)."""
-    lr = params.get("train.lr")
-    _started[(arm, trial)] = {"seed": seed, "t0": time.time(), "lr": lr}
-    _emit({"event": "start", "arm": arm, "trial": trial, "seed": seed, "lr": lr, "pid": os.getpid()})
-
-
-def run_finished(arm: str, trial: int, seed: int, metrics: dict[str, float], reused: bool = False) -> None:
-    """A (trial, seed) run finished with `metrics` (its final target_gain and nontarget_drop are shown)."""
-    st = _started.pop((arm, trial), {"t0": time.time(), "lr": None})
-    _emit({"event": "reused" if reused else "done", "arm": arm, "trial": trial, "seed": seed, "lr": st["lr"],
-           "gain": metrics.get(N.TARGET_GAIN), "drop": metrics.get(N.NONTARGET_DROP),
-           "seconds": time.time() - st["t0"], "pid": os.getpid()})
-
-
-def trial_failed(arm: str, trial: int, reason: str) -> None:
-    """The trial failed; the seed it was running is the one reported."""
-    st = _started.pop((arm, trial), {"seed": None, "t0": time.time(), "lr": None})
-    _emit({"event": "failed", "arm": arm, "trial": trial, "seed": st["seed"], "lr": st["lr"],
-           "seconds": time.time() - st["t0"], "reason": reason, "pid": os.getpid()})
-
-
-# ------------------------------------------------------------------ main process: the display
 
 def is_terminal(stream: TextIO) -> bool:
     """True where a display can redraw in place (a terminal that understands cursor movement)."""

@@ -18,6 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweeps import progress as P
+from sweeps import progress_events as E
 from sweeps.spec import load_spec
 from sweeps.study import open_storage
 
@@ -41,20 +42,20 @@ def test_log_lines_per_run_failures_and_summary_with_eta():
     study = optuna.load_study(study_name="t-sft", storage=storage)
     with disp:
         trial = study.ask()   # the display counts trials from the storage, as a worker leaves them there
-        P.set_sink(disp.handle)
+        E.set_sink(disp.handle)
         try:
-            P.run_started("sft", trial.number, 0, {"train.lr": 3e-4})
-            P.run_finished("sft", trial.number, 0, {"target_gain": 12.5, "nontarget_drop": 1.25})
-            P.run_started("sft", trial.number, 1, {"train.lr": 3e-4})
-            P.run_finished("sft", trial.number, 1, {"target_gain": 10.0, "nontarget_drop": 0.0}, reused=True)
+            E.run_started("sft", trial.number, 0, {"train.lr": 3e-4})
+            E.run_finished("sft", trial.number, 0, {"target_gain": 12.5, "nontarget_drop": 1.25})
+            E.run_started("sft", trial.number, 1, {"train.lr": 3e-4})
+            E.run_finished("sft", trial.number, 1, {"target_gain": 10.0, "nontarget_drop": 0.0}, reused=True)
             study.tell(trial, [11.0, 0.5])
             trial = study.ask()
-            P.run_started("sft", trial.number, 0, {"train.lr": 1e-3})
+            E.run_started("sft", trial.number, 0, {"train.lr": 1e-3})
             disp.tick()
-            P.trial_failed("sft", trial.number, "RuntimeError: broken on purpose")
+            E.trial_failed("sft", trial.number, "RuntimeError: broken on purpose")
             study.tell(trial, state=TrialState.FAIL)
         finally:
-            P.set_sink(None)
+            E.set_sink(None)
     lines = out.getvalue().splitlines()
     done = [m.groups() for m in map(RUN_LINE.match, lines) if m]
     assert done[0] == ("sft", "0", "0", "3.0e-04", "+12.5", "+1.2", done[0][6], "1", "4")
@@ -71,12 +72,12 @@ def test_log_lines_per_run_failures_and_summary_with_eta():
 
 
 def test_a_display_problem_never_fails_a_trial():
-    P.set_sink(lambda ev: 1 / 0)
+    E.set_sink(lambda ev: 1 / 0)
     try:
-        P.run_started("sft", 0, 0, {})
-        P.run_finished("sft", 0, 0, {"target_gain": 1.0, "nontarget_drop": 0.0})
+        E.run_started("sft", 0, 0, {})
+        E.run_finished("sft", 0, 0, {"target_gain": 1.0, "nontarget_drop": 0.0})
     finally:
-        P.set_sink(None)
+        E.set_sink(None)
 
 
 def _sweep_argv(name: str, *extra: str) -> list[str]:

@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
         rows[src]["cold"].append(_one(src, preset, cache, store, sys.executable))
-    modules = {src: _third_party_modules(src, preset, cache, store, sys.executable) for src, (cache, store) in dirs.items()}
+    modules = {src: _third_party_modules(src, preset, cache, store, sys.executable)
+               for src, (cache, store) in dirs.items()}
     for _ in range(args.repeats):  # sources and rows alternate, so a drifting machine load hits each alike
         for src, (cache, store) in dirs.items():
             rows[src]["warm"].append(_one(src, preset, cache, store, sys.executable))
